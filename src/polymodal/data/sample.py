@@ -1,0 +1,231 @@
+"""The multimodal data model: `Sample` (one item, any modality missing) and `Batch` (collated tensors
+with a presence mask per modality and padding masks for variable-length modalities)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInput
+
+MODALITIES: tuple[str, ...] = ("audio", "image", "text", "video")  # sorted, the order every module uses
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
+_ID_RE = re.compile(r"^[^\s./\\]+$")  # ids become WebDataset keys: no dots, slashes or whitespace
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One item. Every modality is optional, but a sample must carry at least one.
+
+    - ``text``: non-empty ``str``
+    - ``image``: ``uint8`` array ``H x W x 3``
+    - ``audio``: ``float32`` mono waveform ``(N,)`` in [-1, 1] with ``sample_rate`` (Hz)
+    - ``video``: ``uint8`` array ``T x H x W x 3``
+    - ``metadata``: JSON-serialisable ``dict`` (labels, split, captions, ...)
+    - ``source``: where the sample came from (file or shard), used in error messages only
+    """
+
+    id: str
+    text: str | None = None
+    image: np.ndarray | None = None
+    audio: np.ndarray | None = None
+    sample_rate: int | None = None
+    video: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        src = self.source
+        if not isinstance(self.id, str) or not _ID_RE.match(self.id):
+            raise InvalidInput(
+                f"id must be a non-empty string without dots, slashes or whitespace, got {self.id!r}",
+                field="id", source=src)
+        if self.text is not None:
+            if not isinstance(self.text, str):
+                raise InvalidInput(f"expected str, got {type(self.text).__name__}", field="text", source=src)
+            if not self.text.strip():
+                raise InvalidInput("text is empty", field="text", source=src)
+        if self.image is not None:
+            _check_pixels(self.image, 3, "image", src)
+        if self.video is not None:
+            _check_pixels(self.video, 4, "video", src)
+        self._check_audio(src)
+        if not isinstance(self.metadata, dict):
+            raise InvalidInput(f"expected dict, got {type(self.metadata).__name__}", field="metadata", source=src)
+        try:
+            json.dumps(self.metadata, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"not JSON-serialisable ({exc})", field="metadata", source=src) from None
+        if not self.modalities:
+            raise InvalidInput("sample has no modality (text, image, audio or video)", field="id", source=src)
+
+    def _check_audio(self, src: str | None) -> None:
+        a = self.audio
+        if a is None:
+            if self.sample_rate is not None:
+                raise InvalidInput("sample_rate given without audio", field="sample_rate", source=src)
+            return
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+            raise InvalidInput(f"expected a float32 numpy waveform, got {got}", field="audio", source=src)
+        if a.ndim != 1 or a.shape[0] == 0:
+            raise InvalidInput(f"expected a non-empty mono waveform (N,), got shape {a.shape}", field="audio", source=src)
+        if not np.isfinite(a).all():
+            raise InvalidInput("waveform contains NaN or inf", field="audio", source=src)
+        sr = self.sample_rate
+        if not isinstance(sr, int | np.integer) or not MIN_SAMPLE_RATE <= int(sr) <= MAX_SAMPLE_RATE:
+            raise InvalidInput(
+                f"expected an integer sample rate in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz, got {sr!r}",
+                field="sample_rate", source=src)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if getattr(self, m) is not None)
+
+    @property
+    def duration(self) -> float | None:
+        """Audio duration in seconds (None without audio)."""
+        if self.audio is None or self.sample_rate is None:
+            return None
+        return self.audio.shape[0] / float(self.sample_rate)
+
+    def replace(self, **changes: Any) -> Sample:
+        """A copy with some fields changed (validated again)."""
+        values = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        values.update(changes)
+        return Sample(**values)
+
+
+def _check_pixels(x: Any, ndim: int, name: str, src: str | None) -> None:
+    shape_doc = "H x W x 3" if ndim == 3 else "T x H x W x 3"
+    if not isinstance(x, np.ndarray):
+        raise InvalidInput(f"expected a numpy array {shape_doc}, got {type(x).__name__}", field=name, source=src)
+    if x.dtype != np.uint8:
+        raise InvalidInput(f"expected dtype uint8, got {x.dtype}", field=name, source=src)
+    if x.ndim != ndim or x.shape[-1] != 3 or min(x.shape) == 0:
+        raise InvalidInput(f"expected shape {shape_doc} (RGB), got {x.shape}", field=name, source=src)
+
+
+# --------------------------------------------------------------------------------------------------- Batch
+
+# Axis (of the per-sample tensor) that may vary in length and is padded; None = must match exactly.
+TIME_AXIS: dict[str, int | None] = {"text": 0, "audio": -1, "video": 0, "image": None}
+
+
+@dataclass
+class Batch:
+    """Collated samples.
+
+    ``data[m]`` is a tensor with one row per sample (zeros where the sample lacks ``m``);
+    ``mask[m]`` (bool, B) says which rows have ``m``; ``pad_mask[m]`` (bool, B x L, True = real
+    position) exists for variable-length modalities (text tokens, audio frames/samples, video frames).
+    A modality that no sample has is absent from ``data``.
+    """
+
+    ids: list[str]
+    data: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor]
+    pad_mask: dict[str, torch.Tensor]
+    texts: list[str | None]
+    metadata: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m in self.data)
+
+    def to(self, device: torch.device | str) -> Batch:
+        mv = {k: v.to(device) for k, v in self.data.items()}
+        return Batch(self.ids, mv, {k: v.to(device) for k, v in self.mask.items()},
+                     {k: v.to(device) for k, v in self.pad_mask.items()}, self.texts, self.metadata)
+
+    def part(self, modality: str) -> dict[str, torch.Tensor]:
+        """What an encoder of ``modality`` receives: values, presence mask and (if any) padding mask."""
+        out = {"values": self.data[modality], "mask": self.mask[modality]}
+        if modality in self.pad_mask:
+            out["pad_mask"] = self.pad_mask[modality]
+        return out
+
+
+SampleTransform = Callable[[Sample], Mapping[str, torch.Tensor]]
+
+
+def raw_tensors(sample: Sample) -> dict[str, torch.Tensor]:
+    """Default per-sample conversion: image -> float (3,H,W) in [0,1]; audio -> waveform (N,);
+    video -> float (T,3,H,W) in [0,1]; text -> UTF-8 byte ids (L,) (see transforms.text)."""
+    from .transforms.text import ByteTokenizer
+
+    out: dict[str, torch.Tensor] = {}
+    if sample.image is not None:
+        out["image"] = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).float() / 255.0
+    if sample.audio is not None:
+        out["audio"] = torch.from_numpy(sample.audio)
+    if sample.video is not None:
+        out["video"] = torch.from_numpy(np.ascontiguousarray(sample.video)).permute(0, 3, 1, 2).float() / 255.0
+    if sample.text is not None:
+        out["text"] = torch.tensor(ByteTokenizer().encode(sample.text), dtype=torch.long)
+    return out
+
+
+def collate(samples: Sequence[Sample], transform: SampleTransform | None = None) -> Batch:
+    """Collate samples into a `Batch`. Missing modalities are normal: their rows are zero and masked."""
+    if not samples:
+        raise InvalidInput("cannot collate an empty list of samples", field="samples")
+    transform = transform or raw_tensors
+    per_sample = [dict(transform(s)) for s in samples]
+    data: dict[str, torch.Tensor] = {}
+    mask: dict[str, torch.Tensor] = {}
+    pad_mask: dict[str, torch.Tensor] = {}
+    for m in MODALITIES:
+        present = [i for i, d in enumerate(per_sample) if m in d]
+        if not present:
+            continue
+        mask[m] = torch.tensor([m in d for d in per_sample], dtype=torch.bool)
+        values, lengths = _stack_padded([per_sample[i][m] for i in present], m, [samples[i] for i in present])
+        full = values.new_zeros((len(samples),) + tuple(values.shape[1:]))
+        full[present] = values
+        data[m] = full
+        if lengths is not None:
+            L = values.shape[1 + (TIME_AXIS[m] % (values.dim() - 1))] if TIME_AXIS[m] is not None else 0
+            pm = torch.zeros(len(samples), L, dtype=torch.bool)
+            for row, n in zip(present, lengths, strict=True):
+                pm[row, :n] = True
+            pad_mask[m] = pm
+    return Batch(
+        ids=[s.id for s in samples], data=data, mask=mask, pad_mask=pad_mask,
+        texts=[s.text for s in samples], metadata=[s.metadata for s in samples],
+    )
+
+
+def _stack_padded(tensors: list[torch.Tensor], m: str, samples: list[Sample]) -> tuple[torch.Tensor, list[int] | None]:
+    axis = TIME_AXIS.get(m)
+    if axis is None:
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) > 1:
+            raise InvalidInput(
+                f"{m} tensors differ in shape {sorted(shapes)}; add a resize transform before collating",
+                field=m, source=samples[0].source)
+        return torch.stack(tensors), None
+    ax = axis % tensors[0].dim()
+    lengths = [int(t.shape[ax]) for t in tensors]
+    other = {tuple(s for i, s in enumerate(t.shape) if i != ax) for t in tensors}
+    if len(other) > 1:
+        raise InvalidInput(f"{m} tensors differ in a non-time axis: {sorted(other)}", field=m, source=samples[0].source)
+    L = max(lengths)
+    out = []
+    for t, n in zip(tensors, lengths, strict=True):
+        if n < L:
+            pad_shape = list(t.shape)
+            pad_shape[ax] = L - n
+            t = torch.cat([t, t.new_zeros(pad_shape)], dim=ax)
+        out.append(t)
+    return torch.stack(out), lengths
+

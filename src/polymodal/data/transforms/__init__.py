@@ -1,0 +1,1 @@
+"""Per-modality transforms: image, audio (log-mel via torch.stft), video, text tokenizers."""
