@@ -194,8 +194,7 @@ def collate(samples: Sequence[Sample], transform: SampleTransform | None = None)
         full[present] = values
         data[m] = full
         if lengths is not None:
-            L = values.shape[1 + (TIME_AXIS[m] % (values.dim() - 1))] if TIME_AXIS[m] is not None else 0
-            pm = torch.zeros(len(samples), L, dtype=torch.bool)
+            pm = torch.zeros(len(samples), max(lengths), dtype=torch.bool)
             for row, n in zip(present, lengths, strict=True):
                 pm[row, :n] = True
             pad_mask[m] = pm

@@ -109,8 +109,7 @@ def read_shard(path: Path, policy: ErrorPolicy) -> Iterator[Sample]:
                 base = os.path.basename(member.name)
                 k, _, ext = base.partition(".")
                 if k != key and key is not None:
-                    yield from policy.guard(lambda kk=key, ff=fields: sample_from_fields(kk, ff, f"{path}:{kk}"),
-                                            f"{path}:{key}")
+                    yield from _decode(key, fields, path, policy)
                     fields = {}
                 key = k
                 f = tar.extractfile(member)
@@ -119,7 +118,12 @@ def read_shard(path: Path, policy: ErrorPolicy) -> Iterator[Sample]:
             policy.handle(InvalidInput(f"corrupt shard ({exc})", source=str(path)), str(path))
             return
         if key is not None:
-            yield from policy.guard(lambda: sample_from_fields(key, fields, f"{path}:{key}"), f"{path}:{key}")
+            yield from _decode(key, fields, path, policy)
+
+
+def _decode(key: str, fields: dict[str, bytes], path: Path, policy: ErrorPolicy) -> Iterator[Sample]:
+    name = f"{path}:{key}"
+    yield from policy.guard(lambda: sample_from_fields(key, fields, name), name)
 
 
 def read_webdataset(root: str | os.PathLike[str], policy: ErrorPolicy | None = None,
