@@ -1,0 +1,117 @@
+"""Evaluation tasks over a data set and an embedding model (anything with ``.embed(**{modality: inputs})``
+returning normalised (N, D) float32 arrays and a ``.modalities`` tuple, e.g. ``polymodal.load(run)``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from itertools import permutations
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..data.sample import Sample
+from ..errors import InvalidInput
+from .retrieval import duplicate_rate, retrieval_ranks
+from .zeroshot import class_embeddings, zeroshot_metrics
+
+TEMPLATES = {
+    "en": ["a photo of the digit {}", "the number {}", "a handwritten {}", "{}"],
+    "zh": ["数字{}", "手写的{}", "{}"],
+}
+
+
+class EmbeddingModel(Protocol):
+    modalities: tuple[str, ...]
+
+    def embed(self, **inputs: Any) -> np.ndarray: ...
+
+
+def model_input(sample: Sample, modality: str) -> Any:
+    """The raw input ``model.embed`` takes for one sample's modality."""
+    if modality == "audio":
+        return (sample.audio, sample.sample_rate)
+    return getattr(sample, modality)
+
+
+def embed_modality(model: EmbeddingModel, samples: Sequence[Sample], modality: str) -> np.ndarray:
+    return np.asarray(model.embed(**{modality: [model_input(s, modality) for s in samples]}), dtype=np.float32)
+
+
+def _label_key(s: Sample) -> str | None:
+    labels = s.metadata.get("labels")
+    return json.dumps(labels, sort_keys=True, ensure_ascii=False) if labels else None
+
+
+def evaluate_retrieval(model: EmbeddingModel, samples: Sequence[Sample], *, ks: Sequence[int] = (1, 5, 10),
+                       all_captions: bool = False, modalities: Iterable[str] | None = None) -> dict[str, Any]:
+    """R@k, median/mean rank in every direction between the modalities the model and the data share.
+
+    With ``all_captions`` every value of ``metadata['captions']`` (e.g. English and Chinese) becomes an
+    extra caption of its item. Identity retrieval is reported with the caption duplicate rate; when the
+    samples carry ``metadata['labels']``, attribute-match R@k (hit = an item with the same labels) too."""
+    wanted = set(modalities or model.modalities)
+    present = [m for m in model.modalities if m in wanted and any(getattr(s, m) is not None for s in samples)]
+    if len(present) < 2:
+        raise InvalidInput(f"need two modalities shared by the model and the data, found {present}", field="modalities")
+    items: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # m -> (embeddings, item index per row)
+    texts: list[str] = []
+    for m in present:
+        idx = [i for i, s in enumerate(samples) if getattr(s, m) is not None]
+        if m == "text" and all_captions:
+            rows = [(i, c) for i in idx for c in _captions(samples[i])]
+            texts = [c for _, c in rows]
+            emb = np.asarray(model.embed(text=texts), dtype=np.float32)
+            items[m] = (emb, np.array([i for i, _ in rows]))
+        else:
+            sub = [samples[i] for i in idx]
+            if m == "text":
+                texts = [s.text or "" for s in sub]
+            items[m] = (embed_modality(model, sub, m), np.array(idx))
+    keys = [_label_key(s) for s in samples]
+    names = sorted({k for k in keys if k is not None})
+    label_of = [names.index(k) if k is not None else -1 for k in keys]  # -1: item without labels
+    out: dict[str, Any] = {"n_items": len(samples), "directions": {}}
+    if texts:
+        out["caption_duplicate_rate"] = duplicate_rate(texts)
+    for a, b in permutations(present, 2):
+        (qa, qi), (gb, gi) = items[a], items[b]
+        pos_of: dict[int, list[int]] = {}
+        for row, item in enumerate(gi):
+            pos_of.setdefault(int(item), []).append(row)
+        keep = [r for r, item in enumerate(qi) if int(item) in pos_of]
+        if not keep:
+            continue
+        res: dict[str, Any] = dict(retrieval_ranks(qa[keep], gb, positives=[pos_of[int(qi[r])] for r in keep]).summary(ks))
+        if names and all(label_of[int(i)] >= 0 for i in gi) and all(label_of[int(qi[r])] >= 0 for r in keep):
+            attr = retrieval_ranks(qa[keep], gb, query_labels=[label_of[int(qi[r])] for r in keep],
+                                   gallery_labels=[label_of[int(i)] for i in gi]).summary(ks)
+            res["attribute"] = {k: v for k, v in attr.items() if k.startswith("R@")}
+        out["directions"][f"{a}->{b}"] = res
+    return out
+
+
+def _captions(s: Sample) -> list[str]:
+    caps = s.metadata.get("captions")
+    vals = list(caps.values()) if isinstance(caps, dict) else list(caps or [])
+    out = [s.text] if s.text else []
+    out += [c for c in vals if isinstance(c, str) and c.strip() and c not in out]
+    return out
+
+
+def evaluate_zeroshot(model: EmbeddingModel, samples: Sequence[Sample], classnames: Sequence[str], *,
+                      label_field: str = "label", templates: Sequence[str] | None = None, lang: str = "en",
+                      modalities: Iterable[str] | None = None) -> dict[str, Any]:
+    """Classify every non-text modality of the samples by text prompts (prompt ensembles)."""
+    if "text" not in model.modalities:
+        raise InvalidInput("zero-shot classification needs a model with a text tower", field="modalities")
+    tmpl = list(templates or TEMPLATES.get(lang, TEMPLATES["en"]))
+    classes = class_embeddings(lambda t: model.embed(text=t), classnames, tmpl)
+    out: dict[str, Any] = {"classes": list(classnames), "templates": tmpl}
+    for m in modalities or [m for m in model.modalities if m != "text"]:
+        sub = [s for s in samples if getattr(s, m) is not None and label_field in s.metadata]
+        if not sub:
+            continue
+        labels = [int(s.metadata[label_field]) for s in sub]
+        out[m] = zeroshot_metrics(embed_modality(model, sub, m), classes, labels)
+    return out
