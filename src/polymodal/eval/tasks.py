@@ -70,7 +70,8 @@ def evaluate_retrieval(model: EmbeddingModel, samples: Sequence[Sample], *, ks: 
             items[m] = (embed_modality(model, sub, m), np.array(idx))
     keys = [_label_key(s) for s in samples]
     names = sorted({k for k in keys if k is not None})
-    label_of = [names.index(k) if k is not None else -1 for k in keys]  # -1: item without labels
+    number = {k: n for n, k in enumerate(names)}
+    label_of = [number[k] if k is not None else -1 for k in keys]  # -1: item without labels
     out: dict[str, Any] = {"n_items": len(samples), "directions": {}}
     if texts:
         out["caption_duplicate_rate"] = duplicate_rate(texts)
