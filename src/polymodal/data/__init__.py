@@ -1,5 +1,6 @@
 """Data: the `Sample`/`Batch` model, dataset formats, transforms and built-in synthetic data."""
 
+from .formats import open_dataset
 from .sample import MODALITIES, Batch, Sample, collate
 
-__all__ = ["MODALITIES", "Batch", "Sample", "collate"]
+__all__ = ["MODALITIES", "Batch", "Sample", "collate", "open_dataset"]

@@ -49,7 +49,7 @@ def decode_image(data: bytes, source: str = "<bytes>", field: str = "image") -> 
 
 def encode_audio(wave: np.ndarray, sample_rate: int) -> bytes:
     buf = io.BytesIO()
-    pcm = np.clip(np.round(wave.astype(np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+    pcm = np.clip(np.round(wave.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
     sf.write(buf, pcm, int(sample_rate), format="FLAC", subtype="PCM_16")
     return buf.getvalue()
 

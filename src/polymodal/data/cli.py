@@ -1,0 +1,166 @@
+"""`polymodal data`: make built-in data sets, inspect any data set, convert between formats."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInput, NotFound, PolymodalError
+from .sample import MODALITIES
+
+_FORMATS_HELP = ("PATH may be a generated data set dir (manifest.json + split shard dirs), a WebDataset shard "
+                 "dir (sizes.json / *.tar), a .jsonl manifest, or a folder of media files with .txt captions.")
+
+
+def _add_read_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help="data set to read. " + _FORMATS_HELP)
+    p.add_argument("--split", default=None, help="one split of a generated data set dir (default: all splits)")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="bad items (corrupt/missing file, unknown field, wrong rate): stop with an error naming "
+                        "the file (raise, default) or skip them and report count + first names (skip)")
+    p.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
+                   help="require all audio at this sample rate; other rates are bad items")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polymodal data", description="Make built-in data sets, inspect data sets, convert formats.",
+        epilog="Run `polymodal data <command> --help` for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+
+    p = sub.add_parser("inspect", help="summarize a data set (counts, shapes, durations, captions)",
+                       description="Stream through a data set once and print counts per modality, image sizes, "
+                                   "audio durations and sample rates, video frame counts, caption lengths "
+                                   "(characters) and languages, and what was skipped.")
+    _add_read_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    p = sub.add_parser("make", help="generate a built-in benchmark data set (deterministic from --seed)",
+                       description="Write a built-in data set as WebDataset shards per split plus manifest.json "
+                                   "(byte-identical for the same arguments), then print its inspect summary.")
+    p.add_argument("name", metavar="NAME", help="built-in data set (e.g. shapes, digits)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--n", type=int, default=1000, metavar="N", help="number of samples over all splits (default 1000)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--lang", default="en", metavar="L1,L2",
+                   help="caption languages, comma-separated: en, zh (default en)")
+    p.add_argument("--modalities", default=None, metavar="M1,M2",
+                   help=f"modalities to generate, comma-separated from {','.join(MODALITIES)} "
+                        "(default: all the data set has)")
+    p.add_argument("--shard-size", type=int, default=1000, metavar="K", help="samples per tar shard (default 1000)")
+    p.add_argument("--workers", type=int, default=None, metavar="W",
+                   help="worker processes (default: min(2, CPU count)); the output does not depend on it")
+    p.add_argument("--json", action="store_true", help="print {manifest, inspect} as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+    p = sub.add_parser("convert", help="rewrite a data set in another format",
+                       description="Stream a data set into WebDataset shards, a folder, or a JSONL manifest.")
+    _add_read_options(p)
+    p.add_argument("--to", required=True, choices=("webdataset", "folder", "jsonl"), help="output format")
+    p.add_argument("--out", required=True, type=Path, metavar="DEST",
+                   help="output folder (webdataset, folder) or .jsonl file (jsonl; media go to DEST's folder/media)")
+    p.add_argument("--shard-size", type=int, default=1000, metavar="K", help="samples per tar shard (webdataset)")
+    return parser
+
+
+def _csv(value: str | None, field: str, allowed: tuple[str, ...] | None = None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise InvalidInput("expected a comma-separated list", field=field)
+    bad = [v for v in items if allowed is not None and v not in allowed]
+    if bad:
+        raise InvalidInput(f"unknown value(s) {bad}; choose from {', '.join(allowed or ())}", field=field)
+    return items
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            raise InvalidInput(f"must be >= 1, got {getattr(args, name)}", field="--" + name.replace("_", "-"))
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from .formats.dataset import open_dataset
+
+    return open_dataset(args.path, split=args.split, on_error=args.on_error, expect_sample_rate=args.sample_rate)
+
+
+def _print_inspect(info: dict[str, Any], extra: dict[str, Any] | None, as_json: bool) -> None:
+    from .inspect import format_summary
+
+    if as_json:
+        print(json.dumps({**(extra or {}), "inspect": info} if extra else info, ensure_ascii=False, indent=1))
+    else:
+        print(format_summary(info))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect_dataset
+
+    info = inspect_dataset(_open(args), progress=not args.no_progress)
+    _print_inspect(info, None, args.json)
+    return 0
+
+
+def cmd_make(args: argparse.Namespace) -> int:
+    _positive(args, "n", "shard_size", *(["workers"] if args.workers is not None else []))
+    langs = _csv(args.lang, "--lang", ("en", "zh"))
+    modalities = _csv(args.modalities, "--modalities", MODALITIES)
+    synth = importlib.import_module("polymodal.data.synth")
+    names = list(getattr(synth, "DATASETS", []))
+    if args.name not in names or not hasattr(synth, "make_dataset"):
+        raise NotFound(f"unknown data set '{args.name}'; available: {', '.join(names) or '(none)'}", field="NAME")
+    optional = {"modalities": modalities} if modalities is not None else {}  # default: all the set has
+    manifest = synth.make_dataset(args.name, args.out, n=args.n, seed=args.seed, langs=langs,
+                                  shard_size=args.shard_size, workers=args.workers,
+                                  progress=not args.no_progress, **optional)
+    from .formats.dataset import open_dataset
+    from .inspect import inspect_dataset
+
+    info = inspect_dataset(open_dataset(args.out), progress=not args.no_progress)
+    _print_inspect(info, {"manifest": manifest}, args.json)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .formats import ShardWriter, write_folder, write_jsonl
+
+    _positive(args, "shard_size")
+    ds = _open(args)
+    if args.to == "webdataset":
+        with ShardWriter(args.out, args.shard_size) as writer:
+            for s in ds:
+                writer.write(s)
+        n = sum(writer.sizes.values())
+    elif args.to == "folder":
+        n = write_folder(ds, args.out)
+    else:
+        n = write_jsonl(ds, args.out)
+    print(f"wrote {n} samples to {args.out} ({args.to}); {ds.policy.summary()}")
+    return 0
+
+
+COMMANDS = {"inspect": cmd_inspect, "make": cmd_make, "convert": cmd_convert}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): keep main() a plain function returning a code
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except PolymodalError as err:
+        print(f"polymodal data {args.command}: error: {err}", file=sys.stderr)
+        return 1
