@@ -22,9 +22,10 @@ TEMPLATES = {
 
 
 class EmbeddingModel(Protocol):
-    modalities: tuple[str, ...]
+    @property
+    def modalities(self) -> tuple[str, ...]: ...
 
-    def embed(self, **inputs: Any) -> np.ndarray: ...
+    def embed(self, *args: Any, **kwargs: Any) -> np.ndarray: ...
 
 
 def model_input(sample: Sample, modality: str) -> Any:
@@ -100,19 +101,42 @@ def _captions(s: Sample) -> list[str]:
     return out
 
 
+def label_value(meta: dict[str, Any], field: str) -> Any:
+    """``metadata['labels']['color']`` for the dotted field ``labels.color`` (None when absent)."""
+    cur: Any = meta
+    for part in field.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
 def evaluate_zeroshot(model: EmbeddingModel, samples: Sequence[Sample], classnames: Sequence[str], *,
-                      label_field: str = "label", templates: Sequence[str] | None = None, lang: str = "en",
+                      label_field: str = "label", label_names: Sequence[str] | None = None,
+                      templates: Sequence[str] | None = None, lang: str = "en",
                       modalities: Iterable[str] | None = None) -> dict[str, Any]:
-    """Classify every non-text modality of the samples by text prompts (prompt ensembles)."""
+    """Classify every non-text modality of the samples by text prompts (prompt ensembles).
+
+    Labels come from the (dotted) metadata field: an int is a class index; a string is looked up in
+    ``label_names`` (default: ``classnames``), so Chinese prompts can classify English-labelled data."""
     if "text" not in model.modalities:
         raise InvalidInput("zero-shot classification needs a model with a text tower", field="modalities")
+    names = list(label_names or classnames)
+    if len(names) != len(classnames):
+        raise InvalidInput(f"{len(names)} label names for {len(classnames)} classes", field="label_names")
+
+    def label(s: Sample) -> int | None:
+        v = label_value(s.metadata, label_field)
+        if isinstance(v, str):
+            return names.index(v) if v in names else None
+        return int(v) if isinstance(v, int | np.integer) and not isinstance(v, bool) else None
+
     tmpl = list(templates or TEMPLATES.get(lang, TEMPLATES["en"]))
     classes = class_embeddings(lambda t: model.embed(text=t), classnames, tmpl)
-    out: dict[str, Any] = {"classes": list(classnames), "templates": tmpl}
+    out: dict[str, Any] = {"classes": list(classnames), "templates": tmpl, "label_field": label_field}
     for m in modalities or [m for m in model.modalities if m != "text"]:
-        sub = [s for s in samples if getattr(s, m) is not None and label_field in s.metadata]
+        sub = [s for s in samples if getattr(s, m) is not None and label(s) is not None]
         if not sub:
             continue
-        labels = [int(s.metadata[label_field]) for s in sub]
-        out[m] = zeroshot_metrics(embed_modality(model, sub, m), classes, labels)
+        out[m] = zeroshot_metrics(embed_modality(model, sub, m), classes, [label(s) or 0 for s in sub])
     return out
