@@ -1,0 +1,177 @@
+"""`make_dataset`: generate a built-in data set into WebDataset shards plus ``manifest.json``.
+
+Layout::
+
+    out/manifest.json            what was generated (name, seed, n, args, splits, modalities, langs, labels)
+    out/{train,val,test}/000000.tar ... + sizes.json
+
+Each sample is a pure function of ``(seed, index)`` and the arguments, and samples are written in index
+order whatever the number of worker processes, so the same arguments give byte-identical files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import InvalidInput, NotFound
+from ..formats.common import atomic_write_bytes
+from ..formats.webdataset import ShardWriter
+from ..sample import MODALITIES, Sample
+from . import digits, shapes
+
+DATASETS: list[str] = ["shapes", "digits"]
+SUPPORTED: dict[str, tuple[str, ...]] = {"shapes": ("audio", "image", "text", "video"), "digits": ("audio", "image", "text")}
+LANGS: tuple[str, ...] = ("en", "zh")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+FRACTIONS: tuple[float, float] = (0.8, 0.1)  # train, val; test gets the rest
+MANIFEST_VERSION = 1
+
+# (name, index, split, image_index, seed, langs, modalities): small and picklable, one per sample
+Task = tuple[str, int, str, int, int, tuple[str, ...], tuple[str, ...]]
+
+
+def split_counts(n: int) -> dict[str, int]:
+    n_train, n_val = int(round(FRACTIONS[0] * n)), int(round(FRACTIONS[1] * n))
+    n_val = min(n_val, n - n_train)
+    return {"train": n_train, "val": n_val, "test": n - n_train - n_val}
+
+
+def assign_splits(n: int, seed: int) -> list[tuple[str, int]]:
+    """For every index: (split, position within the split), from a seeded permutation of the indices."""
+    counts = split_counts(n)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.random.default_rng(np.random.SeedSequence([0x5B, seed, n])).permutation(n)] = np.arange(n)
+    starts = {"train": 0, "val": counts["train"], "test": counts["train"] + counts["val"]}
+    out = []
+    for r in rank.tolist():
+        split = "train" if r < starts["val"] else "val" if r < starts["test"] else "test"
+        out.append((split, r - starts[split]))
+    return out
+
+
+def _tasks(name: str, n: int, seed: int, langs: tuple[str, ...], modalities: tuple[str, ...]) -> list[Task]:
+    pools = digits.image_splits(seed) if name == "digits" else None
+    tasks: list[Task] = []
+    for index, (split, pos) in enumerate(assign_splits(n, seed)):
+        image_index = pools[split][pos % len(pools[split])] if pools is not None else -1
+        tasks.append((name, index, split, image_index, seed, langs, modalities))
+    return tasks
+
+
+def _make(task: Task) -> Sample:
+    """Worker entry point (module level so a process pool can pickle it)."""
+    name, index, split, image_index, seed, langs, modalities = task
+    if name == "shapes":
+        return shapes.make_sample(index, split, seed=seed, langs=langs, modalities=modalities)
+    return digits.make_sample(index, split, image_index, seed=seed, langs=langs, modalities=modalities)
+
+
+def _validate(name: str, n: int, seed: int, langs: Sequence[str] | None, modalities: Sequence[str] | None,
+              shard_size: int, workers: int | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if name not in DATASETS:
+        raise NotFound(f"unknown data set {name!r} (known: {', '.join(DATASETS)})", field="name")
+    for field, value, low in (("n", n, 1), ("seed", seed, 0), ("shard_size", shard_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise InvalidInput(f"must be an integer >= {low}, got {value!r}", field=field)
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise InvalidInput(f"must be an integer >= 1 or None, got {workers!r}", field="workers")
+    if langs is None:
+        langs = ("en",)
+    if isinstance(langs, str):
+        langs = [x for x in langs.split(",") if x]
+    bad = [x for x in langs if x not in LANGS]
+    if bad or not langs:
+        raise InvalidInput(f"languages must be a non-empty subset of {list(LANGS)}, got {list(langs)}", field="langs")
+    if modalities is None:
+        modalities = SUPPORTED[name]
+    if isinstance(modalities, str):
+        modalities = [x for x in modalities.split(",") if x]
+    bad = [m for m in modalities if m not in MODALITIES]
+    if bad:
+        raise InvalidInput(f"unknown modalities {bad} (known: {list(MODALITIES)})", field="modalities")
+    chosen = tuple(m for m in MODALITIES if m in modalities and m in SUPPORTED[name])
+    if not chosen:
+        raise InvalidInput(f"{name} provides {list(SUPPORTED[name])}; none of {list(modalities)} requested",
+                           field="modalities")
+    return tuple(dict.fromkeys(langs)), chosen
+
+
+def _generate(tasks: list[Task], workers: int) -> Iterator[Sample]:
+    """Samples in task order; with several workers, generated in parallel but yielded in order."""
+    if workers == 1 or len(tasks) < 2:
+        yield from map(_make, tasks)
+        return
+    # fork is cheap and sound here (no threads of ours run); elsewhere spawn re-imports the module
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    chunk = max(1, min(16, len(tasks) // (workers * 8)))
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(_make, tasks, chunksize=chunk)
+
+
+def _clean(out: Path) -> None:
+    """Remove a previous run's manifest and shards (only files this function writes)."""
+    (out / "manifest.json").unlink(missing_ok=True)
+    for split in SPLITS:
+        d = out / split
+        if d.is_dir():
+            for p in [*d.glob("*.tar"), d / "sizes.json"]:
+                p.unlink(missing_ok=True)
+
+
+def make_dataset(name: str, out: str | os.PathLike[str], *, n: int, seed: int = 0,
+                 langs: Sequence[str] = ("en",), modalities: Sequence[str] = ("text", "image", "audio", "video"),
+                 shard_size: int = 1000, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Generate data set ``name`` (one of `DATASETS`) with ``n`` samples into ``out``; returns the manifest.
+
+    ``langs``: caption languages, a subset of ``("en", "zh")``, drawn per sample. ``modalities``: what to
+    generate (ones the data set lacks, e.g. video for digits, are left out; audio needs the ``[speech]``
+    extra). ``workers``: processes (default ``min(2, cpu count)``); the output does not depend on it.
+    A previous data set in ``out`` is replaced."""
+    langs_t, mods = _validate(name, n, seed, langs, modalities, shard_size, workers)
+    n, seed = int(n), int(seed)
+    workers = workers or min(2, os.cpu_count() or 1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean(out)
+    tasks = _tasks(name, n, seed, langs_t, mods)
+    writers = {s: ShardWriter(out / s, shard_size) for s in SPLITS}
+    from tqdm import tqdm
+
+    samples = _generate(tasks, workers)  # start the pool before tqdm starts its monitor thread
+    sample_rate = None
+    with tqdm(total=n, desc=f"make {name}", unit="sample", file=sys.stderr, disable=not progress) as bar:
+        for sample in samples:
+            writers[sample.metadata["split"]].write(sample)
+            sample_rate = sample_rate or sample.sample_rate
+            bar.update(1)
+    counts = {s: sum(w.close().values()) for s, w in writers.items()}
+    manifest = {
+        "name": name, "version": MANIFEST_VERSION, "format": "webdataset", "seed": seed, "n": n,
+        "args": {"langs": list(langs_t), "modalities": list(mods), "shard_size": shard_size},
+        "splits": {s: {"path": s, "count": counts[s]} for s in SPLITS},
+        "modalities": list(mods), "langs": list(langs_t),
+        "labels": shapes.labels() if name == "shapes" else digits.labels(),
+        "details": _details(name, sample_rate),
+    }
+    data = json.dumps(manifest, ensure_ascii=False, indent=1) + "\n"
+    atomic_write_bytes(out / "manifest.json", data.encode("utf-8"))
+    return manifest
+
+
+def _details(name: str, sample_rate: int | None) -> dict[str, Any]:
+    """Fixed sizes of what was generated, for readers and docs."""
+    out: dict[str, Any] = {"split_fractions": [*FRACTIONS, round(1.0 - sum(FRACTIONS), 6)],
+                           "audio_sample_rate": sample_rate}
+    if name == "shapes":
+        out.update(image_size=[shapes.IMAGE_SIZE, shapes.IMAGE_SIZE], video_frames=shapes.VIDEO_FRAMES,
+                   video_size=[shapes.VIDEO_SIZE, shapes.VIDEO_SIZE])
+    else:
+        out.update(image_size=[digits.IMAGE_SIZE, digits.IMAGE_SIZE])
+    return out

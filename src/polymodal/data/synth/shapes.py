@@ -1,0 +1,200 @@
+"""`shapes`: compositional scenes of one or two colored shapes, with captions (English/Chinese), the
+caption spoken by eSpeak NG, and a short video of the first object moving.
+
+Every sample is a pure function of ``(seed, index, split, langs, modalities)``: its RNG is seeded from
+``(seed, index)`` and every random draw happens whether or not a modality is produced, so the captions
+and pictures do not change when audio or video is switched off.
+
+Held-out pairs: the color+shape pairs in `HELDOUT_PAIRS` never appear in train or val. In test, the
+first object is one of them half of the time, so compositional generalization can be measured on the
+samples with ``metadata["heldout"] == True``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ...errors import InvalidInput
+from ..sample import Sample
+from . import captions, speech
+
+NAME = "shapes"
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 45, 45), "green": (50, 180, 70), "blue": (50, 100, 235), "yellow": (240, 215, 40),
+    "purple": (150, 70, 205), "orange": (245, 135, 30), "cyan": (45, 205, 215), "pink": (245, 125, 185),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross")
+SIZES: dict[str, float] = {"small": 0.11, "large": 0.2}  # radius as a fraction of the image side
+POSITIONS: dict[str, tuple[float, float]] = {
+    "center": (0.5, 0.5), "left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75),
+    "top left": (0.25, 0.25), "top right": (0.75, 0.25), "bottom left": (0.25, 0.75), "bottom right": (0.75, 0.75),
+}
+# relation of object 1 to object 2 -> (position of object 1, position of object 2)
+RELATIONS: dict[str, tuple[str, str]] = {
+    "left of": ("left", "right"), "right of": ("right", "left"), "above": ("top", "bottom"), "below": ("bottom", "top"),
+}
+HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (("red", "star"), ("blue", "triangle"), ("green", "circle"),
+                                              ("yellow", "square"))
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+IMAGE_SIZE = 64
+VIDEO_SIZE, VIDEO_FRAMES = 32, 8
+MOTION = 0.3  # total displacement over the video, as a fraction of the side
+P_SINGLE = 0.25  # share of one-object scenes (two-object captions are far more specific)
+P_HELDOUT_TEST = 0.5  # share of test scenes whose first object is a held-out pair
+SUPERSAMPLE = 4  # draw at 4x and box-filter down: anti-aliased edges
+_RNG_TAG = 1  # mixed into the seed so shapes and digits with the same seed differ
+
+
+def all_pairs(heldout: bool | None = None) -> list[tuple[str, str]]:
+    """Color+shape pairs; ``heldout=False`` -> only those allowed in train/val, True -> only held-out."""
+    pairs = [(c, s) for c in COLORS for s in SHAPES]
+    if heldout is None:
+        return pairs
+    return [p for p in pairs if (p in HELDOUT_PAIRS) == heldout]
+
+
+def labels() -> dict[str, Any]:
+    """Label vocabularies for the manifest (evaluation reads class names from here)."""
+    return {"colors": list(COLORS), "shapes": list(SHAPES), "sizes": list(SIZES), "positions": list(POSITIONS),
+            "relations": list(RELATIONS), "directions": list(DIRECTIONS),
+            "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
+            "zh": {"colors": captions.COLOR_ZH, "shapes": captions.SHAPE_ZH}}
+
+
+# ----------------------------------------------------------------------------------------------- scene
+
+def _draw_object(rng: np.random.Generator, pairs: list[tuple[str, str]], position: str) -> dict[str, Any]:
+    color, shape = pairs[int(rng.integers(len(pairs)))]
+    size = ("small", "large")[int(rng.integers(2))]
+    cx, cy = POSITIONS[position]
+    jitter = rng.uniform(-0.035, 0.035, size=2)
+    rgb = np.clip(np.array(COLORS[color]) + rng.integers(-12, 13, size=3), 0, 255)
+    return {"shape": shape, "color": color, "size": size, "position": position,
+            "_xy": (cx + float(jitter[0]), cy + float(jitter[1])),
+            "_r": SIZES[size] * float(rng.uniform(0.92, 1.08)),
+            "_angle": float(rng.uniform(-12.0, 12.0)), "_rgb": tuple(int(v) for v in rgb)}
+
+
+def sample_scene(rng: np.random.Generator, split: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Objects (with private ``_`` render fields) and the relation (None for one object)."""
+    allowed = all_pairs(heldout=False) if split != "test" else all_pairs()
+    first = all_pairs(heldout=True) if split == "test" and rng.random() < P_HELDOUT_TEST else allowed
+    if rng.random() < P_SINGLE:
+        position = list(POSITIONS)[int(rng.integers(len(POSITIONS)))]
+        return [_draw_object(rng, first, position)], None
+    relation = list(RELATIONS)[int(rng.integers(len(RELATIONS)))]
+    p1, p2 = RELATIONS[relation]
+    return [_draw_object(rng, first, p1), _draw_object(rng, allowed, p2)], relation
+
+
+def _background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """A dark, slightly colored gradient: start color, end color, axis (0 = vertical)."""
+    c0 = rng.integers(20, 60) + rng.integers(-6, 7, size=3)
+    c1 = np.clip(c0 + rng.integers(-15, 16, size=3), 0, 255)
+    return c0.astype(np.float32), c1.astype(np.float32), int(rng.integers(2))
+
+
+# ----------------------------------------------------------------------------------------------- render
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle_deg: float) -> list[tuple[float, float]]:
+    """Outline of a shape of "radius" r (roughly equal visual weight across shapes)."""
+    pts: list[tuple[float, float]]  # (distance from the center, angle in degrees)
+    if shape == "square":
+        pts = [(1.15 * r, float(a)) for a in (45, 135, 225, 315)]
+    elif shape == "diamond":  # taller than wide, so it never looks like a rotated square
+        return [(cx + dx, cy + dy) for dx, dy in ((0, -1.25 * r), (0.8 * r, 0), (0, 1.25 * r), (-0.8 * r, 0))]
+    elif shape == "triangle":
+        pts = [(1.25 * r, float(a)) for a in (-90, 30, 150)]
+    elif shape == "star":
+        pts = [((1.3 if k % 2 == 0 else 0.55) * r, -90.0 + 36 * k) for k in range(10)]
+    elif shape == "cross":
+        w = 0.38
+        xy = [(w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w), (-w, -1)]
+        pts = [(1.05 * r * math.hypot(x, y), math.degrees(math.atan2(y, x))) for x, y in xy]
+    else:
+        raise InvalidInput(f"unknown shape {shape!r} (known: {list(SHAPES)})", field="shape")
+    return [(cx + d * math.cos(math.radians(a + angle_deg)), cy + d * math.sin(math.radians(a + angle_deg)))
+            for d, a in pts]
+
+
+def render(objects: Sequence[dict[str, Any]], background: tuple[np.ndarray, np.ndarray, int], size: int,
+           offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Draw the scene at ``size`` x ``size``; ``offset`` (fraction of the side) moves the first object."""
+    c0, c1, axis = background
+    t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None]
+    line = c0[None, :] * (1 - t) + c1[None, :] * t  # (size, 3)
+    bg = np.broadcast_to(line[:, None, :] if axis == 0 else line[None, :, :], (size, size, 3))
+    big = size * SUPERSAMPLE
+    canvas = Image.fromarray(np.round(bg).astype(np.uint8), "RGB").resize((big, big), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    # the moving object is drawn last, so it passes in front of the other one
+    order = list(range(1, len(objects))) + [0]
+    for i in order:
+        o = objects[i]
+        dx, dy = offset if i == 0 else (0.0, 0.0)
+        cx, cy, r = (o["_xy"][0] + dx) * big, (o["_xy"][1] + dy) * big, o["_r"] * big
+        if o["shape"] == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=o["_rgb"])
+        else:
+            draw.polygon(_polygon(o["shape"], cx, cy, r, o["_angle"]), fill=o["_rgb"])
+    return np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.uint8).copy()
+
+
+def feasible_directions(obj: dict[str, Any]) -> list[str]:
+    """Directions in which the object's center stays inside [0.12, 0.88] for the whole video."""
+    x, y = obj["_xy"]
+    return [d for d, (dx, dy) in DIRECTIONS.items()
+            if 0.12 <= x + dx * MOTION <= 0.88 and 0.12 <= y + dy * MOTION <= 0.88]
+
+
+def render_video(objects: Sequence[dict[str, Any]], background: tuple[np.ndarray, np.ndarray, int],
+                 direction: str) -> np.ndarray:
+    dx, dy = DIRECTIONS[direction]
+    frames = [render(objects, background, VIDEO_SIZE, (dx * MOTION * k / (VIDEO_FRAMES - 1),
+                                                       dy * MOTION * k / (VIDEO_FRAMES - 1)))
+              for k in range(VIDEO_FRAMES)]
+    return np.stack(frames)
+
+
+# ----------------------------------------------------------------------------------------------- sample
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([_RNG_TAG, seed, index]))
+
+
+def make_sample(index: int, split: str, *, seed: int = 0, langs: Sequence[str] = ("en",),
+                modalities: Sequence[str] = ("text", "image", "audio", "video")) -> Sample:
+    """Sample ``index`` of the data set with this ``seed`` (``split`` decides which pairs are allowed)."""
+    rng = sample_rng(seed, index)
+    objects, relation = sample_scene(rng, split)
+    background = _background(rng)
+    caps = captions.scene_captions(rng, objects, relation)
+    lang = langs[int(rng.integers(len(langs)))]
+    directions = feasible_directions(objects[0])
+    direction = directions[int(rng.integers(len(directions)))]
+    motion = captions.motion_captions(rng, objects[0], direction)
+    voice = speech.random_voice(rng, lang)
+
+    public = [{k: v for k, v in o.items() if not k.startswith("_")} for o in objects]
+    meta: dict[str, Any] = {
+        "split": split, "index": index, "objects": public, "relation": relation,
+        "labels": {"color": public[0]["color"], "shape": public[0]["shape"]},
+        "captions": {k: caps[k] for k in langs}, "lang": lang,
+        "heldout": any((o["color"], o["shape"]) in HELDOUT_PAIRS for o in public),
+    }
+    kw: dict[str, Any] = {}
+    if "text" in modalities:
+        kw["text"] = caps[lang]
+    if "image" in modalities:
+        kw["image"] = render(objects, background, IMAGE_SIZE)
+    if "audio" in modalities:
+        kw["audio"], kw["sample_rate"] = speech.synthesize(caps[lang], voice)
+        meta["voice"] = voice.as_dict()
+    if "video" in modalities:
+        kw["video"] = render_video(objects, background, direction)
+        meta.update(motion=direction, video_caption=motion[lang], video_captions={k: motion[k] for k in langs})
+    return Sample(id=f"{NAME}-{index:06d}", metadata=meta, **kw)
