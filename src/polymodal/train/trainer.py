@@ -1,0 +1,359 @@
+"""The trainer: one recipe, one data dir, one run dir; one process or ``torchrun`` DDP.
+
+``Trainer(recipe, data_dir, run_dir).fit()`` builds the model from the recipe's arch, the transform from
+the encoders' needs, holds the training split in memory, and runs the optimizer steps (see
+`polymodal.train.step` for accumulation). It is generic over models that return ``(loss, logs)`` from a
+`Batch`; alignment models additionally get contrastive accumulation, the distributed gather and the
+temperature clamp. A resumed run continues exactly: same batches, rates, RNG streams and optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .. import __version__
+from ..api import build_model
+from ..config import Recipe
+from ..data.sample import Batch
+from ..data.transforms.compose import SampleTransform
+from ..errors import ConfigError, NotFound, PolymodalError
+from . import checkpoint as ck
+from .data import MemoryData, StreamData, load_samples, open_checked, transform_config
+from .distributed import DistEnv, StepSampler, all_mean, barrier, cleanup, gather_objects, init_distributed
+from .monitor import MetricsLog, Progress, reduce_logs, seed_everything
+from .optim import build_optimizer
+from .schedule import WarmupCosine
+from .step import StepModule, forward_backward
+
+
+class TrainingError(PolymodalError):
+    """Training had to stop (the loss or the gradients became NaN/inf)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    step: int
+    samples_seen: int
+    loss: float | None
+    val_loss: float | None
+    elapsed_s: float
+    samples_per_s: float
+    checkpoint: str | None
+    stopped_by: str  # "steps" | "minutes" | "stop_after"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, data_dir: str | os.PathLike[str], run_dir: str | os.PathLike[str], *,
+                 resume: bool = False, device: str | None = None, progress: bool = True,
+                 stop_after: int | None = None):
+        """``stop_after``: stop (with a checkpoint) once this many steps are done, without changing the
+        schedule; continue later with ``resume=True`` (preemptible jobs; the resume test)."""
+        if not recipe.train.has_length:
+            raise ConfigError("the recipe sets no run length: give train.steps, train.epochs or train.minutes",
+                              field="train.steps")
+        self.recipe, self.cfg = recipe, recipe.train
+        self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
+        self.resume, self.device_name, self.show_progress, self.stop_after = resume, device, progress, stop_after
+        self.step = self.samples_seen = 0
+        self.elapsed_before = 0.0
+        self.last_ckpt: Path | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        self.env: DistEnv = init_distributed(self.device_name)
+        seed_everything(self.cfg.seed)
+        self.model = build_model(self.recipe.arch, self.recipe.model)
+        if self.env.rank:  # same initial weights everywhere, but each rank its own dropout stream
+            seed_everything(self.cfg.seed + 1_000_003 * self.env.rank)
+        preprocess = getattr(self.model, "preprocess", None)
+        needs = preprocess() if callable(preprocess) else {}
+        mods = list(self.recipe.data.modalities or getattr(self.model, "modalities", needs))
+        self.transform_cfg = SampleTransform.from_dict(transform_config(needs, self.recipe.data.transform)).to_dict()
+        transform = SampleTransform.from_dict(self.transform_cfg)
+        self.data = self._train_data(transform, mods)
+        self.val = self._val_data(transform, mods)
+        self.total_steps = self._total_steps()
+        self.model.to(self.env.device)
+        self.optimizer = build_optimizer(self.model, self.cfg.optimizer, self.cfg.lr, self.cfg.weight_decay,
+                                         self.cfg.betas, self.cfg.eps)
+        self.schedule = WarmupCosine(self.cfg.lr, self.cfg.warmup_steps, self.total_steps, self.cfg.min_lr_ratio)
+        self.run_config = self._run_config()
+        self._prepare_run_dir()
+        self.core = StepModule(self.model, gather=self.env.distributed)
+        self.wrapped: torch.nn.Module = self.core
+        if self.env.distributed:
+            # a tower sits idle in a step only when some samples lack its modality (or it is dropped)
+            unused = not self.data.complete or self.cfg.modality_dropout > 0
+            self.wrapped = DDP(self.core, device_ids=None, find_unused_parameters=unused)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.env.is_main, truncate_after=self.step)
+
+    def _train_data(self, transform: SampleTransform, mods: list[str]) -> MemoryData | StreamData:
+        dc = self.recipe.data
+        ds = open_checked(self.data_dir, dc.split, mods, dc.on_error)
+        n = len(ds)
+        self.sampler = StepSampler(n, self.cfg.batch_size, self.env.world, self.env.rank, self.cfg.accum_freq,
+                                   self.cfg.seed)
+        if dc.stream or (dc.stream is None and n > dc.stream_above):
+            return StreamData(ds, transform, self.cfg.seed, mods, self.env.rank, self.env.world,
+                              self.cfg.batch_size // self.env.world, self.sampler.steps_per_epoch,
+                              dc.shuffle_buffer, self.cfg.modality_dropout)
+        samples = load_samples(ds)
+        if len(samples) != n:  # bad items skipped (on_error="skip"): index what was read
+            self.sampler = StepSampler(len(samples), self.cfg.batch_size, self.env.world, self.env.rank,
+                                       self.cfg.accum_freq, self.cfg.seed)
+        return MemoryData(samples, transform, self.cfg.seed, mods, self.cfg.modality_dropout)
+
+    def _step_batches(self) -> list[Batch]:
+        if isinstance(self.data, StreamData):
+            micro = self.data.step_batches(self.step, self.cfg.accum_freq)
+        else:
+            epoch = self.sampler.epoch_of(self.step)
+            micro = [self.data.batch(ix, epoch) for ix in self.sampler.micro_batches(self.step)]
+        return [b.to(self.env.device) for b in micro]
+
+    def _val_data(self, transform: SampleTransform, mods: list[str]) -> MemoryData | None:
+        split = self.recipe.data.val_split
+        if split is None or not self.env.is_main:
+            return None
+        try:
+            ds = open_checked(self.data_dir, split, mods, self.recipe.data.on_error)
+        except NotFound:
+            return None
+        if split == self.recipe.data.split or not ds.splits:
+            return None  # no separate validation split in this data
+        samples = load_samples(ds, self.cfg.val_max_samples)
+        return MemoryData(samples, transform.eval(), self.cfg.seed, mods) if len(samples) >= 2 else None
+
+    def _total_steps(self) -> int | None:
+        if self.cfg.steps is not None:
+            return self.cfg.steps
+        if self.cfg.epochs is not None:
+            return max(1, math.ceil(self.cfg.epochs * self.sampler.steps_per_epoch))
+        return None  # time budget only
+
+    def _run_config(self) -> dict[str, Any]:
+        model_cfg = getattr(self.model, "config", None) or {**self.recipe.model, "arch": self.recipe.arch}
+        return {"format": ck.RUN_FORMAT, "version": ck.RUN_VERSION, "polymodal_version": __version__,
+                "arch": self.recipe.arch, "model": model_cfg, "transform": self.transform_cfg,
+                "recipe": self.recipe.to_dict(), "world_size": self.env.world}
+
+    def _prepare_run_dir(self) -> None:
+        existing = ck.latest_checkpoint(self.run_dir)
+        if not self.resume:
+            if existing is not None or (self.run_dir / ck.CONFIG).exists():
+                raise ConfigError("the run directory already holds a run; pass --resume to continue it or "
+                                  "choose a new --out", source=str(self.run_dir))
+            if self.env.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            barrier(self.env)
+            return
+        if existing is None:
+            raise NotFound("nothing to resume: no checkpoint under checkpoints/", source=str(self.run_dir))
+        self._load_checkpoint(existing)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        saved = ck.read_run_config(path)
+        for key in ("arch", "model", "transform"):
+            diff = _first_diff(saved.get(key), self.run_config[key], key)
+            if diff:
+                raise ConfigError(f"cannot resume: the checkpoint was trained with a different {diff}",
+                                  source=str(path))
+        ck.load_model_state(self.model, path / ck.MODEL)
+        tensors = ck.read_tensors(path / ck.STATE_T)
+        state = ck.read_json(path / ck.STATE_J)
+        ck.restore_optimizer(self.optimizer, tensors, state["optimizer"], str(path))
+        self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        self.elapsed_before = float(state["elapsed_s"])
+        self.last_ckpt = path
+        rank = self.env.rank
+        if int(state["world"]) == self.env.world:
+            own = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"rng.{rank}.")}
+            self._rng_to_restore: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = (own, state["rng"][rank])
+        else:  # other process count: batches are unchanged, per-rank RNG streams cannot be
+            print(f"polymodal train: resuming with {self.env.world} processes instead of {state['world']}; "
+                  "per-process random streams are re-seeded", file=sys.stderr)
+            self._rng_to_restore = None
+            seed_everything(self.cfg.seed + 1_000_003 * self.step + rank)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> TrainResult:
+        self._rng_to_restore = None
+        try:
+            self._setup()
+            if self._rng_to_restore is not None:  # last thing before the first step
+                ck.set_rng_state(*self._rng_to_restore)
+            return self._loop()
+        finally:
+            env = getattr(self, "env", None)
+            if env is not None:
+                cleanup(env)
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self._t0
+
+    def _loop(self) -> TrainResult:
+        self._t0 = time.perf_counter()
+        budget = self.cfg.minutes * 60 if self.cfg.minutes is not None else None
+        progress = Progress(self.total_steps, self.step, self.env.is_main and self.show_progress)
+        loss_value: float | None = None
+        stopped_by = "steps"
+        window = (time.perf_counter(), self.samples_seen)
+        while self.total_steps is None or self.step < self.total_steps:
+            elapsed = self._shared_elapsed()
+            if budget is not None and elapsed >= budget:
+                stopped_by = "minutes"
+                break
+            if self.stop_after is not None and self.step >= self.stop_after:
+                stopped_by = "stop_after"
+                break
+            frac = elapsed / budget if budget is not None and self.total_steps is None else None
+            lr = self.schedule.lr(self.step, frac)
+            loss, logs = self._train_step(lr)
+            loss_value = float(loss)
+            self.step += 1
+            self.samples_seen += self.cfg.batch_size
+            speed = progress.update(loss_value, self.samples_seen)
+            if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                now = time.perf_counter()
+                rate = (self.samples_seen - window[1]) / max(now - window[0], 1e-9)
+                window = (now, self.samples_seen)
+                self._log(loss_value, lr, reduce_logs(logs, self.env), rate or speed)
+            if self.cfg.val_every and self.step % self.cfg.val_every == 0:
+                self._validate()
+            if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
+                self._save()
+        progress.close()
+        val = self._validate() if stopped_by != "stop_after" else None
+        if self.last_ckpt is None or self.last_ckpt.name != ck.checkpoint_name(self.step):
+            self._save()
+        elapsed = self._elapsed()
+        return TrainResult(str(self.run_dir), self.step, self.samples_seen, loss_value, val, elapsed,
+                           self.samples_seen / max(elapsed, 1e-9), str(self.last_ckpt) if self.last_ckpt else None,
+                           stopped_by)
+
+    def _shared_elapsed(self) -> float:
+        """Rank 0's clock, so every rank takes the same time-based decisions (rate, stopping)."""
+        value = self._elapsed()
+        if self.env.distributed and self.cfg.minutes is not None:
+            t = torch.tensor([value], dtype=torch.float64, device=self.env.device)
+            torch.distributed.broadcast(t, src=0)
+            value = float(t.item())
+        return value
+
+    def _train_step(self, lr: float) -> tuple[torch.Tensor, dict[str, float]]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro = self._step_batches()
+        loss, logs = forward_backward(self.wrapped, self.core, micro, self._autocast, self.env.device)
+        loss = all_mean(loss, self.env)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            self._diverged(float(loss), float(norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        clamp = getattr(self.model, "clamp_logit_scale", None)
+        if callable(clamp):
+            clamp()
+        return loss, logs
+
+    def _diverged(self, loss: float, norm: float) -> None:
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+        keep = (f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt is not None
+                else "no checkpoint was written yet")
+        raise TrainingError(f"training stopped at step {self.step + 1}: {what} is not finite (try a lower "
+                            f"train.lr or precision fp32); {keep}", source=str(self.run_dir))
+
+    # ------------------------------------------------------------------ logging, validation, checkpoints
+    def _log(self, loss: float, lr: float, logs: dict[str, float], rate: float) -> None:
+        row = {"step": self.step, "epoch": self.sampler.epoch_of(max(0, self.step - 1)), "loss": loss, "lr": lr,
+               "samples_seen": self.samples_seen, "samples_per_s": round(rate, 2),
+               "elapsed_s": round(self._elapsed(), 3)}
+        row.update({k: v for k, v in logs.items() if k != "loss"})
+        self.metrics.write(row)
+
+    @torch.no_grad()
+    def _validate(self) -> float | None:
+        """Mean loss over the validation samples (rank 0, no gather); logged as val_loss."""
+        val_loss = None
+        if self.env.is_main and self.val is not None:
+            self.model.eval()
+            total, count = 0.0, 0
+            sums: dict[str, float] = {}
+            size = min(self.cfg.batch_size, len(self.val))
+            for start in range(0, len(self.val), size):
+                idx = list(range(start, min(start + size, len(self.val))))
+                if len(idx) < 2:  # a contrastive loss needs two rows
+                    break
+                with self._autocast():
+                    loss, logs = self.core.local_loss(self.val.batch(idx, 0).to(self.env.device))
+                total += float(loss) * len(idx)
+                count += len(idx)
+                for k, v in logs.items():  # per-pair losses, accuracy, ...: sample-weighted means
+                    if k != "loss" and not k.startswith(("pairs/", "logit_")):
+                        sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            self.model.train()
+            val_loss = total / max(count, 1)
+            self.metrics.write({"step": self.step, "val_loss": val_loss,
+                                **{f"val/{k}": v / max(count, 1) for k, v in sums.items()}})
+        barrier(self.env)
+        return val_loss
+
+    def _save(self) -> None:
+        rng = ck.rng_state()
+        everyone = gather_objects(rng, self.env)
+        if self.env.is_main:
+            opt_tensors, opt_meta = ck.flatten_optimizer(self.optimizer)
+            tensors = dict(opt_tensors)
+            for r, (t, _) in enumerate(everyone):
+                tensors.update({f"rng.{r}.{k}": v for k, v in t.items()})
+            state = {"step": self.step, "samples_seen": self.samples_seen, "elapsed_s": self._elapsed(),
+                     "world": self.env.world, "optimizer": opt_meta, "rng": [m for _, m in everyone]}
+            config = {**self.run_config, "step": self.step, "samples_seen": self.samples_seen}
+            self.last_ckpt = ck.write_checkpoint(self.run_dir, self.step, self.model.state_dict(), config,
+                                                 tensors, state, keep=self.cfg.keep_checkpoints)
+        else:
+            self.last_ckpt = self.run_dir / "checkpoints" / ck.checkpoint_name(self.step)
+        barrier(self.env)
+
+
+def _first_diff(a: Any, b: Any, path: str) -> str | None:
+    """The first dotted key where two JSON values differ, as 'key (a vs b)'."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = _first_diff(a.get(k), b.get(k), f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if a != b:
+        return f"{path} ({_short(a)} vs now {_short(b)})"
+    return None
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def train(recipe: Recipe, data_dir: str | os.PathLike[str], run_dir: str | os.PathLike[str],
+          **kwargs: Any) -> TrainResult:
+    """Train ``recipe`` on ``data_dir`` into ``run_dir`` (see `Trainer`)."""
+    return Trainer(recipe, data_dir, run_dir, **kwargs).fit()
