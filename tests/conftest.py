@@ -61,3 +61,14 @@ def make_samples() -> Callable[..., list[Sample]]:
 @pytest.fixture
 def same_sample() -> Callable[[Sample, Sample], None]:
     return assert_same
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run far faster on one thread than on two contended ones (2-core machines)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.sample import Batch
+from ..models.alignment import merge_features
 
 Features = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -54,19 +55,6 @@ class StepModule(nn.Module):
         """This process's loss without any collective (validation on one rank)."""
         m: Any = self.model
         return m(batch, gather=False) if self.alignment else m(batch)
-
-
-def merge_features(parts: Sequence[tuple[Features, int]]) -> tuple[Features, int]:
-    """Concatenate consecutive micro-batches' features (rows offset by the sizes before them)."""
-    embs: dict[str, list[torch.Tensor]] = {}
-    rows: dict[str, list[torch.Tensor]] = {}
-    offset = 0
-    for feats, size in parts:
-        for mod, (emb, r) in feats.items():
-            embs.setdefault(mod, []).append(emb)
-            rows.setdefault(mod, []).append(r + offset)
-        offset += size
-    return {mod: (torch.cat(embs[mod]), torch.cat(rows[mod])) for mod in embs}, offset
 
 
 def loss_only_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -1,0 +1,170 @@
+"""One contract test over every registered encoder: shape, finite, gradients reach every parameter,
+padding and absent samples do not change the outputs, and no sample depends on the rest of its batch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from polymodal.encoders import ENCODERS, Encoder, create_encoder
+from polymodal.encoders import audio as _audio  # noqa: F401  (registers)
+from polymodal.encoders import image as _image  # noqa: F401
+from polymodal.encoders import text as _text  # noqa: F401
+from polymodal.encoders import video as _video  # noqa: F401
+from polymodal.errors import ConfigError, InvalidInput
+
+with contextlib.suppress(ImportError):  # pretrained towers register only when their extra is installed
+    import polymodal.encoders.pretrained  # noqa: F401
+
+B = 4
+LENGTHS = [5, 2, 7, 1]  # real positions per row for variable-length modalities
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: intra-op threads only add sync overhead (10x slower on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _pad_mask(lengths: list[int], L: int) -> torch.Tensor:
+    return torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def text_input(g: torch.Generator) -> dict[str, torch.Tensor]:
+    L = max(LENGTHS)
+    pm = _pad_mask(LENGTHS, L)
+    ids = torch.randint(3, 50, (B, L), generator=g)
+    return {"values": torch.where(pm, ids, 0), "mask": torch.ones(B, dtype=torch.bool), "pad_mask": pm}
+
+
+def image_input(g: torch.Generator, size: int = 16) -> dict[str, torch.Tensor]:
+    return {"values": torch.randn(B, 3, size, size, generator=g), "mask": torch.ones(B, dtype=torch.bool)}
+
+
+def audio_input(g: torch.Generator, n_mels: int = 8) -> dict[str, torch.Tensor]:
+    lengths = [n * 3 for n in LENGTHS]
+    pm = _pad_mask(lengths, max(lengths))
+    x = torch.randn(B, n_mels, max(lengths), generator=g) * pm[:, None, :]
+    return {"values": x, "mask": torch.ones(B, dtype=torch.bool), "pad_mask": pm}
+
+
+def video_input(g: torch.Generator, size: int = 16) -> dict[str, torch.Tensor]:
+    lengths = [min(n, 4) for n in LENGTHS]
+    pm = _pad_mask(lengths, max(lengths))
+    x = torch.randn(B, max(lengths), 3, size, size, generator=g) * pm[:, :, None, None, None]
+    return {"values": x, "mask": torch.ones(B, dtype=torch.bool), "pad_mask": pm}
+
+
+# name -> (tiny kwargs, input maker). Every from-scratch encoder must be listed here.
+TINY: dict[str, tuple[dict[str, Any], Callable[[torch.Generator], dict[str, torch.Tensor]]]] = {
+    "text_transformer": ({"vocab_size": 50, "width": 32, "layers": 2, "heads": 2, "max_len": 16}, text_input),
+    "image_vit": ({"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "heads": 2, "pool": "cls"},
+                  image_input),
+    "image_cnn": ({"image_size": 16, "channels": [8, 16], "output_dim": 24}, image_input),
+    "audio_cnn": ({"n_mels": 8, "channels": [16, 16, 16], "layers": 1, "heads": 2, "max_frames": 32},
+                  audio_input),
+    "audio_transformer": ({"n_mels": 8, "patch": 2, "width": 32, "layers": 1, "heads": 2, "max_frames": 32},
+                          audio_input),
+    "video_frames": ({"frame": {"image_size": 16, "channels": [8, 16]}, "heads": 2, "max_frames": 8},
+                     video_input),
+}
+PRETRAINED_PREFIXES = ("hf_", "st_", "pretrained")
+
+
+def _build(name: str) -> tuple[Encoder, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    kwargs, make = TINY[name]
+    enc = create_encoder(name, **kwargs).eval()
+    return enc, make(torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name", ENCODERS.names())
+def test_encoder_contract(name: str) -> None:
+    if name not in TINY:
+        assert name.startswith(PRETRAINED_PREFIXES), f"{name} needs an entry in TINY"
+        return
+    enc, part = _build(name)
+    assert enc.modality in ("audio", "image", "text", "video")
+    json.dumps(enc.preprocess())  # the pipeline config must be JSON-able
+    out = enc(part)
+    assert out.shape == (B, enc.output_dim)
+    assert torch.isfinite(out).all()
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+    for pname, p in enc.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {pname}"
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_padding_absent_rows_and_batch_independence(name: str) -> None:
+    enc, part = _build(name)
+    with torch.no_grad():
+        ref = enc(part)
+        time_dim = 1 if enc.modality in ("text", "video") else 2
+        if "pad_mask" in part:
+            # Garbage in every padded position, and extra padding at the end: outputs unchanged.
+            pm = part["pad_mask"]
+            shape = [1] * part["values"].dim()
+            shape[0], shape[time_dim] = B, pm.shape[1]
+            pad = ~pm.view(shape)
+            garbage = torch.randint(3, 50, part["values"].shape) if enc.modality == "text" else \
+                torch.randn(part["values"].shape) * 100
+            noisy = dict(part, values=torch.where(pad, garbage.to(part["values"].dtype), part["values"]))
+            torch.testing.assert_close(enc(noisy), ref, atol=1e-5, rtol=1e-5)
+            extra = 3
+            more = torch.cat([noisy["values"]] * 2, dim=time_dim).narrow(time_dim, 0, pm.shape[1] + extra)
+            longer = dict(part, values=more, pad_mask=torch.cat([pm, torch.zeros(B, extra, dtype=torch.bool)], 1))
+            torch.testing.assert_close(enc(longer), ref, atol=1e-5, rtol=1e-5)
+        # An absent sample (mask False) comes out as zeros and does not disturb the others.
+        absent = dict(part, mask=torch.tensor([False, True, True, True]),
+                      values=part["values"].clone())
+        absent["values"][0] = absent["values"][0].flip(0)
+        out = enc(absent)
+        assert (out[0] == 0).all()
+        torch.testing.assert_close(out[1:], ref[1:], atol=1e-5, rtol=1e-5)
+        # Each row alone, without any padding, gives the same vector as in the padded batch (no attention
+        # to padding, no BatchNorm-style mixing across the batch).
+        for i in range(B):
+            one = {k: v[i:i + 1] for k, v in part.items()}
+            if "pad_mask" in one:
+                n = int(one["pad_mask"].sum())
+                one = dict(one, values=one["values"].narrow(time_dim, 0, n), pad_mask=one["pad_mask"][:, :n])
+            torch.testing.assert_close(enc(one), ref[i:i + 1], atol=1e-5, rtol=1e-5)
+
+
+def test_bad_config_and_input_are_typed_errors() -> None:
+    with pytest.raises(ConfigError):
+        create_encoder("text_transformer", width=30, heads=4)
+    with pytest.raises(ConfigError):
+        create_encoder("image_vit", image_size=30, patch_size=8)
+    with pytest.raises(ConfigError):
+        create_encoder("video_frames", frame_encoder="text_transformer")
+    enc, part = _build("text_transformer")
+    with pytest.raises(InvalidInput, match="max_len"):
+        enc({"values": torch.ones(1, 40, dtype=torch.long)})
+    with pytest.raises(InvalidInput, match="token ids"):
+        enc({"values": torch.full((1, 3), 99)})
+    img, _ = _build("image_cnn")
+    with pytest.raises(InvalidInput, match="16"):
+        img({"values": torch.zeros(1, 3, 8, 8)})
+
+
+def test_text_eos_pooling_reads_last_real_token() -> None:
+    torch.manual_seed(0)
+    enc = create_encoder("text_transformer", vocab_size=50, width=32, layers=1, heads=2, max_len=16,
+                         pool="eos").eval()
+    part = text_input(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = enc(part)
+        pm = part["pad_mask"]
+        h = enc.token_emb(part["values"]) + enc.pos_emb[: pm.shape[1]]
+        h = enc.ln_final(enc.transformer(h, pm))
+        last = pm.sum(1) - 1
+    torch.testing.assert_close(out, h[torch.arange(B), last])
