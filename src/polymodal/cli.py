@@ -25,7 +25,7 @@ def _available() -> dict[str, tuple[str, str, str]]:
     for name, spec in COMMANDS.items():
         try:
             found = importlib.util.find_spec(spec[0]) is not None
-        except ModuleNotFoundError:
+        except ImportError:  # a parent package needs an extra that is not installed
             found = False
         if found:
             out[name] = spec

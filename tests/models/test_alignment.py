@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import make_tiny_samples
 from polymodal.data.sample import Batch, collate
 from polymodal.data.transforms import (
     AudioTransform,
@@ -235,7 +234,7 @@ def test_build_keeps_config() -> None:
     assert model.preprocess()["text"]["max_len"] == 8
 
 
-def test_end_to_end_from_samples_with_mixed_modalities() -> None:
+def test_end_to_end_from_samples_with_mixed_modalities(make_samples) -> None:
     """Real `Sample`s (every modality mix, English and Chinese) -> SampleTransform -> collate -> loss."""
     torch.manual_seed(0)
     model = build_alignment_model({"arch": "alignment", "dim": 16, "encoders": {
@@ -249,7 +248,7 @@ def test_end_to_end_from_samples_with_mixed_modalities() -> None:
         text=ByteTokenizer(), max_text_len=pre["text"]["max_len"],
         image=ImageTransform(size=pre["image"]["size"]), audio=AudioTransform(n_mels=pre["audio"]["n_mels"]),
         video=VideoTransform(frames=pre["video"]["frames"], image=ImageTransform(size=pre["video"]["image"]["size"])))
-    batch = collate(make_tiny_samples(8), transform)
+    batch = collate(make_samples(8), transform)
     value, logs = model(batch)
     assert torch.isfinite(value) and value.item() > 0
     value.backward()

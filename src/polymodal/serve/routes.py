@@ -1,0 +1,234 @@
+"""The HTTP endpoints. Blocking work (decoding media, FAISS searches, collection writes and saves) runs in the
+thread pool; embedding goes through the micro-batcher's worker thread; the event loop only awaits."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+
+from ..errors import InvalidInput, NotFound
+from ..index import fuse
+from .app import Service
+from .items import decode_items, decode_one, decode_query, embed_choices, write_delete, write_items
+from .schemas import (
+    CollectionInfo,
+    CollectionList,
+    CreateCollection,
+    DeleteItemsRequest,
+    DeleteItemsResponse,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+    Health,
+    Hit,
+    SearchRequest,
+    SearchResponse,
+    UpsertRequest,
+    UpsertResponse,
+)
+from .store import Handle
+
+STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: data:; "
+                               "style-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+_ERR = {"model": ErrorResponse}
+READ_ERRORS: dict[int | str, dict[str, Any]] = {401: _ERR, 403: _ERR, 404: _ERR, 422: _ERR}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**READ_ERRORS, 409: _ERR, 413: _ERR, 503: _ERR}
+
+router = APIRouter()
+
+
+def service(request: Request) -> Service:
+    svc: Service = request.app.state.service
+    return svc
+
+
+# async: FastAPI would run a plain def dependency in the thread pool, a thread hop per request for nothing
+async def reader(request: Request) -> Service:
+    svc = service(request)
+    svc.check_auth(request, write=False)
+    return svc
+
+
+async def writer(request: Request) -> Service:
+    svc = service(request)
+    svc.check_auth(request, write=True)
+    return svc
+
+
+# ------------------------------------------------------------------------------------- page, health, metrics
+
+@router.get("/", include_in_schema=False)
+def page() -> HTMLResponse:
+    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS)
+
+
+@router.get("/static/{name}", include_in_schema=False)
+def static(name: str) -> Response:
+    if name not in STATIC_FILES:  # a fixed list: the URL never becomes a path
+        raise NotFound(f"no static file {name!r}", field="name")
+    return Response((STATIC / name).read_bytes(), media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
+
+
+@router.get("/health", response_model=Health, tags=["service"])
+def health(request: Request) -> Health:
+    svc = service(request)
+    return Health(status="ok", modalities=list(svc.modalities), dim=svc.dim, queue_depth=svc.batcher.depth())
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["service"], responses=READ_ERRORS)
+def metrics(svc: Service = Depends(reader)) -> PlainTextResponse:
+    return PlainTextResponse(svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# ------------------------------------------------------------------------------------------- embed / search
+
+@router.post("/v1/embed", response_model=EmbedResponse, tags=["embed"], responses={**READ_ERRORS, 413: _ERR, 503: _ERR})
+async def embed(body: EmbedRequest, svc: Service = Depends(reader)) -> EmbedResponse:
+    """Embed lists of texts, images, audio clips and/or videos; one vector list per modality, in input order."""
+    groups = {m: v for m in ("audio", "image", "text", "video") if (v := getattr(body, m)) is not None}
+    if not groups:
+        raise InvalidInput("give at least one of text, image, audio, video", field="body")
+    for m, values in groups.items():
+        if len(values) > svc.settings.max_items:
+            raise InvalidInput(f"{len(values)} inputs exceed the limit of {svc.settings.max_items}", field=m)
+    if groups.keys() == {"text"}:  # cheap: no need to leave the event loop
+        decoded = _decode_groups(groups, svc)
+    else:
+        decoded = await run_in_threadpool(_decode_groups, groups, svc)
+    names = [m for m in decoded if decoded[m]]
+    outs = await asyncio.gather(*(svc.embed(m, decoded[m], m) for m in names))
+    vectors = {m: [] for m in decoded} | {m: v.tolist() for m, v in zip(names, outs, strict=True)}
+    return EmbedResponse(dim=svc.dim, vectors=vectors)
+
+
+def _decode_groups(groups: dict[str, list[Any]], svc: Service) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for m, values in groups.items():
+        out[m] = [decode_one(m, v, svc.settings, f"{m}[{i}]") for i, v in enumerate(values)]
+    return out
+
+
+@router.post("/v1/search", response_model=SearchResponse, tags=["search"],
+             responses={**READ_ERRORS, 413: _ERR, 503: _ERR})
+async def search(body: SearchRequest, svc: Service = Depends(reader)) -> SearchResponse:
+    """Search a collection with text, an image, audio, a video and/or a raw vector; several inputs are fused
+    (weighted sum of the normalized embeddings, renormalized)."""
+    if body.k > svc.settings.max_k:
+        raise InvalidInput(f"k={body.k} exceeds the limit of {svc.settings.max_k}", field="k")
+    handle = svc.store.cached(body.collection)
+    if handle is None:  # first use: opening reads files, so it happens off the event loop
+        handle = await run_in_threadpool(svc.store.get, body.collection)
+    fields = body.model_dump(include={"text", "image", "audio", "video", "vector"}, exclude_none=True)
+    if not fields:
+        raise InvalidInput("give text, image, audio, video or vector to search with", field="query")
+    if fields.keys() <= {"text", "vector"}:  # cheap: no need to leave the event loop
+        inputs = decode_query(fields, svc.settings, "")
+    else:
+        inputs = await run_in_threadpool(decode_query, fields, svc.settings, "")
+    media = [m for m in inputs if m != "vector"]
+    outs = await asyncio.gather(*(svc.embed(m, [inputs[m]], m) for m in media))
+    embs: dict[str, np.ndarray] = {m: o[0] for m, o in zip(media, outs, strict=True)}
+    if "vector" in inputs:
+        embs["vector"] = inputs["vector"]
+    for name, e in embs.items():
+        if e.shape[0] != handle.coll.dim:
+            raise InvalidInput(f"dimension {e.shape[0]} does not match collection {handle.name!r} "
+                               f"(dim {handle.coll.dim})", field=name)
+    query = fuse(embs, body.weights)
+    hits = await run_in_threadpool(_search, handle, query, body)
+    return SearchResponse(collection=handle.name, k=body.k, inputs=list(embs), hits=hits)
+
+
+def _search(handle: Handle, query: np.ndarray, body: SearchRequest) -> list[Hit]:
+    res = handle.coll.search(query[None, :], k=body.k, filter=body.filter or None, params=body.params)
+    return [Hit(**h, media=media_urls(handle, h["id"])) for h in res.hits(0)]
+
+
+def media_urls(handle: Handle, item_id: int) -> dict[str, str]:
+    return {k: f"/v1/items/{handle.name}/{item_id}/media?kind={k}" for k in handle.media.kinds(item_id)}
+
+
+# -------------------------------------------------------------------------------------------- collections
+
+def _info(handle: Handle) -> CollectionInfo:
+    info = handle.coll.info()
+    return CollectionInfo(name=handle.name, dim=info["dim"], metric=info["metric"], index=info["index"],
+                          count=info["count"])
+
+
+@router.get("/v1/collections", response_model=CollectionList, tags=["collections"], responses=READ_ERRORS)
+def list_collections(svc: Service = Depends(reader)) -> CollectionList:
+    return CollectionList(default=svc.store.default, collections=svc.store.names())
+
+
+@router.get("/v1/collections/{name}", response_model=CollectionInfo, tags=["collections"], responses=READ_ERRORS)
+def get_collection(name: str, svc: Service = Depends(reader)) -> CollectionInfo:
+    return _info(svc.store.get(name))
+
+
+@router.post("/v1/collections/{name}", response_model=CollectionInfo, status_code=201, tags=["collections"],
+             responses=WRITE_ERRORS)
+def create_collection(name: str, body: CreateCollection | None = None,
+                      svc: Service = Depends(writer)) -> CollectionInfo:
+    """Create an empty collection of the model's dimension."""
+    body = body or CreateCollection.model_validate({})
+    if body.dim is not None and body.dim != svc.dim:
+        raise InvalidInput(f"dim must equal the model's dimension {svc.dim}, got {body.dim}", field="dim")
+    return _info(svc.store.create(name, svc.dim, body.metric, body.index))
+
+
+@router.delete("/v1/collections/{name}", tags=["collections"], responses=WRITE_ERRORS)
+def delete_collection(name: str, svc: Service = Depends(writer)) -> dict[str, str]:
+    svc.store.delete(name)
+    return {"deleted": name}
+
+
+@router.post("/v1/collections/{name}/items", response_model=UpsertResponse, tags=["collections"],
+             responses=WRITE_ERRORS)
+async def upsert_items(name: str, body: UpsertRequest, svc: Service = Depends(writer)) -> UpsertResponse:
+    """Insert or replace items given as vectors or raw media (embedded by the server); media thumbnails and
+    audio are stored for `GET /v1/items/{collection}/{id}/media`."""
+    if len(body.items) > svc.settings.max_items:
+        raise InvalidInput(f"{len(body.items)} items exceed the limit of {svc.settings.max_items}", field="items")
+    handle = await run_in_threadpool(svc.store.get, name)
+    decoded = await run_in_threadpool(decode_items, body.items, svc.settings)
+    plan = embed_choices(body.items, decoded)
+    vectors: list[np.ndarray | None] = [d.get("vector") for d in decoded]
+    for modality, rows in plan.items():
+        out = await svc.embed(modality, [decoded[i][modality] for i in rows], f"items.{modality}")
+        for i, v in zip(rows, out, strict=True):
+            vectors[i] = v
+    count = await run_in_threadpool(write_items, handle, body.items, decoded, vectors, svc.settings)
+    return UpsertResponse(collection=handle.name, upserted=len(body.items), count=count)
+
+
+@router.post("/v1/collections/{name}/items/delete", response_model=DeleteItemsResponse, tags=["collections"],
+             responses=WRITE_ERRORS)
+def delete_items(name: str, body: DeleteItemsRequest, svc: Service = Depends(writer)) -> DeleteItemsResponse:
+    handle = svc.store.get(name)
+    deleted, count = write_delete(handle, body.ids)
+    return DeleteItemsResponse(collection=handle.name, deleted=deleted, count=count)
+
+
+@router.get("/v1/items/{collection}/{item_id}/media", tags=["collections"], responses=READ_ERRORS)
+def item_media(collection: str, item_id: int, kind: Literal["image", "audio"] | None = None,
+               svc: Service = Depends(reader)) -> FileResponse:
+    """A thumbnail (PNG) or audio clip (FLAC) the server stored when the item was upserted with raw media."""
+    handle = svc.store.get(collection)
+    found = handle.media.find(item_id, kind)
+    if found is None:
+        raise NotFound(f"no stored {kind or 'media'} for id {item_id} in {collection!r}", field="id")
+    path, media_type = found
+    return FileResponse(path, media_type=media_type,
+                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
