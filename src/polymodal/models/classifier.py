@@ -311,7 +311,7 @@ def build_fusion_model(cfg: Mapping[str, Any]) -> FusionModel:
     from .alignment import _build_encoder  # one encoder factory for every arch
 
     encoders = {m: _build_encoder(m, spec) for m, spec in sorted(resolved["encoders"].items())}
-    if donor is not None:
+    if donor is not None and init is not None:
         for m in init["modalities"]:
             encoders[m].load_state_dict(donor.encoders[m].state_dict())
     fusion = _build_fusion(resolved.get("fusion"), {m: int(e.output_dim) for m, e in encoders.items()}, num_classes)

@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InvalidInput, NotFound
-from ..codec import sample_from_fields
 from ..sample import Sample
 from .common import ErrorPolicy
 from .folder import folder_items
 from .jsonl import count_lines, jsonl_items
-from .webdataset import shard_paths
+from .webdataset import Item, shard_paths, shard_sizes, wds_items
 
-Item = tuple[str, Callable[[], Sample]]
 FORMATS = ("dataset", "webdataset", "jsonl", "folder")
 
 
@@ -74,63 +72,6 @@ def _split_table(path: Path, manifest: dict[str, Any]) -> dict[str, tuple[Path, 
     return table
 
 
-def wds_items(shards: list[Path], policy: ErrorPolicy, sizes: dict[str, int] | None = None) -> Iterator[Item]:
-    """(``shard:key``, decode) per sample of WebDataset shards. Members are read here (cheap); PNG/FLAC
-    decoding waits for ``decode()``, so `Dataset.iter_shard` skips other ranks' samples cheaply.
-    An unreadable shard, or one holding fewer samples than ``sizes`` says (tarfile reads a cut at a header
-    boundary as a clean end), is reported through ``policy`` (raise, or skip the rest of that shard)."""
-    for path in shards:
-        n = 0
-        try:
-            tar = tarfile.open(path, mode="r")
-        except (tarfile.TarError, OSError) as exc:
-            policy.handle(InvalidInput(f"cannot open shard ({exc})", source=str(path)), str(path))
-            continue
-        with tar:
-            key: str | None = None
-            fields: dict[str, bytes] = {}
-            try:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    k, _, ext = os.path.basename(member.name).partition(".")
-                    if key is not None and k != key:
-                        yield _wds_item(path, key, fields)
-                        n, fields = n + 1, {}
-                    key = k
-                    f = tar.extractfile(member)
-                    fields[ext] = f.read() if f is not None else b""
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                policy.handle(InvalidInput(f"corrupt shard ({exc})", source=str(path)), str(path))
-                continue
-            if key is not None:
-                yield _wds_item(path, key, fields)
-                n += 1
-        expected = (sizes or {}).get(path.name)
-        if expected is not None and n < expected:
-            policy.handle(InvalidInput(f"shard holds {n} samples but sizes.json says {expected} (truncated?)",
-                                       source=str(path)), str(path))
-
-
-def _sizes(root: Path) -> dict[str, int]:
-    """``sizes.json`` of a shard dir ({} if absent)."""
-    path = root / "sizes.json"
-    if not (root.is_dir() and path.is_file()):
-        return {}
-    try:
-        sizes = json.loads(path.read_text())
-        if not isinstance(sizes, dict) or not all(isinstance(v, int) for v in sizes.values()):
-            raise ValueError("expected {shard: count}")
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise InvalidInput(f"invalid sizes.json ({exc})", source=str(path)) from None
-    return sizes
-
-
-def _wds_item(path: Path, key: str, fields: dict[str, bytes]) -> Item:
-    name = f"{path}:{key}"
-    return name, lambda: sample_from_fields(key, fields, name)
-
-
 def _count_tar(path: Path) -> int:
     keys: set[str] = set()
     with tarfile.open(path, mode="r") as tar:
@@ -141,7 +82,7 @@ def _count_tar(path: Path) -> int:
 
 
 def _wds_len(root: Path) -> int:
-    sizes = _sizes(root)
+    sizes = shard_sizes(root)
     if sizes:
         return sum(sizes.values())
     try:
@@ -190,10 +131,10 @@ class Dataset:
         if self.format == "dataset":
             for name in self._selected():
                 root = self._splits[name][0]
-                yield from wds_items(shard_paths(root), self.policy, _sizes(root))
+                yield from wds_items(shard_paths(root), self.policy, shard_sizes(root))
         elif self.format == "webdataset":
             shards = shard_paths(self.path) if self.path.is_dir() else [self.path]
-            yield from wds_items(shards, self.policy, _sizes(self.path))
+            yield from wds_items(shards, self.policy, shard_sizes(self.path))
         elif self.format == "jsonl":
             yield from jsonl_items(self.path)
         else:

@@ -10,13 +10,15 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ...errors import InvalidInput, NotFound
 from ..codec import sample_from_fields, sample_to_fields
 from ..sample import Sample
 from .common import ErrorPolicy, atomic_write_bytes
+
+Item = tuple[str, Callable[[], Sample]]  # (name for reports, decode)
 
 
 class ShardWriter:
@@ -92,42 +94,67 @@ def shard_paths(root: str | os.PathLike[str]) -> list[Path]:
     return paths
 
 
-def read_shard(path: Path, policy: ErrorPolicy) -> Iterator[Sample]:
-    """Yield the samples of one shard, grouping consecutive members by key."""
-    try:
-        tar = tarfile.open(path, mode="r")
-    except (tarfile.TarError, OSError) as exc:
-        policy.handle(InvalidInput(f"cannot open shard ({exc})", source=str(path)), str(path))
-        return
-    with tar:
-        key: str | None = None
-        fields: dict[str, bytes] = {}
+def wds_items(shards: list[Path], policy: ErrorPolicy, sizes: dict[str, int] | None = None) -> Iterator[Item]:
+    """(``shard:key``, decode) per sample of WebDataset shards. Members are read here (cheap); PNG/FLAC
+    decoding waits for ``decode()``, so `Dataset.iter_shard` skips other ranks' samples cheaply.
+    An unreadable shard, or one holding fewer samples than ``sizes`` says (tarfile reads a cut at a header
+    boundary as a clean end), is reported through ``policy`` (raise, or skip the rest of that shard)."""
+    for path in shards:
+        n = 0
         try:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = os.path.basename(member.name)
-                k, _, ext = base.partition(".")
-                if k != key and key is not None:
-                    yield from _decode(key, fields, path, policy)
-                    fields = {}
-                key = k
-                f = tar.extractfile(member)
-                fields[ext] = f.read() if f is not None else b""
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            policy.handle(InvalidInput(f"corrupt shard ({exc})", source=str(path)), str(path))
-            return
-        if key is not None:
-            yield from _decode(key, fields, path, policy)
+            tar = tarfile.open(path, mode="r")
+        except (tarfile.TarError, OSError) as exc:
+            policy.handle(InvalidInput(f"cannot open shard ({exc})", source=str(path)), str(path))
+            continue
+        with tar:
+            key: str | None = None
+            fields: dict[str, bytes] = {}
+            try:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    k, _, ext = os.path.basename(member.name).partition(".")
+                    if key is not None and k != key:
+                        yield _wds_item(path, key, fields)
+                        n, fields = n + 1, {}
+                    key = k
+                    f = tar.extractfile(member)
+                    fields[ext] = f.read() if f is not None else b""
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                policy.handle(InvalidInput(f"corrupt shard ({exc})", source=str(path)), str(path))
+                continue
+            if key is not None:
+                yield _wds_item(path, key, fields)
+                n += 1
+        expected = (sizes or {}).get(path.name)
+        if expected is not None and n < expected:
+            policy.handle(InvalidInput(f"shard holds {n} samples but sizes.json says {expected} (truncated?)",
+                                       source=str(path)), str(path))
 
 
-def _decode(key: str, fields: dict[str, bytes], path: Path, policy: ErrorPolicy) -> Iterator[Sample]:
+def shard_sizes(root: Path) -> dict[str, int]:
+    """``sizes.json`` of a shard dir ({} if absent)."""
+    path = root / "sizes.json"
+    if not (root.is_dir() and path.is_file()):
+        return {}
+    try:
+        sizes = json.loads(path.read_text())
+        if not isinstance(sizes, dict) or not all(isinstance(v, int) for v in sizes.values()):
+            raise ValueError("expected {shard: count}")
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise InvalidInput(f"invalid sizes.json ({exc})", source=str(path)) from None
+    return sizes
+
+
+def _wds_item(path: Path, key: str, fields: dict[str, bytes]) -> Item:
     name = f"{path}:{key}"
-    yield from policy.guard(lambda: sample_from_fields(key, fields, name), name)
+    return name, lambda: sample_from_fields(key, fields, name)
 
 
 def read_webdataset(root: str | os.PathLike[str], policy: ErrorPolicy | None = None,
                     shards: list[Path] | None = None) -> Iterator[Sample]:
+    """Stream the decoded samples of a shard dir (or of the given shards)."""
     policy = policy or ErrorPolicy()
-    for path in shards if shards is not None else shard_paths(root):
-        yield from read_shard(path, policy)
+    root = Path(root)
+    for name, decode in wds_items(shards if shards is not None else shard_paths(root), policy, shard_sizes(root)):
+        yield from policy.guard(decode, name)
