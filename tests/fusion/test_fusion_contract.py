@@ -286,3 +286,16 @@ def test_crossmodal_query_key_projections_train_on_sequences():
             for part in p.grad.chunk(3, dim=0):
                 assert torch.any(part != 0), name
 
+
+
+@pytest.mark.parametrize("name", ["tensor", "low_rank_tensor"])
+def test_projected_tensor_fusions_handle_missing_rows(name):
+    torch.manual_seed(0)
+    f = create_fusion(name, DIMS, out_dim=8, proj_dim=3).eval()
+    mask = mixed_mask()
+    feats = features(7)
+    with torch.no_grad():
+        out = f(feats, mask)
+        assert out.shape == (7, 8) and torch.isfinite(out).all()
+        bad = {m: torch.where(mask[m].unsqueeze(-1), x, torch.full_like(x, 1e6)) for m, x in feats.items()}
+        torch.testing.assert_close(f(bad, mask), out)

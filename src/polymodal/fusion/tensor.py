@@ -40,11 +40,11 @@ class _AppendOne(Fusion):
         batch, present = self.resolve(features, mask)
         out = []
         for m in self.modalities:
-            w = self.widths[m] - 1
-            zero = torch.zeros(w, device=self._device())
-            x = self.gather(features, present, m, zero, batch)
+            device = self._device()
+            x = self.gather(features, present, m, torch.zeros(self.dims[m], device=device), batch)
             if self.proj is not None:
                 # project, then gate again: the projection's bias must not leak into a missing row
+                zero = torch.zeros(self.widths[m] - 1, device=device)
                 x = torch.where(present[m].unsqueeze(-1), self.proj[m](x), zero)
             out.append(torch.cat([x, x.new_ones(batch, 1)], dim=-1))
         return out
