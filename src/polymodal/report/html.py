@@ -1,0 +1,253 @@
+"""One self-contained HTML report from a results dict: charts are inline SVG, images and audio are data: URIs,
+and nothing is fetched from anywhere. Every string from the results (captions may be Chinese, or hostile)
+goes through `html.escape`.
+
+The results dict (every key optional except ``title``)::
+
+    {"title": str, "subtitle": str,
+     "meta": {label: value},                         # a small key/value table (data, recipe, machine, ...)
+     "steps": [{"name", "status": "ran"|"reused"|"skipped", "seconds", "took": seconds when it ran (reused)}],
+     "training": {"steps": [..], "loss": [..], "val_steps": [..], "val_loss": [..], "summary": {label: value}},
+     "retrieval": {"directions": {"text->image": {"R@1", "R@5", "R@10", "median_rank", "attribute": {R@k}}},
+                   "n_items": int, "caption_duplicate_rate": float},
+     "queries": [{"title", "kind", "text": str|None, "audio": (wave float32, sample_rate)|None, "target": str|None,
+                  "hits": [{"id", "score", "caption", "sample_id", "image": uint8 HxWx3 | PNG bytes | None,
+                            "match": bool}]}],
+     "robustness": {"levels": [..], "models": {name: evaluate_classification report}} | None,
+     "notes": [str], "serve_command": str}
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import wave
+from collections.abc import Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.formats.common import atomic_write_bytes
+from .plots import Series, bar_chart, line_chart
+
+KS = ("R@1", "R@5", "R@10")
+THUMB = 96  # px on the page; the image is embedded at its own size and scaled by the browser
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI","Noto Sans","Noto Sans CJK SC",sans-serif;margin:24px auto;
+max-width:1100px;color:#222;padding:0 16px}
+h1{margin-bottom:4px}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:13px}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.charts{display:flex;flex-wrap:wrap;gap:16px}.muted{color:#777;font-size:13px}
+.query{border:1px solid #ddd;border-radius:6px;padding:10px;margin:12px 0}
+.query h3{margin:0 0 6px 0;font-size:15px}.hits{display:flex;flex-wrap:wrap;gap:10px}
+.hit{width:120px;font-size:11px;text-align:center}.hit img{width:96px;height:96px;image-rendering:pixelated;
+border:3px solid transparent;border-radius:4px}.hit.match img{border-color:#009E73}
+.score{font-variant-numeric:tabular-nums;font-weight:600}.caption{color:#555;word-wrap:break-word}
+code{background:#f4f4f4;padding:2px 4px;border-radius:3px}
+"""
+
+
+# ------------------------------------------------------------------------------------------- media
+
+def png_data_uri(image: np.ndarray | bytes) -> str:
+    """``data:image/png;base64,...`` from a uint8 HxWx3 (or HxW) array or from PNG bytes."""
+    if isinstance(image, bytes | bytearray):
+        data = bytes(image)
+    else:
+        from PIL import Image
+
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        data = buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def wav_bytes(wave_f32: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit PCM mono WAV (the format every browser plays) from a float waveform in [-1, 1]."""
+    x = np.asarray(wave_f32, dtype=np.float64).reshape(-1)
+    pcm = (np.clip(np.nan_to_num(x), -1.0, 1.0) * 32767.0).round().astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def wav_data_uri(wave_f32: np.ndarray, sample_rate: int) -> str:
+    return "data:audio/wav;base64," + base64.b64encode(wav_bytes(wave_f32, sample_rate)).decode("ascii")
+
+
+# ------------------------------------------------------------------------------------------- pieces
+
+def _num(v: Any, digits: int = 3) -> str:
+    if isinstance(v, bool) or v is None:
+        return escape(str(v))
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, float | np.floating):
+        return f"{float(v):.{digits}f}"
+    return escape(str(v))
+
+
+def _kv_table(rows: Mapping[str, Any]) -> str:
+    body = "".join(f"<tr><th>{escape(str(k))}</th><td>{_num(v)}</td></tr>" for k, v in rows.items())
+    return f"<table>{body}</table>"
+
+
+def _steps(steps: Sequence[Mapping[str, Any]]) -> str:
+    def status(s: Mapping[str, Any]) -> str:
+        took = s.get("took")  # a reused step: how long it took when it ran
+        return escape(str(s.get("status", ""))) + (f" (took {_num(took, 1)} s)" if took is not None else "")
+
+    rows = "".join(f"<tr><td>{escape(str(s.get('name', '')))}</td><td>{status(s)}</td>"
+                   f"<td class='num'>{_num(s.get('seconds'), 1)}</td></tr>" for s in steps)
+    total = sum(float(s.get("seconds") or 0.0) for s in steps)
+    return (f"<table><tr><th>step</th><th>status</th><th>seconds</th></tr>{rows}"
+            f"<tr><th>total</th><th></th><th class='num'>{total:.1f}</th></tr></table>")
+
+
+def _training(tr: Mapping[str, Any]) -> str:
+    series = [Series("train loss", tr.get("steps") or [], tr.get("loss") or [])]
+    if tr.get("val_loss"):
+        series.append(Series("validation loss", tr.get("val_steps") or [], tr["val_loss"], dashed=True, markers=True))
+    chart = line_chart(series, title="Training loss", x_label="step", y_label="loss", width=640)
+    summary = _kv_table(tr["summary"]) if tr.get("summary") else ""
+    return f"<h2>Training</h2><div class='charts'>{chart}{summary}</div>"
+
+
+def _retrieval(ret: Mapping[str, Any]) -> str:
+    dirs: Mapping[str, Mapping[str, Any]] = ret.get("directions") or {}
+    names = list(dirs)
+    parts = ["<h2>Retrieval (test split)</h2>"]
+    info = {k: ret[k] for k in ("n_items", "caption_duplicate_rate") if k in ret}
+    if info:
+        parts.append(f"<p class='muted'>{escape(', '.join(f'{k}: {_num(v)}' for k, v in info.items()))}</p>")
+    charts = [bar_chart(names, KS, [[dirs[d].get(k) for k in KS] for d in names],
+                        title="Recall@K per direction (exact item)", y_label="recall")]
+    if any(isinstance(dirs[d].get("attribute"), Mapping) for d in names):
+        attr = [[(dirs[d].get("attribute") or {}).get(k) for k in KS] for d in names]
+        charts.append(bar_chart(names, KS, attr, title="Recall@K per direction (same labels)", y_label="recall"))
+    parts.append(f"<div class='charts'>{''.join(charts)}</div>")
+    head = "".join(f"<th>{k}</th>" for k in (*KS, "median rank", *(f"attr {k}" for k in KS)))
+    rows = []
+    for d in names:
+        r, a = dirs[d], dirs[d].get("attribute") or {}
+        cells = [_num(r.get(k)) for k in KS] + [_num(r.get("median_rank"), 1)] + [_num(a.get(k)) for k in KS]
+        rows.append(f"<tr><td>{escape(d)}</td>{''.join(f'<td class=num>{c}</td>' for c in cells)}</tr>")
+    parts.append(f"<table><tr><th>direction</th>{head}</tr>{''.join(rows)}</table>")
+    return "".join(parts)
+
+
+def _hit(h: Mapping[str, Any], rank: int) -> str:
+    img = h.get("image")
+    pic = (f"<img src='{png_data_uri(img)}' alt='{escape(str(h.get('caption') or ''))}' width='{THUMB}' "
+           f"height='{THUMB}'>" if img is not None else "<div class='muted'>(no image)</div>")
+    cls = "hit match" if h.get("match") else "hit"
+    mark = " &#10003;" if h.get("match") else ""
+    return (f"<div class='{cls}' data-id='{escape(str(h.get('id')))}'>{pic}<div>#{rank} "
+            f"<span class='score'>{_num(h.get('score'))}</span>{mark}</div>"
+            f"<div class='caption'>{escape(str(h.get('caption') or ''))}</div></div>")
+
+
+def _query(q: Mapping[str, Any]) -> str:
+    parts = [f"<div class='query' data-kind='{escape(str(q.get('kind', '')))}'>",
+             f"<h3>{escape(str(q.get('title', 'query')))}</h3>"]
+    if q.get("text"):
+        parts.append(f"<div>text: <q class='query-text'>{escape(str(q['text']))}</q></div>")
+    audio = q.get("audio")
+    if audio is not None:
+        wave_f32, sr = audio
+        parts.append(f"<div>speech: <audio controls preload='none' src='{wav_data_uri(wave_f32, int(sr))}'>"
+                     "</audio></div>")
+    if q.get("note"):
+        parts.append(f"<div class='muted'>{escape(str(q['note']))}</div>")
+    hits = q.get("hits") or []
+    parts.append("<div class='hits'>" + "".join(_hit(h, i + 1) for i, h in enumerate(hits)) + "</div></div>")
+    return "".join(parts)
+
+
+def _robustness(rob: Mapping[str, Any]) -> str:
+    models: Mapping[str, Mapping[str, Any]] = rob.get("models") or {}
+    if not models:
+        return ""
+    levels = list(rob.get("levels") or next(iter(models.values())).get("levels") or [])
+    parts = ["<h2>Robustness (fusion classifiers on digits)</h2>",
+             "<p class='muted'>Accuracy with a modality removed and under noise of increasing level; relative "
+             "robustness = area under the accuracy-vs-noise curve; effective robustness is measured against "
+             "late fusion.</p>"]
+    mods = sorted({m for r in models.values() for m in (r.get("removed") or {})})
+    sweeps = sorted({s for r in models.values() for s in (r.get("noise") or {})})
+    head = "".join(f"<th>{escape(m)} missing</th>" for m in mods)
+    head += "".join(f"<th>{escape(s)} noise: rel. / eff. robustness</th>" for s in sweeps)
+    rows = []
+    for name, r in models.items():
+        cells = [f"<td class=num>{_num((r.get('clean') or {}).get('acc'))}</td>"]
+        cells += [f"<td class=num>{_num(((r.get('removed') or {}).get(m) or {}).get('acc'))}</td>" for m in mods]
+        for s in sweeps:
+            n = (r.get("noise") or {}).get(s) or {}
+            eff = n.get("effective_robustness")
+            cells.append(f"<td class=num>{_num(n.get('relative_robustness'))} / {_num(eff) if eff is not None else '-'}"
+                         "</td>")
+        rows.append(f"<tr><td>{escape(name)}</td>{''.join(cells)}</tr>")
+    parts.append(f"<table><tr><th>model</th><th>clean acc</th>{head}</tr>{''.join(rows)}</table>")
+    charts = []
+    for s in sweeps:
+        series = [Series(name, levels, ((r.get("noise") or {}).get(s) or {}).get("acc") or [], markers=True)
+                  for name, r in models.items()]
+        charts.append(line_chart(series, title=f"Accuracy vs {s} noise", x_label="noise level", y_label="accuracy",
+                                 width=360, height=260, y_min=0.0, y_max=1.0, x_ticks=levels or None))
+    parts.append(f"<div class='charts'>{''.join(charts)}</div>")
+    return "".join(parts)
+
+
+# ------------------------------------------------------------------------------------------- page
+
+def render_report(results: Mapping[str, Any]) -> str:
+    """The whole report page as a string (see the module doc for ``results``)."""
+    title = str(results.get("title", "polymodal report"))
+    body = [f"<h1>{escape(title)}</h1>"]
+    if results.get("subtitle"):
+        body.append(f"<p class='muted'>{escape(str(results['subtitle']))}</p>")
+    if results.get("meta"):
+        body.append(_kv_table(results["meta"]))
+    if results.get("steps"):
+        body.append("<h2>Steps</h2>" + _steps(results["steps"]))
+    if results.get("training"):
+        body.append(_training(results["training"]))
+    if results.get("retrieval"):
+        body.append(_retrieval(results["retrieval"]))
+    if results.get("queries"):
+        body.append("<h2>Example queries</h2><p class='muted'>Searched in the collection of test images; a green "
+                    "frame and &#10003; mark the expected item (or, for a hand-written query, an item whose labels "
+                    "match it).</p>")
+        body += [_query(q) for q in results["queries"]]
+    if results.get("robustness"):
+        body.append(_robustness(results["robustness"]))
+    for note in results.get("notes") or []:
+        body.append(f"<p class='muted'>{escape(str(note))}</p>")
+    if results.get("serve_command"):
+        body.append(f"<h2>Browse</h2><p><code>{escape(str(results['serve_command']))}</code></p>")
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Render and write the report atomically (a reader never sees half a page); returns the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, render_report(results).encode("utf-8"))
+    return out
+
+
+__all__ = ["png_data_uri", "render_report", "wav_bytes", "wav_data_uri", "write_report"]
