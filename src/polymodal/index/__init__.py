@@ -1,0 +1,12 @@
+"""Retrieval engine: persistent FAISS collections with stable ids, SQLite metadata and filters, an automatic
+and tuned index choice, crash-safe saves, and queries from any modality (extra ``[index]``: faiss-cpu)."""
+
+from ..errors import require
+
+require("faiss", "index")
+
+from .collection import Collection, Items  # noqa: E402
+from .query import fuse, search_with_model  # noqa: E402
+from .searching import SearchResult  # noqa: E402
+
+__all__ = ["Collection", "Items", "SearchResult", "fuse", "search_with_model"]
