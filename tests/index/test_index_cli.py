@@ -212,3 +212,30 @@ def test_search_with_model_and_fuse(built: Path, fake: FakeModel) -> None:
             fuse({"x": a, "y": b}, bad)
     with pytest.raises(InvalidInput, match="cancel"):
         fuse({"x": a, "y": -a})
+
+
+def test_build_stores_media_for_the_service_unless_told_not_to(tmp_path: Path, fake: FakeModel,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from polymodal.serve.media import MediaStore
+
+    with ShardWriter(tmp_path / "shards", shard_size=4) as w:
+        samples = make_samples(6)
+        for s in samples:
+            w.write(s)
+    coll = tmp_path / "coll"
+    assert cli.main(["build", "--model", "R", "--data", str(tmp_path / "shards"), "--collection", str(coll)]) == 0
+    store = MediaStore(coll)
+    with Collection.open(coll, readonly=True) as c:
+        for i in c.ids().tolist():
+            s = next(x for x in samples if x.id == c.get([i]).metadata[0]["sample_id"])
+            found = store.find(i, "image")
+            assert (found is not None) == (s.image is not None)
+            if found is not None:
+                with Image.open(found[0]) as im:  # a thumbnail of this item's own image
+                    assert im.size[0] <= 256 and im.size[1] <= 256
+    other = tmp_path / "plain"
+    assert cli.main(["build", "--model", "R", "--data", str(tmp_path / "shards"), "--collection", str(other),
+                     "--no-media"]) == 0
+    assert not (other / "media").exists()

@@ -37,6 +37,15 @@ def _load_model(run: str) -> Any:
     return load(run)
 
 
+def _media_store(collection: str) -> Any:
+    """The service's media store for this collection, or None without the [serve] extra."""
+    try:
+        from ..serve.media import MediaStore
+    except ImportError:
+        return None
+    return MediaStore(collection)
+
+
 def _open_dataset(path: str, split: str | None) -> Any:
     from ..data.formats import open_dataset
 
@@ -107,12 +116,13 @@ class _Builder:
         self.args, self.model = args, model
         self.coll: Collection | None = Collection.open(args.collection) if args.append else None
         self.next_id = int(self.coll.ids().max()) + 1 if self.coll is not None and len(self.coll) else 0
-        self.buffers: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+        self.buffers: dict[str, list[tuple[Any, dict[str, Any], Any]]] = {}
         self.added = 0
+        self.media = _media_store(args.collection) if args.media else None
 
     def push(self, sample: Any, modality: str, split: str | None) -> None:
         buf = self.buffers.setdefault(modality, [])
-        buf.append((_value(sample, modality), item_metadata(sample, modality, split)))
+        buf.append((_value(sample, modality), item_metadata(sample, modality, split), sample))
         if len(buf) >= self.args.batch_size:
             self.flush(modality)
 
@@ -120,13 +130,17 @@ class _Builder:
         buf = self.buffers.pop(modality, [])
         if not buf:
             return
-        emb = np.asarray(self.model.embed(**{modality: [v for v, _ in buf]}), dtype=np.float32)
+        emb = np.asarray(self.model.embed(**{modality: [v for v, _, _ in buf]}), dtype=np.float32)
         if self.coll is None:
             a = self.args
             self.coll = Collection.create(a.collection, dim=emb.shape[1], metric=a.metric, index=a.index,
                                           memory_budget=a.memory_budget)
         ids = np.arange(self.next_id, self.next_id + len(buf), dtype=np.int64)
-        self.coll.add(ids, emb, [m for _, m in buf])
+        self.coll.add(ids, emb, [m for _, m, _ in buf])
+        if self.media is not None:  # thumbnails/audio for `polymodal serve`'s media endpoint and page
+            for i, (_, _, s) in zip(ids.tolist(), buf, strict=True):
+                audio = (s.audio, s.sample_rate) if s.audio is not None else None
+                self.media.put_media(i, image=s.image, audio=audio, video=s.video)
         self.next_id += len(buf)
         self.added += len(buf)
 
@@ -196,6 +210,9 @@ def _index_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--append", action="store_true", help="add to an existing collection (ids continue)")
     b.add_argument("--tune", type=float, metavar="RECALL", help="tune search parameters to this recall@10")
+    b.add_argument("--no-media", dest="media", action="store_false",
+                   help="do not store thumbnails/audio for `polymodal serve` (needs the [serve] extra; default: "
+                        "store them when it is installed)")
     b.add_argument("--json", action="store_true", help="print a JSON summary")
     i = sub.add_parser("info", help="print a collection's info as JSON")
     i.add_argument("collection")
