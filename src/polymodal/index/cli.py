@@ -43,7 +43,7 @@ def _media_store(collection: str) -> Any:
         from ..serve.media import MediaStore
     except ImportError:
         return None
-    return MediaStore(collection)
+    return MediaStore(Path(collection))
 
 
 def _open_dataset(path: str, split: str | None) -> Any:
