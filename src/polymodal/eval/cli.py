@@ -48,7 +48,9 @@ def _classes(ds: Any, field: str, lang: str, given: str | None) -> tuple[list[st
         raise InvalidInput(f"cannot find class names '{key}' in the manifest labels; pass --classes",
                            field="classes")
     names = list(labels[key])
-    zh = labels.get(f"{key}_zh")
+    zh = labels.get(f"{key}_zh") or (labels.get("zh") or {}).get(key)  # digits: a list; shapes: a name map
+    if isinstance(zh, dict):
+        zh = [zh.get(n, n) for n in names]
     return (list(zh) if lang == "zh" and zh else names), names
 
 

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop with a checkpoint after N steps without changing the schedule (resume later)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads per process (default: torch's; tiny models on a few busy cores "
+                        "often train fastest with 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe JSON and exit")
     p.add_argument("--list", action="store_true", help="list the packaged recipes and exit")
@@ -97,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--{flag} is required", field=f"--{flag}")
     from .trainer import train
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads must be >= 1", field="--threads")
+        import torch
+
+        torch.set_num_threads(args.threads)
     result = train(recipe, args.data, args.out, resume=args.resume, device=args.device,
                    progress=not args.no_progress, stop_after=args.stop_after)
     if int(os.environ.get("RANK", "0")) != 0:

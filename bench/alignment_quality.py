@@ -1,0 +1,330 @@
+"""Benchmark: retrieval quality of the packaged alignment recipes on `shapes`, synonym queries through the
+frozen MiniLM tower (lit_minilm), and zero-shot digit classification by prompts (written and spoken).
+
+Every recipe is trained from scratch under a wall-clock budget (``--minutes``, the trainer's own clock,
+which starts after the data is in memory) in its own process, with ``--threads`` torch threads, then
+evaluated on the test split (``--split val`` to tune without touching test). Data sets are generated once
+into ``--data-root`` and reused (same arguments -> byte-identical files).
+
+    python bench/alignment_quality.py [--data-root data_cache/alignment] [--runs runs/alignment_bench]
+        [--recipes clip_tiny,...] [--minutes clip_tiny=8,...] [--threads 1] [--split test] [--reuse]
+
+Prints one JSON line and writes docs/results/alignment.md (test split only; ``--no-docs`` to skip)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import polymodal
+from polymodal.data.formats import open_dataset
+from polymodal.data.sample import Sample
+from polymodal.data.synth import captions as cap
+from polymodal.data.synth import make_dataset
+from polymodal.data.synth import shapes as shp
+from polymodal.eval.retrieval import retrieval_ranks
+from polymodal.eval.tasks import embed_modality, evaluate_retrieval, evaluate_zeroshot
+
+DATA: dict[str, dict[str, Any]] = {  # key -> make_dataset arguments (shapes_ti: the same scenes, no speech)
+    "shapes": {"name": "shapes", "n": 10_000, "langs": ["en"], "modalities": ["audio", "image", "text", "video"]},
+    "shapes_ti": {"name": "shapes", "n": 10_000, "langs": ["en"], "modalities": ["image", "text"]},
+    "digits": {"name": "digits", "n": 4_000, "langs": ["en", "zh"], "modalities": ["audio", "image", "text"]},
+}
+# run name -> (recipe, data key, default minutes)
+RUNS: dict[str, tuple[str, str, float]] = {
+    "audioclip_tiny": ("audioclip_tiny", "shapes", 15.0),
+    "lit_minilm": ("lit_minilm", "shapes_ti", 10.0),
+    "clip_tiny": ("clip_tiny", "shapes_ti", 10.0),
+    "siglip_tiny": ("siglip_tiny", "shapes_ti", 5.0),
+    "imagebind_tiny": ("imagebind_tiny", "shapes", 6.0),
+    "digits_audioclip": ("audioclip_tiny", "digits", 4.0),
+}
+# Synonym query set: every color, shape and size word of a caption is replaced by a word the caption
+# templates never use (checked against their whole vocabulary by `check_unseen`); picked a priori as plain
+# English synonyms, never by trying them on the data. Two variants per word, alternating by item.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "red": ("crimson", "scarlet"), "green": ("emerald", "emerald"), "blue": ("azure", "navy"),
+    "yellow": ("golden", "lemon"), "purple": ("violet", "violet"), "orange": ("tangerine", "amber"),
+    "cyan": ("turquoise", "aqua"), "pink": ("rose", "rose"),
+    "circle": ("ring", "disc"), "square": ("box", "box"), "triangle": ("pyramid", "wedge"),
+    "diamond": ("rhombus", "lozenge"), "star": ("pentagram", "pentagram"), "cross": ("plus sign", "plus sign"),
+    "small": ("tiny", "miniature"), "large": ("huge", "giant"),
+}
+TARGETS = {"audioclip_tiny text->image R@1": 0.80, "audioclip_tiny speech->image R@5": 0.70,
+           "lit_minilm synonym captions text->image R@5": 0.60,
+           "lit_minilm synonym object queries text->image R@5": 0.60}
+
+
+def template_vocabulary() -> set[str]:
+    """Every word the English caption templates can produce (templates, synonyms, attribute names)."""
+    texts: list[str] = [*shp.COLORS, *shp.SHAPES, *cap.ONE_EN, *cap.TWO_EN, *cap.MOVE_EN]
+    for table in (cap.SIZE_EN, cap.POSITION_EN, cap.RELATION_EN, cap.DIRECTION_EN):
+        texts += [w for opts in table.values() for w in opts]
+    words = " ".join(texts).lower().replace("{", " {").replace("}", "} ").replace(",", " ").split()
+    return {w for w in words if not w.startswith("{")}
+
+
+def check_unseen() -> None:
+    vocab = template_vocabulary()
+    used = sorted({w for opts in SYNONYMS.values() for o in opts for w in o.split()} & vocab)
+    if used:
+        raise SystemExit(f"synonym words {used} occur in the caption templates")
+
+
+def synonym_caption(meta: dict[str, Any], i: int) -> str:
+    """The scene in ``meta`` described with `SYNONYMS` for its sizes, colors and shapes."""
+    def obj(o: dict[str, Any]) -> str:
+        return " ".join(SYNONYMS[o[k]][i % 2] for k in ("size", "color", "shape"))
+
+    objs, rel = meta["objects"], meta.get("relation")
+    if rel is None:
+        return f"a {obj(objs[0])} {cap.POSITION_EN[objs[0]['position']][0]}"
+    return f"a {obj(objs[0])} {cap.RELATION_EN[rel][0]} a {obj(objs[1])}"
+
+
+def ensure_data(root: Path, key: str) -> Path:
+    """Generate data set ``key`` under ``root`` unless an identical one is already there."""
+    spec, out = DATA[key], root / key
+    mf = out / "manifest.json"
+    if mf.is_file():
+        m = json.loads(mf.read_text(encoding="utf-8"))
+        if (m.get("name"), m.get("n"), m.get("seed"), m["args"]["langs"], sorted(m["args"]["modalities"])) == (
+                spec["name"], spec["n"], 0, spec["langs"], sorted(spec["modalities"])):
+            return out
+    print(f"generating {key} into {out} ...", file=sys.stderr)
+    make_dataset(spec["name"], out, n=spec["n"], seed=0, langs=spec["langs"], modalities=spec["modalities"])
+    return out
+
+
+def train_run(recipe: str, data: Path, out: Path, minutes: float, threads: int, reuse: bool) -> dict[str, Any]:
+    """Train in a child process (its own thread count, CPU time and peak RSS); reuse a finished run."""
+    info = out / "bench_train.json"
+    if reuse and info.is_file():
+        return dict(json.loads(info.read_text()))
+    if reuse and out.exists():  # never delete a run that may still be training
+        raise SystemExit(f"{out} holds an unfinished run (no bench_train.json): remove it or drop --reuse")
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "polymodal", "train", recipe, "--data", str(data), "--out", str(out),
+           "--minutes", str(minutes), "--threads", str(threads), "--no-progress", "--json"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    stdout = proc.stdout.read() if proc.stdout else ""
+    if status != 0:
+        raise SystemExit(f"training {recipe} failed (status {status}): {cmd}")
+    res = json.loads(stdout.strip().splitlines()[-1])
+    row = {"recipe": recipe, "data": data.name, "minutes_budget": minutes, "threads": threads,
+           "steps": res["step"], "samples_seen": res["samples_seen"], "train_s": round(res["elapsed_s"], 1),
+           "process_wall_s": round(time.perf_counter() - t0, 1),
+           "process_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+           "peak_rss_mb": round(usage.ru_maxrss / 1024), "val_loss": res["val_loss"]}
+    info.write_text(json.dumps(row))
+    return row
+
+
+def _ranks(model: Any, samples: list[Sample], query: str, gallery: str, texts: list[str] | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(identity ranks, attribute ranks) of every sample's ``query`` against all samples' ``gallery``."""
+    q = model.embed(text=texts) if texts is not None else embed_modality(model, samples, query)
+    g = embed_modality(model, samples, gallery)
+    ident = retrieval_ranks(q, g, positives=[[i] for i in range(len(samples))]).ranks
+    keys = [json.dumps(s.metadata["labels"], sort_keys=True) for s in samples]
+    num = {k: i for i, k in enumerate(sorted(set(keys)))}
+    lab = [num[k] for k in keys]
+    attr = retrieval_ranks(q, g, query_labels=lab, gallery_labels=lab).ranks
+    return ident, attr
+
+
+def eval_shapes(run: Path, samples: list[Sample]) -> dict[str, Any]:
+    model = polymodal.load(run)
+    res = evaluate_retrieval(model, samples)
+    d = res["directions"]
+    row: dict[str, Any] = {"caption_duplicate_rate": round(res["caption_duplicate_rate"], 4),
+                           "directions": {k: {m: round(v, 4) if isinstance(v, float) else v
+                                              for m, v in r.items() if m != "attribute"}
+                                          | {"attribute": r.get("attribute")} for k, r in d.items()}}
+    held = np.array([bool(s.metadata.get("heldout")) for s in samples])
+    for q in [m for m in ("text", "audio", "video") if m in model.modalities]:
+        ident, _ = _ranks(model, samples, q, "image")
+        for part, rows in (("heldout", held), ("seen", ~held)):
+            for k in (1, 5):  # None where the split has no such item (val, train: no held-out pairs)
+                row[f"{q}->image {part} R@{k}"] = round(float((ident[rows] < k).mean()), 4) if rows.any() else None
+    return row
+
+
+def object_queries(samples: list[Sample], synonyms: bool) -> tuple[list[str], list[list[int]]]:
+    """Short queries "a crimson ring" (two variants per color+shape pair); positives: every item with an
+    object of that color and shape (either object, unlike ``metadata["labels"]``)."""
+    texts, positives = [], []
+    for color in shp.COLORS:
+        for shape in shp.SHAPES:
+            pos = [i for i, s in enumerate(samples)
+                   if any(o["color"] == color and o["shape"] == shape for o in s.metadata["objects"])]
+            for v in (0, 1) if pos else ():
+                words = (SYNONYMS[color][v], SYNONYMS[shape][v]) if synonyms else (color, shape)
+                texts.append(f"a {words[0]} {words[1]}")
+                positives.append(pos)
+    return texts, positives
+
+
+def eval_synonyms(run: Path, samples: list[Sample]) -> dict[str, Any]:
+    """text->image with words the templates never use: whole captions rewritten (identity and attribute
+    hits) and short object queries (a hit: any item showing that color+shape); template wording beside."""
+    model = polymodal.load(run)
+    queries = [synonym_caption(s.metadata, i) for i, s in enumerate(samples)]
+    out: dict[str, Any] = {"example": queries[:2] + object_queries(samples, True)[0][:2]}
+    for name, texts in (("captions", queries), ("template captions", [s.text or "" for s in samples])):
+        ident, attr = _ranks(model, samples, "text", "image", texts)
+        out[name] = {"R@1": round(float((ident < 1).mean()), 4), "R@5": round(float((ident < 5).mean()), 4),
+                     "attribute R@5": round(float((attr < 5).mean()), 4), "n": len(texts)}
+    gallery = embed_modality(model, samples, "image")
+    for name, syn in (("objects", True), ("template objects", False)):
+        texts, pos = object_queries(samples, syn)
+        ranks = retrieval_ranks(model.embed(text=texts), gallery, positives=pos).ranks
+        out[name] = {"R@1": round(float((ranks < 1).mean()), 4), "R@5": round(float((ranks < 5).mean()), 4),
+                     "attribute R@5": None, "n": len(texts)}
+    return out
+
+
+def eval_digits(run: Path, data: Path, split: str) -> dict[str, Any]:
+    model = polymodal.load(run)
+    samples = list(open_dataset(data, split=split))
+    labels = json.loads((data / "manifest.json").read_text(encoding="utf-8"))["labels"]
+    out: dict[str, Any] = {"n": len(samples)}
+    for lang, key in (("en", "classes"), ("zh", "classes_zh")):
+        r = evaluate_zeroshot(model, samples, labels[key], label_names=labels["classes"], lang=lang)
+        row = {"image acc1": round(r["image"]["acc1"], 4), "speech acc1": round(r["audio"]["acc1"], 4)}
+        for spoken in ("en", "zh"):  # spoken digits in each language separately
+            sub = [s for s in samples if s.metadata.get("lang") == spoken]
+            rs = evaluate_zeroshot(model, sub, labels[key], label_names=labels["classes"], lang=lang,
+                                   modalities=["audio"])
+            row[f"speech ({spoken}) acc1"] = round(rs["audio"]["acc1"], 4)
+        out[lang] = row
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1.5 else f"{v:.1f}"
+    return "-" if v is None else str(v)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = ["# Alignment quality (generated by `bench/alignment_quality.py`)", "",
+             f"Machine: {m['cpus']} CPUs ({m['processor']}), torch {m['torch']}, {m['threads']} torch thread(s) "
+             f"per run; load average {m['load_start']} at the start, {m['load_end']} at the end (other jobs "
+             "shared the cores: `train s` is the training loop's wall time, `CPU s` the CPU time of the whole "
+             "training process, data loading included). "
+             f"Split: `{result['split']}`; {result['n_test']} items, {result['n_heldout']} of them with a "
+             "held-out color+shape pair.", "",
+             "| recipe | data | budget min | train s | steps | CPU s | peak RSS MB | text->image R@1 | R@5 "
+             "| speech->image R@5 | attribute R@5 | dup rate | held-out R@1 | seen R@1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in result["shapes"].items():
+        t, e = r["train"], r["eval"]
+        ti, ai = e["directions"].get("text->image", {}), e["directions"].get("audio->image", {})
+        lines.append("| " + " | ".join(_fmt(x) for x in (
+            name, t["data"], t["minutes_budget"], t["train_s"], t["steps"], t["process_cpu_s"], t["peak_rss_mb"],
+            ti.get("R@1"), ti.get("R@5"), ai.get("R@5"), (ti.get("attribute") or {}).get("R@5"),
+            e["caption_duplicate_rate"], e.get("text->image heldout R@1"), e.get("text->image seen R@1"))) + " |")
+    if result.get("synonyms"):
+        lines += ["", "Synonym queries: `captions` = every test caption rewritten with a size, color and shape "
+                  "word the caption templates never use (`SYNONYMS` in the script; a hit is the item itself, "
+                  "attribute R@5 as above); `objects` = short queries \"a crimson ring\" for every color+shape "
+                  "pair (a hit is any item showing that pair). `template ...` rows: the same queries in the "
+                  "templates' own words.", "",
+                  "| model | queries | R@1 | R@5 | attribute R@5 |", "|---|---|---|---|---|"]
+        for name, r in result["synonyms"].items():
+            for q in ("template captions", "captions", "template objects", "objects"):
+                lines.append(f"| {name} | {q} ({r[q]['n']}) | {r[q]['R@1']:.3f} | {r[q]['R@5']:.3f} | "
+                             f"{_fmt(r[q]['attribute R@5'])} |")
+        ex = next(iter(result["synonyms"].values()))["example"]
+        lines += ["", "Examples: " + " · ".join(f"\"{q}\"" for q in ex)]
+    if result.get("digits"):
+        z = result["digits"]
+        lines += ["", f"Zero-shot digits (`audioclip_tiny` trained on `digits` with en+zh text and speech, "
+                  f"{z['train']['train_s']} s, {z['train']['steps']} steps; {z['eval']['n']} test items; "
+                  "prompt ensembles):", "",
+                  "| prompts | image acc1 | speech acc1 | spoken en | spoken zh |", "|---|---|---|---|---|"]
+        for lang in ("en", "zh"):
+            r = z["eval"][lang]
+            lines.append(f"| {lang} | {r['image acc1']:.3f} | {r['speech acc1']:.3f} | "
+                         f"{r['speech (en) acc1']:.3f} | {r['speech (zh) acc1']:.3f} |")
+    lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
+    for k, (goal, got) in result["targets"].items():
+        lines.append(f"| {k} >= {goal} | {_fmt(got)} | {'yes' if got is not None and got >= goal else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(result: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
+    s, syn = result["shapes"], result.get("synonyms", {}).get("lit_minilm", {})
+    ac = s.get("audioclip_tiny", {}).get("eval", {}).get("directions", {})
+    got = [ac.get("text->image", {}).get("R@1"), ac.get("audio->image", {}).get("R@5"),
+           syn.get("captions", {}).get("R@5"), syn.get("objects", {}).get("R@5")]
+    return {k: (goal, g) for (k, goal), g in zip(TARGETS.items(), got, strict=True)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default="data_cache/alignment")
+    p.add_argument("--runs", default="runs/alignment_bench")
+    p.add_argument("--recipes", default=",".join(RUNS), help="comma list of run names: " + ", ".join(RUNS))
+    p.add_argument("--minutes", default="", help="per-run budgets, e.g. clip_tiny=8,lit_minilm=10")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training/eval process")
+    p.add_argument("--split", default="test", help="evaluation split (tune on val)")
+    p.add_argument("--reuse", action="store_true", help="reuse finished runs in --runs instead of retraining")
+    p.add_argument("--no-docs", action="store_true", help="do not write docs/results/alignment.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    budgets = {k: float(v) for k, v in (kv.split("=") for kv in args.minutes.split(",") if kv)}
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    root, runs = Path(args.data_root), Path(args.runs)
+    load0 = os.getloadavg()
+    result: dict[str, Any] = {"split": args.split, "shapes": {}, "synonyms": {}}
+    test: list[Sample] | None = None
+    for name in names:
+        recipe, key, minutes = RUNS[name]
+        data = ensure_data(root, key)
+        tr = train_run(recipe, data, runs / name, budgets.get(name, minutes), args.threads, args.reuse)
+        print(json.dumps({"trained": name, **tr}), file=sys.stderr)
+        if key == "digits":
+            result["digits"] = {"train": tr, "eval": eval_digits(runs / name, data, args.split)}
+            continue
+        if test is None:
+            test = list(open_dataset(ensure_data(root, "shapes"), split=args.split))
+        result["shapes"][name] = {"train": tr, "eval": eval_shapes(runs / name, test)}
+        if name in ("lit_minilm", "clip_tiny"):
+            result["synonyms"][name] = eval_synonyms(runs / name, test)
+    check_unseen()
+    n_held = sum(bool(s.metadata.get("heldout")) for s in test or [])
+    result.update(n_test=len(test or []), n_heldout=n_held, machine={
+        "cpus": os.cpu_count(), "processor": platform.machine(), "torch": torch.__version__,
+        "threads": args.threads, "load_start": [round(x, 2) for x in load0],
+        "load_end": [round(x, 2) for x in os.getloadavg()]})
+    result["targets"] = targets(result)
+    print(json.dumps(result, ensure_ascii=False))
+    if args.split == "test" and not args.no_docs:
+        out = Path(__file__).resolve().parents[1] / "docs" / "results" / "alignment.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(markdown(result), encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
