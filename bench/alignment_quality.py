@@ -281,8 +281,8 @@ def _md_shapes(result: dict[str, Any]) -> list[str]:
              f"per run; load average {m['load_start']} at the start, {m['load_end']} at the end (other jobs may "
              "share the cores: `train s` is the training loop's wall time, `CPU s` the CPU time of the whole "
              "training process, data loading included)."
-             + (f" The runs were made in {m['parallel_runs']} streams side by side, one per core."
-                if m.get("parallel_runs", 1) > 1 else ""), "",
+             + (f" Merged from {m['merged_from']} bench runs (`--merge`)." if m.get("merged_from") else "")
+             + (f" {m['note']}" if m.get("note") else ""), "",
              f"`shapes` split `{result['split']}`: {result['n_test']} items, {result['n_heldout']} of them with a "
              "held-out color+shape pair (never in training). R@k: identity retrieval (the query's own item). "
              f"But {_fmt(sc.get('scene_duplicate_rate'))} of the items show the same scene as another item (same "
@@ -381,10 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", nargs="+", metavar="JSON", help="no training or evaluation: merge the JSON "
                    "lines of earlier runs (e.g. two --recipes subsets run side by side, one per core) and "
                    "write the table from them")
+    p.add_argument("--note", default="", help="with --merge: a sentence for the table's header (how the runs "
+                   "shared the machine)")
     args = p.parse_args(argv)
     if args.merge:
-        return write_result(merge_results([json.loads(Path(f).read_text(encoding="utf-8").strip().splitlines()[-1])
-                                           for f in args.merge]), args)
+        merged = merge_results([json.loads(Path(f).read_text(encoding="utf-8").strip().splitlines()[-1])
+                                for f in args.merge])
+        merged["machine"]["note"] = args.note
+        return write_result(merged, args)
     torch.set_num_threads(args.threads)
     budgets = {k: float(v) for k, v in (kv.split("=") for kv in args.minutes.split(",") if kv)}
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
@@ -418,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from several (same split and test set): runs, synonyms and digits united; the machine
     load is the widest range seen."""
-    if len({(p["split"], p["n_test"], p["n_heldout"]) for p in parts}) != 1:
+    if len({p["split"] for p in parts}) != 1 or len({(p["n_test"], p["n_heldout"]) for p in parts
+                                                     if p["n_test"]}) > 1:
         raise SystemExit("--merge: the results were not measured on the same split / test set")
-    out: dict[str, Any] = {**parts[0], "shapes": {}, "synonyms": {}}
+    base = next((p for p in parts if p["n_test"]), parts[0])  # a digits-only part has no shapes test set
+    out: dict[str, Any] = {**base, "shapes": {}, "synonyms": {}}
     for p in parts:
         out["shapes"].update(p["shapes"])
         out["synonyms"].update(p.get("synonyms", {}))
@@ -428,10 +434,10 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
             out["digits"] = p["digits"]
         if p.get("scenes"):
             out["scenes"] = p["scenes"]
-    m = out["machine"] = dict(parts[0]["machine"])
+    m = out["machine"] = dict(base["machine"])
     m["load_start"] = [max(p["machine"]["load_start"][i] for p in parts) for i in range(3)]
     m["load_end"] = [max(p["machine"]["load_end"][i] for p in parts) for i in range(3)]
-    m["parallel_runs"] = len(parts)
+    m["merged_from"] = len(parts)
     return out
 
 

@@ -130,6 +130,11 @@ def test_merge_results(bench: ModuleType) -> None:
     merged = bench.merge_results([part("a", 1.0), {**part("b", 2.0), "digits": {"z": 3}}])
     assert list(merged["shapes"]) == ["a", "b"] and list(merged["synonyms"]) == ["a"]
     assert merged["digits"] == {"z": 3} and merged["scenes"] == {"scene_duplicate_rate": 0.2}
-    assert merged["machine"]["load_start"] == [2.0] * 3 and merged["machine"]["parallel_runs"] == 2
+    assert merged["machine"]["load_start"] == [2.0] * 3 and merged["machine"]["merged_from"] == 2
     with pytest.raises(SystemExit, match="same split"):
         bench.merge_results([part("a", 1.0), {**part("b", 1.0), "n_test": 7}])
+    with pytest.raises(SystemExit, match="same split"):
+        bench.merge_results([part("a", 1.0), {**part("b", 1.0), "split": "val"}])
+    digits_only = {**part("d", 0.5), "shapes": {}, "n_test": 0, "n_heldout": 0, "digits": {"z": 4}}
+    merged = bench.merge_results([part("a", 1.0), digits_only])  # no shapes test set: no conflict
+    assert merged["n_test"] == 6 and merged["digits"] == {"z": 4}
