@@ -32,8 +32,11 @@ from polymodal.data.sample import Sample
 from polymodal.data.synth import captions as cap
 from polymodal.data.synth import make_dataset
 from polymodal.data.synth import shapes as shp
-from polymodal.eval.retrieval import retrieval_ranks
+from polymodal.eval.retrieval import RankStats, retrieval_ranks
 from polymodal.eval.tasks import embed_modality, evaluate_retrieval, evaluate_zeroshot
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the reporting half, also when loaded by path
+from alignment_report import markdown, merge_results, targets  # noqa: E402
 
 DATA: dict[str, dict[str, Any]] = {  # key -> make_dataset arguments (shapes_ti: the same scenes, no speech)
     "shapes": {"name": "shapes", "n": 10_000, "langs": ["en"], "modalities": ["audio", "image", "text", "video"]},
@@ -60,11 +63,6 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "diamond": ("rhombus", "lozenge"), "star": ("pentagram", "pentagram"), "cross": ("plus sign", "plus sign"),
     "small": ("tiny", "miniature"), "large": ("huge", "giant"),
 }
-TARGETS = {"audioclip_tiny text->image R@1": 0.80,
-           "audioclip_tiny text->image scene-match R@1 (see note)": 0.80,
-           "audioclip_tiny speech->image R@5": 0.70,
-           "lit_minilm synonym captions text->image R@5": 0.60,
-           "lit_minilm synonym object queries text->image R@5": 0.60}
 
 
 def template_vocabulary() -> set[str]:
@@ -138,16 +136,15 @@ def train_run(recipe: str, data: Path, out: Path, minutes: float, threads: int, 
     return row
 
 
-def _ranks(model: Any, samples: list[Sample], texts: list[str]) -> dict[str, np.ndarray]:
-    """Ranks of text queries (one per sample) against the samples' images: identity, scene-match and
-    attribute-match (``metadata["labels"]``) positives."""
-    q, g = model.embed(text=texts), embed_modality(model, samples, "image")
-    keys = [json.dumps(s.metadata["labels"], sort_keys=True) for s in samples]
-    num = {k: i for i, k in enumerate(sorted(set(keys)))}
-    lab = [num[k] for k in keys]
-    return {"identity": retrieval_ranks(q, g, positives=[[i] for i in range(len(samples))]).ranks,
-            "scene": retrieval_ranks(q, g, positives=scene_groups(samples)).ranks,
-            "attribute": retrieval_ranks(q, g, query_labels=lab, gallery_labels=lab).ranks}
+def _recall(stats: RankStats | None, k: int) -> float | None:
+    return None if stats is None else round(stats.recall(k), 4)
+
+
+def _row(identity: RankStats, n: int, scene: RankStats | None = None, attribute: RankStats | None = None
+         ) -> dict[str, Any]:
+    """One row of the synonym table: R@1/R@5 of the given positives, scene- and attribute-match R@5."""
+    return {"R@1": _recall(identity, 1), "R@5": _recall(identity, 5), "scene R@5": _recall(scene, 5),
+            "attribute R@5": _recall(attribute, 5), "n": n}
 
 
 def scene_groups(samples: list[Sample]) -> list[list[int]]:
@@ -185,15 +182,15 @@ def eval_shapes(run: Path, samples: list[Sample]) -> dict[str, Any]:
     held = np.array([bool(s.metadata.get("heldout")) for s in samples])
     parts = {"": np.ones_like(held), "heldout ": held, "seen ": ~held}
     gallery = embed_modality(model, samples, "image")
+    groups, identity = scene_groups(samples), [[i] for i in range(len(samples))]
     for q in [m for m in ("text", "audio", "video") if m in model.modalities]:
         emb = embed_modality(model, samples, q)
-        ident = retrieval_ranks(emb, gallery, positives=[[i] for i in range(len(samples))]).ranks
-        scene = retrieval_ranks(emb, gallery, positives=scene_groups(samples)).ranks
+        ident = retrieval_ranks(emb, gallery, positives=identity).ranks
+        scene = retrieval_ranks(emb, gallery, positives=groups).ranks
         for part, rows in parts.items():  # None where the split has no such item (val: no held-out pairs)
             for name, ranks in (("R@1", ident), ("R@5", ident), ("scene R@1", scene)):
-                k = int(name[-1])
-                value = round(float((ranks[rows] < k).mean()), 4) if rows.any() else None
-                row[f"{q}->image {part}{name}"] = value
+                stats = RankStats(ranks[rows]) if rows.any() else None
+                row[f"{q}->image {part}{name}"] = _recall(stats, int(name[-1]))
     return row
 
 
@@ -213,42 +210,38 @@ def object_queries(samples: list[Sample], synonyms: bool) -> tuple[list[str], li
 
 
 def eval_synonyms(run: Path, samples: list[Sample]) -> dict[str, Any]:
-    """text->image with words the templates never use: whole captions rewritten (identity and attribute
-    hits) and short object queries (a hit: any item showing that color+shape); template wording beside."""
+    """text->image with words the templates never use: whole captions rewritten (identity, scene and
+    attribute hits) and short object queries (a hit: any item showing that color+shape); template wording
+    beside, and the text tower's own text->text ceiling for both."""
     model = polymodal.load(run)
+    n, groups, identity = len(samples), scene_groups(samples), [[i] for i in range(len(samples))]
+    keys = [json.dumps(s.metadata["labels"], sort_keys=True) for s in samples]
+    num = {k: i for i, k in enumerate(sorted(set(keys)))}
+    lab = [num[k] for k in keys]
     queries = [synonym_caption(s.metadata, i) for i, s in enumerate(samples)]
-    out: dict[str, Any] = {"example": queries[:2] + object_queries(samples, True)[0][:2]}
-    for name, texts in (("captions", queries), ("template captions", [s.text or "" for s in samples])):
-        r = _ranks(model, samples, texts)
-        out[name] = {"R@1": round(float((r["identity"] < 1).mean()), 4),
-                     "R@5": round(float((r["identity"] < 5).mean()), 4),
-                     "scene R@5": round(float((r["scene"] < 5).mean()), 4),
-                     "attribute R@5": round(float((r["attribute"] < 5).mean()), 4), "n": len(texts)}
+    syn_obj, obj_pos = object_queries(samples, True)
+    tpl_obj, _ = object_queries(samples, False)
+    gallery = embed_modality(model, samples, "image")
+    syn_emb, tpl_emb = model.embed(text=queries), model.embed(text=[s.text or "" for s in samples])
+    syn_obj_emb = model.embed(text=syn_obj)
+    out: dict[str, Any] = {"example": queries[:2] + syn_obj[:2]}
+    for name, q in (("captions", syn_emb), ("template captions", tpl_emb)):
+        out[name] = _row(retrieval_ranks(q, gallery, positives=identity), n,
+                         scene=retrieval_ranks(q, gallery, positives=groups),
+                         attribute=retrieval_ranks(q, gallery, query_labels=lab, gallery_labels=lab))
     # Reference: the text tower alone, synonym caption -> the same item's template caption. A frozen tower
     # (LiT) bounds what the image tower can learn: it can only be as synonym-aware as this.
-    q, g = model.embed(text=queries), model.embed(text=[s.text or "" for s in samples])
-    ident = retrieval_ranks(q, g, positives=[[i] for i in range(len(samples))]).ranks
-    scene = retrieval_ranks(q, g, positives=scene_groups(samples)).ranks
-    out["captions, text->text"] = {"R@1": round(float((ident < 1).mean()), 4),
-                                   "R@5": round(float((ident < 5).mean()), 4),
-                                   "scene R@5": round(float((scene < 5).mean()), 4), "attribute R@5": None,
-                                   "n": len(queries)}
-    gallery = embed_modality(model, samples, "image")
-    for name, syn in (("objects", True), ("template objects", False)):
-        texts, pos = object_queries(samples, syn)
-        ranks = retrieval_ranks(model.embed(text=texts), gallery, positives=pos).ranks
-        out[name] = {"R@1": round(float((ranks < 1).mean()), 4), "R@5": round(float((ranks < 5).mean()), 4),
-                     "scene R@5": None, "attribute R@5": None, "n": len(texts)}
+    out["captions, text->text"] = _row(retrieval_ranks(syn_emb, tpl_emb, positives=identity), n,
+                                       scene=retrieval_ranks(syn_emb, tpl_emb, positives=groups))
+    for name, q, texts in (("objects", syn_obj_emb, syn_obj), ("template objects", model.embed(text=tpl_obj),
+                                                               tpl_obj)):
+        out[name] = _row(retrieval_ranks(q, gallery, positives=obj_pos), len(texts))
     # The same reference for the short queries: "a crimson ring" -> which of the 48 template phrases
     # "a red circle", ... does the text tower put nearest (a hit: the one with the same color and shape)?
-    syn_q, _ = object_queries(samples, True)
-    tpl_q, _ = object_queries(samples, False)
-    phrases = sorted(set(tpl_q))
-    ranks = retrieval_ranks(model.embed(text=syn_q), model.embed(text=phrases),
-                            positives=[[phrases.index(t)] for t in tpl_q]).ranks
-    out["objects, text->text"] = {"R@1": round(float((ranks < 1).mean()), 4),
-                                  "R@5": round(float((ranks < 5).mean()), 4), "scene R@5": None,
-                                  "attribute R@5": None, "n": len(syn_q)}
+    phrases = sorted(set(tpl_obj))
+    out["objects, text->text"] = _row(retrieval_ranks(syn_obj_emb, model.embed(text=phrases),
+                                                      positives=[[phrases.index(t)] for t in tpl_obj]),
+                                      len(syn_obj))
     return out
 
 
@@ -267,105 +260,6 @@ def eval_digits(run: Path, data: Path, split: str) -> dict[str, Any]:
             row[f"speech ({spoken}) acc1"] = round(rs["audio"]["acc1"], 4)
         out[lang] = row
     return out
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1.5 else f"{v:.1f}"
-    return "-" if v is None else str(v)
-
-
-def _md_shapes(result: dict[str, Any]) -> list[str]:
-    m, sc = result["machine"], result.get("scenes", {})
-    lines = [f"Machine: {m['cpus']} CPUs ({m['processor']}), torch {m['torch']}, {m['threads']} torch thread(s) "
-             f"per run; load average {m['load_start']} at the start, {m['load_end']} at the end (other jobs may "
-             "share the cores: `train s` is the training loop's wall time, `CPU s` the CPU time of the whole "
-             "training process, data loading included)."
-             + (f" Merged from {m['merged_from']} bench runs (`--merge`)." if m.get("merged_from") else "")
-             + (f" {m['note']}" if m.get("note") else ""), "",
-             f"`shapes` split `{result['split']}`: {result['n_test']} items, {result['n_heldout']} of them with a "
-             "held-out color+shape pair (never in training). R@k: identity retrieval (the query's own item). "
-             f"But {_fmt(sc.get('scene_duplicate_rate'))} of the items show the same scene as another item (same "
-             "objects, sizes, colors and positions; only the jitter differs), which no caption or utterance can "
-             f"separate, so identity R@1 can reach at most about {_fmt(sc.get('R@1 ceiling all'))} "
-             f"({_fmt(sc.get('R@1 ceiling heldout'))} on held-out, {_fmt(sc.get('R@1 ceiling seen'))} on seen "
-             "items). `scene R@1`: a hit is any image of the query's scene. `attribute R@5`: any image whose "
-             "first object has the query's color+shape. `held-out` / `seen`: text->image over the queries with "
-             "/ without a held-out pair, against the whole gallery. `dup`: caption duplicate rate.", "",
-             "| recipe | data | budget min | train s | steps | CPU s | peak RSS MB | text->image R@1 | scene R@1 "
-             "| R@5 | attribute R@5 | speech->image R@1 | speech R@5 | held-out R@1 | held-out scene R@1 "
-             "| seen R@1 | dup |", "|" + "---|" * 17]
-    for name, r in result["shapes"].items():
-        t, e = r["train"], r["eval"]
-        ti, ai = e["directions"].get("text->image", {}), e["directions"].get("audio->image", {})
-        lines.append("| " + " | ".join(_fmt(x) for x in (
-            name, t["data"], t["minutes_budget"], t["train_s"], t["steps"], t["process_cpu_s"], t["peak_rss_mb"],
-            ti.get("R@1"), e.get("text->image scene R@1"), ti.get("R@5"), (ti.get("attribute") or {}).get("R@5"),
-            ai.get("R@1"), ai.get("R@5"), e.get("text->image heldout R@1"), e.get("text->image heldout scene R@1"),
-            e.get("text->image seen R@1"), e["caption_duplicate_rate"])) + " |")
-    return lines
-
-
-def _md_synonyms(result: dict[str, Any]) -> list[str]:
-    if not result.get("synonyms"):
-        return []
-    lines = ["", "Synonym queries: `captions` = every caption rewritten with size, color and shape words the "
-             "caption templates never use (`SYNONYMS` in the script, checked against the templates' "
-             "vocabulary); `objects` = short queries \"a crimson ring\" for every color+shape pair (a hit: any "
-             "item showing that pair). `template ...`: the same queries in the templates' own words. "
-             "`captions, text->text`: the model's text tower alone retrieving each item's template caption "
-             "from its synonym caption (for lit_minilm: the frozen MiniLM, the ceiling its image tower is "
-             "trained towards); `objects, text->text`: the same for the short queries, \"a crimson ring\" "
-             "against the 48 template phrases \"a red circle\", ... (a hit: the same color and shape).", "",
-             "| model | queries (n) | R@1 | R@5 | scene R@5 | attribute R@5 |", "|---|---|---|---|---|---|"]
-    for name, r in result["synonyms"].items():
-        for q in ("template captions", "captions", "captions, text->text", "template objects", "objects",
-                  "objects, text->text"):
-            lines.append(f"| {name} | {q} ({r[q]['n']}) | {r[q]['R@1']:.3f} | {r[q]['R@5']:.3f} | "
-                         f"{_fmt(r[q]['scene R@5'])} | {_fmt(r[q]['attribute R@5'])} |")
-    ex = next(iter(result["synonyms"].values()))["example"]
-    return lines + ["", "Examples: " + " · ".join(f"\"{q}\"" for q in ex)]
-
-
-def _md_digits(result: dict[str, Any]) -> list[str]:
-    if not result.get("digits"):
-        return []
-    z = result["digits"]
-    lines = ["", f"Zero-shot digits: `audioclip_tiny` trained on `digits` (text = the digit's name in English or "
-             f"Chinese, its image, the name spoken in that language) for {z['train']['train_s']} s, "
-             f"{z['train']['steps']} steps; {z['eval']['n']} test items; written and spoken digits classified by "
-             "prompt ensembles (\"a photo of the digit seven\", ... / \"数字七\", ...).", "",
-             "| prompts | image acc1 | speech acc1 | spoken en | spoken zh |", "|---|---|---|---|---|"]
-    for lang in ("en", "zh"):
-        r = z["eval"][lang]
-        lines.append(f"| {lang} | {r['image acc1']:.3f} | {r['speech acc1']:.3f} | "
-                     f"{r['speech (en) acc1']:.3f} | {r['speech (zh) acc1']:.3f} |")
-    return lines
-
-
-def markdown(result: dict[str, Any]) -> str:
-    lines = ["# Alignment quality (generated by `bench/alignment_quality.py`)", ""]
-    lines += _md_shapes(result) + _md_synonyms(result) + _md_digits(result)
-    lines += ["", "What limits each number (the scene ceiling, SigLIP's collapse on these tiny towers, ImageBind's "
-              "step budget, MiniLM's synonym ceiling): [docs/alignment.md](../alignment.md#measured-quality)."]
-    sc = result.get("scenes", {})
-    lines += ["", "Targets (issue #3). The identity R@1 target is read against its ceiling: with "
-              f"{_fmt(sc.get('scene_duplicate_rate'))} of the test items sharing their scene with another item, no "
-              f"model can exceed about {_fmt(sc.get('R@1 ceiling all'))}; the scene-match row counts any image "
-              "of the described scene as the right answer (the one-right-answer reading of the target).", "",
-              "| target | measured | met |", "|---|---|---|"]
-    for k, (goal, got) in result["targets"].items():
-        lines.append(f"| {k} >= {goal} | {_fmt(got)} | {'yes' if got is not None and got >= goal else 'no'} |")
-    return "\n".join(lines) + "\n"
-
-
-def targets(result: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
-    s, syn = result["shapes"], result.get("synonyms", {}).get("lit_minilm", {})
-    ac = s.get("audioclip_tiny", {}).get("eval", {}).get("directions", {})
-    scene = s.get("audioclip_tiny", {}).get("eval", {}).get("text->image scene R@1")
-    got = [ac.get("text->image", {}).get("R@1"), scene, ac.get("audio->image", {}).get("R@5"),
-           syn.get("captions", {}).get("R@5"), syn.get("objects", {}).get("R@5")]
-    return {k: (goal, g) for (k, goal), g in zip(TARGETS.items(), got, strict=True)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,28 +311,6 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads, "load_start": [round(x, 2) for x in load0],
         "load_end": [round(x, 2) for x in os.getloadavg()]})
     return write_result(result, args)
-
-
-def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One result from several (same split and test set): runs, synonyms and digits united; the machine
-    load is the widest range seen."""
-    if len({p["split"] for p in parts}) != 1 or len({(p["n_test"], p["n_heldout"]) for p in parts
-                                                     if p["n_test"]}) > 1:
-        raise SystemExit("--merge: the results were not measured on the same split / test set")
-    base = next((p for p in parts if p["n_test"]), parts[0])  # a digits-only part has no shapes test set
-    out: dict[str, Any] = {**base, "shapes": {}, "synonyms": {}}
-    for p in parts:
-        out["shapes"].update(p["shapes"])
-        out["synonyms"].update(p.get("synonyms", {}))
-        if p.get("digits"):
-            out["digits"] = p["digits"]
-        if p.get("scenes"):
-            out["scenes"] = p["scenes"]
-    m = out["machine"] = dict(base["machine"])
-    m["load_start"] = [max(p["machine"]["load_start"][i] for p in parts) for i in range(3)]
-    m["load_end"] = [max(p["machine"]["load_end"][i] for p in parts) for i in range(3)]
-    m["merged_from"] = len(parts)
-    return out
 
 
 def write_result(result: dict[str, Any], args: argparse.Namespace) -> int:

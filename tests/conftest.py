@@ -1,16 +1,31 @@
-"""Shared tiny fixtures: a handful of small samples covering every modality mix, English and Chinese."""
+"""Shared tiny fixtures: a handful of small samples covering every modality mix, English and Chinese; and
+the `load_bench` fixture for tests of the scripts in bench/ (not a package)."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 from polymodal.data.sample import Sample
 
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
 # 16-bit PCM round trip: within one LSB.
 AUDIO_TOL = 1 / 32767
+
+
+def _load_bench(name: str) -> ModuleType:
+    """Import ``bench/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tiny_samples(n: int = 6, seed: int = 0) -> list[Sample]:
@@ -72,3 +87,9 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def load_bench() -> Callable[[str], ModuleType]:
+    """``load_bench("fusion_table")``: a script of bench/ (not a package) imported as a module."""
+    return _load_bench

@@ -3,8 +3,7 @@ the synonym query set (never a template word), object queries' positives, and th
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -15,16 +14,10 @@ from polymodal.data.sample import Sample
 from polymodal.data.synth import captions as cap
 from polymodal.eval.retrieval import retrieval_ranks
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "alignment_quality.py"
-
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("alignment_quality", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("alignment_quality")
 
 
 def _obj(color: str, shape: str, pos: str = "center", size: str = "small") -> dict[str, str]:

@@ -3,9 +3,8 @@ the markdown has one row per fusion and its numbers are the JSON's."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -14,16 +13,10 @@ import torch
 
 from polymodal.fusion import FUSIONS
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "fusion_table.py"
-
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fusion_table", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("fusion_table")
 
 
 @pytest.fixture(autouse=True)
