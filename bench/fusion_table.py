@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 
-from polymodal.api import load_model
 from polymodal.data.formats.dataset import open_dataset
 from polymodal.eval.classification import evaluate_classification
+from polymodal.eval.completion import evaluate_completion
 from polymodal.eval.robustness import DEFAULT_LEVELS
 from polymodal.fusion import FUSIONS
-from polymodal.models.completion import evaluate_completion, train_completion
+from polymodal.models import load_model
 from polymodal.recipes import list_recipes, load_recipe
+from polymodal.train.completion import train_completion
 from polymodal.train.trainer import Trainer
 
 ORDER = ("late", "early", "attention", "tensor", "low_rank_tensor", "crossmodal", "shared_private")

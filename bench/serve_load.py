@@ -71,7 +71,7 @@ def child(args: argparse.Namespace) -> int:
     if args.model == "simulated":
         model: Any = SimulatedModel()
     else:
-        from polymodal.api import load
+        from polymodal import load
         model = load(args.model)
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size)
     root = Path(args.root)
@@ -252,7 +252,7 @@ def model_ceiling(run: str, threads: int, batch: int) -> dict[str, float]:
     on this CPU."""
     import torch
 
-    from polymodal.api import load as load_run
+    from polymodal import load as load_run
 
     torch.set_num_threads(threads)
     model, rng = load_run(run), np.random.default_rng(5)

@@ -127,12 +127,12 @@ def _cpu_between(samples: list[tuple[float, float, int, int]], a: int, b: int) -
 
 def reference_loop(recipe_name: str, data: Path, steps: int, threads: int) -> dict[str, Any]:
     """The plain loop on pre-collated batches (see the module docstring)."""
-    from polymodal.api import build_model
+    from polymodal.data.collate import collate
     from polymodal.data.formats import open_dataset
-    from polymodal.data.sample import collate
     from polymodal.data.transforms.compose import SampleTransform
+    from polymodal.data.transforms.resolve import transform_config
+    from polymodal.models import build_model
     from polymodal.recipes import load_recipe
-    from polymodal.train.data import transform_config
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -1,30 +1,14 @@
 """polymodal: multimodal learning and cross-modal retrieval (text, image, speech/audio, video)."""
 
-import os
-from typing import Any
+from ._runtime import configure_threads as _configure_threads
 
-from .api import EmbeddingModel, load
-from .data import MODALITIES, Batch, Sample, collate, open_dataset
-from .errors import ConfigError, InvalidInput, MissingExtra, NotFound, PolymodalError
+_configure_threads()  # before torch loads: idle OpenMP threads sleep instead of spinning
 
-__version__ = "0.1.0"
-
-
-def search(collection: Any, model: Any = None, **query: Any) -> Any:
-    """Embed a query (``text=``, ``image=``, ``audio=(wave, sr)``, ``video=``, ``vector=``; several are fused
-    with ``weights=``) and search a collection (a `polymodal.index.Collection` or its directory, opened
-    read-only). ``model`` is a loaded model or a run directory. Needs the ``[index]`` extra."""
-    from .index import Collection, search_with_model
-
-    if isinstance(model, str | os.PathLike):
-        model = load(model)
-    if isinstance(collection, Collection):
-        return search_with_model(collection, model, **query)
-    coll = Collection.open(collection, readonly=True)
-    try:
-        return search_with_model(coll, model, **query)
-    finally:
-        coll.close(save=False)
+from ._version import __version__  # noqa: E402
+from .api import load, search  # noqa: E402
+from .data import MODALITIES, Batch, Sample, collate, open_dataset  # noqa: E402
+from .errors import ConfigError, InvalidInput, MissingExtra, NotFound, PolymodalError  # noqa: E402
+from .models import EmbeddingModel  # noqa: E402
 
 __all__ = [
     "MODALITIES", "Batch", "ConfigError", "EmbeddingModel", "InvalidInput", "MissingExtra", "NotFound",

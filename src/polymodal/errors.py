@@ -3,6 +3,9 @@ and the HTTP service can map it to a 4xx JSON body."""
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class PolymodalError(Exception):
     """Base class of every error polymodal raises on purpose."""
@@ -38,10 +41,37 @@ class MissingExtra(PolymodalError, ImportError):
     """An optional dependency group is not installed."""
 
 
-def require(module: str, extra: str):
-    """Import an optional dependency or raise a one-line install hint."""
-    import importlib
+class TrainingError(PolymodalError):
+    """Training had to stop (the loss or the gradients became NaN/inf)."""
 
+
+class Conflict(PolymodalError):
+    """The request conflicts with the current state (a name taken, a collection another process writes)."""
+
+
+class QueueFull(RuntimeError):
+    """The embedding micro-batcher's queue holds ``queue_size`` requests already."""
+
+    def __init__(self, retry_after_s: float):
+        super().__init__("the embedding queue is full; retry later")
+        self.retry_after_s = retry_after_s
+
+
+class BatcherClosed(RuntimeError):
+    """The micro-batcher was stopped (the service is shutting down)."""
+
+
+class ApiError(Exception):
+    """An HTTP error with the service's JSON body (raised by the service's endpoints, rendered by its handler)."""
+
+    def __init__(self, status: int, kind: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.message, self.field, self.headers = status, kind, message, field, headers
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import an optional dependency or raise a one-line install hint."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polymodal.cli import main as polymodal_main
-from polymodal.data.cli import main
+from polymodal.commands import main as polymodal_main
+from polymodal.commands.data import main
 from polymodal.data.formats import ShardWriter, open_dataset, write_folder, write_jsonl
 from polymodal.data.sample import MODALITIES, Sample
 

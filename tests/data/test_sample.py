@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from polymodal.data.sample import MODALITIES, TIME_AXIS, Sample, collate, raw_tensors
+from polymodal.data.collate import collate, raw_tensors
+from polymodal.data.sample import MODALITIES, TIME_AXIS, Sample
 from polymodal.errors import InvalidInput
 
 IMG = np.zeros((4, 5, 3), np.uint8)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import polymodal
+from polymodal.commands.eval import main as eval_main
 from polymodal.config import Recipe
 from polymodal.data.formats import open_dataset
 from polymodal.data.synth import make_dataset
 from polymodal.errors import InvalidInput
-from polymodal.eval.cli import main as eval_main
 from polymodal.eval.retrieval import retrieval_ranks
 from polymodal.eval.tasks import TEMPLATES
 from polymodal.train import train

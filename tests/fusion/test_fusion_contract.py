@@ -65,11 +65,20 @@ def test_shape_and_finite(name):
     torch.testing.assert_close(f(feats, None), out)
 
 
+def zero_by_definition(name: str) -> set[str]:
+    """Parameters whose gradient is exactly zero for vector (length-1) features: attention over a single key
+    gives it weight 1 whatever the query, so crossmodal's query LayerNorm gets no gradient. (Older torch
+    kernels returned float noise here; a test must not rely on it.) The sequence test covers them."""
+    if name != "crossmodal":
+        return set()
+    return {n for n, _ in make(name).named_parameters() if ".ln_q." in n}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_all_present(name):
     f = make(name)
     g = grads(f, features(6), None)
-    exempt = f.missing_only_parameters()
+    exempt = f.missing_only_parameters() | zero_by_definition(name)
     assert exempt <= set(g), "missing_only_parameters names unknown parameters"
     no_grad = [n for n, v in g.items() if n not in exempt and (v is None or not torch.any(v != 0))]
     assert not no_grad, f"parameters without gradient: {no_grad}"
@@ -79,7 +88,8 @@ def test_gradients_all_present(name):
 def test_gradients_mixed_batch_reach_every_parameter(name):
     f = make(name)
     g = grads(f, features(7), mixed_mask())
-    no_grad = [n for n, v in g.items() if v is None or not torch.any(v != 0)]
+    exempt = zero_by_definition(name)
+    no_grad = [n for n, v in g.items() if n not in exempt and (v is None or not torch.any(v != 0))]
     assert not no_grad, f"parameters without gradient: {no_grad}"
     assert all(torch.isfinite(v).all() for v in g.values() if v is not None)
 
@@ -281,10 +291,20 @@ def test_crossmodal_query_key_projections_train_on_sequences():
     f = create_fusion("crossmodal", DIMS, d_model=8, heads=2)
     feats, pad, mask = _seq_inputs()
     f(feats, mask, pad_mask=pad).square().sum().backward()
+    lens = {m: x.shape[1] for m, x in feats.items()}
+    checked = 0
     for name, p in f.named_parameters():
+        source = name.split(".")[1].split("_to_")[0] if name.startswith("cross.") else None
+        # a single-key source (image: length 1) gives q/k no gradient by definition (softmax over one key)
+        if source is None or lens[source] == 1:
+            continue
         if name.endswith("attn.in_proj_weight"):  # rows: queries | keys | values
             for part in p.grad.chunk(3, dim=0):
                 assert torch.any(part != 0), name
+            checked += 1
+        if ".ln_q." in name:
+            assert torch.any(p.grad != 0), name
+    assert checked == 4  # audio and text as sources, each into two targets
 
 
 

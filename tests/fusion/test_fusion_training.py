@@ -15,15 +15,17 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from polymodal.api import load_model
 from polymodal.config import Recipe
+from polymodal.data.collate import collate
 from polymodal.data.formats.dataset import open_dataset
-from polymodal.data.sample import Batch, Sample, collate
+from polymodal.data.sample import Batch, Sample
 from polymodal.errors import ConfigError, InvalidInput
 from polymodal.eval.classification import evaluate_classification
+from polymodal.eval.completion import evaluate_completion
 from polymodal.eval.noise import noisy_sample
+from polymodal.models import load_model
 from polymodal.models.classifier import build_fusion_model, label_ids
-from polymodal.models.completion import evaluate_completion, train_completion
+from polymodal.train.completion import train_completion
 from polymodal.train.trainer import Trainer
 
 IMAGE = {"name": "image_cnn", "image_size": 16, "channels": [8, 16]}

@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from polymodal.cli import main as polymodal_main
+from polymodal.commands import index as cli
+from polymodal.commands import main as polymodal_main
+from polymodal.commands import search as search_cli
 from polymodal.data import codec
 from polymodal.data.formats import ShardWriter
 from polymodal.data.sample import Sample
 from polymodal.errors import InvalidInput
-from polymodal.index import Collection, cli, fuse, search_with_model
+from polymodal.index import Collection, MediaStore, fuse, search_with_model
 
 DIM = 16
 
@@ -58,7 +60,8 @@ def make_samples(n: int = 12) -> list[Sample]:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeModel:
     model = FakeModel()
-    monkeypatch.setattr(cli, "_load_model", lambda run: model)
+    monkeypatch.setattr(cli, "load", lambda run: model)
+    monkeypatch.setattr(search_cli, "load", lambda run: model)
     return model
 
 
@@ -126,7 +129,7 @@ def test_build_from_real_shards(tmp_path: Path, fake: FakeModel, capsys: pytest.
 
 
 def _search(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    assert cli.search_main([*argv, "--json"]) == 0
+    assert search_cli.main([*argv, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -140,7 +143,7 @@ def test_search_vector_file_needs_no_model(built: Path, tmp_path: Path, capsys: 
     np.save(tmp_path / "q.npy", key_vec(7)[None])
     out = _search(["--collection", str(built), "--vector-file", str(tmp_path / "q.npy"), "-k", "2"], capsys)
     assert [h["id"] for h in out["hits"]][:1] == [7]
-    assert cli.search_main(["--collection", str(built), "--vector-file", str(tmp_path / "q.npy")]) == 0
+    assert search_cli.main(["--collection", str(built), "--vector-file", str(tmp_path / "q.npy")]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["rank", "id", "score", "item"] and "item 7" in table[1]
 
@@ -170,14 +173,14 @@ def test_search_filters(built: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_parse_filters_and_weights() -> None:
-    assert cli.parse_filters([]) is None
-    assert cli.parse_filters(["a=1", "b=x", 'c="1"', "d=[1, 2]", "e>=2", "e<5", "f!=true"]) == {
+    assert search_cli.parse_filters([]) is None
+    assert search_cli.parse_filters(["a=1", "b=x", 'c="1"', "d=[1, 2]", "e>=2", "e<5", "f!=true"]) == {
         "a": 1, "b": "x", "c": "1", "d": {"in": [1, 2]}, "e": {"gte": 2, "lt": 5}, "f": {"ne": True}}
     with pytest.raises(InvalidInput, match="--filter"):
-        cli.parse_filters(["novalue"])
-    assert cli.parse_weights("text=0.5, audio=2") == {"text": 0.5, "audio": 2.0}
+        search_cli.parse_filters(["novalue"])
+    assert search_cli.parse_weights("text=0.5, audio=2") == {"text": 0.5, "audio": 2.0}
     with pytest.raises(InvalidInput, match="--weights"):
-        cli.parse_weights("text=lots")
+        search_cli.parse_weights("text=lots")
 
 
 def test_search_errors_through_the_dispatcher(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -218,7 +221,6 @@ def test_build_stores_media_for_the_service_unless_told_not_to(tmp_path: Path, f
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from PIL import Image
 
-    from polymodal.serve.media import MediaStore
 
     with ShardWriter(tmp_path / "shards", shard_size=4) as w:
         samples = make_samples(6)

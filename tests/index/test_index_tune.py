@@ -58,7 +58,7 @@ def test_retraining_resets_tuned_parameters(tmp_path: Path) -> None:
 
 
 def test_tune_on_given_queries_and_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from polymodal.index import cli
+    from polymodal.commands import index as cli
 
     x = clustered(3000, 16, seed=1, spread=1.0)
     q = clustered(100, 16, seed=2, spread=1.0)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polymodal.data.sample import Batch, collate
+from polymodal.data.collate import collate
+from polymodal.data.sample import Batch
 from polymodal.data.transforms import (
     AudioTransform,
     ByteTokenizer,

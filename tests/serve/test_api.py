@@ -17,8 +17,7 @@ from servekit import DIM, FakeModel, png_b64, solid, tone, wav_b64
 
 from polymodal.data.codec import decode_audio
 from polymodal.index import Collection
-from polymodal.serve import ServeSettings, create_app
-from polymodal.serve.media import MediaLimits
+from polymodal.serve import MediaLimits, ServeSettings, create_app
 
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -373,7 +372,7 @@ def test_concurrent_upserts_and_searches_keep_the_collection_whole(client: Clien
 # ------------------------------------------------------------------------------------------ CLI
 
 def test_cli_help_and_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    from polymodal.serve.cli import _parser, layout, main, settings_from_args
+    from polymodal.commands.serve import _parser, layout, main, settings_from_args
 
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
@@ -393,7 +392,7 @@ def test_cli_main_wires_model_collection_and_settings(tmp_path: Path, monkeypatc
     import uvicorn
 
     import polymodal.api
-    from polymodal.cli import main as polymodal_main
+    from polymodal.commands import main as polymodal_main
 
     seen: dict = {}
     monkeypatch.setattr(polymodal.api, "load", lambda run, device="cpu": FakeModel())

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.api import build_model
-from polymodal.cli import main as polymodal_main
+from polymodal.commands import main as polymodal_main
+from polymodal.commands.train import _parser, resolve_recipe
 from polymodal.config import Recipe, TrainConfig, apply_overrides, from_dict
 from polymodal.data.transforms.compose import SampleTransform
+from polymodal.data.transforms.resolve import transform_config
 from polymodal.errors import ConfigError
+from polymodal.models import build_model
 from polymodal.recipes import list_recipes, load_recipe
-from polymodal.train.cli import _parser, resolve_recipe
-from polymodal.train.data import transform_config
 
 
 def test_round_trip_and_overrides() -> None:

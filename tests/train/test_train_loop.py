@@ -13,11 +13,12 @@ from safetensors.torch import load_file
 from trainkit import make_samples, tiny_recipe, write_split_dir
 
 import polymodal.train.trainer as trainer_mod
-from polymodal.api import build_model, load
+from polymodal import load
 from polymodal.config import Recipe
-from polymodal.data.sample import collate
+from polymodal.data.collate import collate
 from polymodal.data.transforms.compose import SampleTransform
 from polymodal.errors import ConfigError, InvalidInput, NotFound
+from polymodal.models import build_model
 from polymodal.train.step import StepModule, forward_backward
 from polymodal.train.trainer import Trainer, TrainingError, train
 
@@ -59,7 +60,7 @@ def test_resume_is_bit_exact(tiny_data: Path, tmp_path: Path) -> None:
 
 
 def _batches(model: torch.nn.Module, n: int) -> tuple[list, object]:
-    from polymodal.train.data import transform_config
+    from polymodal.data.transforms.resolve import transform_config
 
     tf = SampleTransform.from_dict(transform_config(model.preprocess(), {}))
     return [collate(make_samples(n, 7)[i:i + 4], tf) for i in range(0, n, 4)], collate(make_samples(n, 7), tf)
@@ -188,7 +189,7 @@ def test_streaming_covers_each_sample_once_and_resumes_exactly(tiny_data: Path, 
 
 def test_cli_train_stop_and_resume_without_recipe(tiny_data: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from polymodal.cli import main
+    from polymodal.commands import main
 
     recipe_file = tmp_path / "tiny.json"
     recipe_file.write_text(json.dumps(tiny_recipe(steps=3).to_dict()))

@@ -14,8 +14,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import load_file
 from torch import nn
 
-from polymodal.api import build_model
 from polymodal.errors import ConfigError
+from polymodal.models import build_model
 from polymodal.recipes import load_recipe
 from polymodal.train import checkpoint as ck
 from polymodal.train.optim import Lamb, build_optimizer, no_decay_names, param_groups
@@ -110,7 +110,7 @@ def test_optimizer_state_round_trip(name: str, tmp_path: Path) -> None:
     tensors, meta = ck.flatten_optimizer(opt_a)
     path = tmp_path / "s.safetensors"
     path.write_bytes(ck.tensors_to_bytes(tensors))
-    meta = ck.read_json(_write_json(tmp_path / "s.json", meta))
+    meta = ck.read_json_object(_write_json(tmp_path / "s.json", meta))
     b = copy.deepcopy(a)
     opt_b = build_optimizer(b, name, 0.01, 0.1)
     ck.restore_optimizer(opt_b, ck.read_tensors(path), meta, "test")
@@ -138,7 +138,7 @@ def test_rng_state_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(9)
     np.random.seed(9)
     random.seed(9)
-    ck.set_rng_state(st_load(ck.tensors_to_bytes(tensors)), ck.read_json(_write_json(tmp_path / "r.json", meta)))
+    ck.set_rng_state(st_load(ck.tensors_to_bytes(tensors)), ck.read_json_object(_write_json(tmp_path / "r.json", meta)))
     got = (torch.rand(3), np.random.rand(3), [random.random(), random.gauss(0, 1)])
     assert torch.equal(want[0], got[0]) and np.array_equal(want[1], got[1]) and want[2] == got[2]
 
@@ -153,7 +153,7 @@ def test_checkpoint_dirs_prune_and_link(tmp_path: Path) -> None:
     assert kept == ["latest", "step_00000002", "step_00000003"]
     assert ck.latest_checkpoint(tmp_path) == tmp_path / "checkpoints/step_00000003"
     assert float(load_file(str(tmp_path / "model.safetensors"))["logit_scale"]) == 3.0
-    assert ck.read_json(tmp_path / "config.json")["step"] == 3
+    assert ck.read_json_object(tmp_path / "config.json")["step"] == 3
     with pytest.raises(ConfigError, match=r"shape of lin\.weight"):
         bigger = Tiny()
         bigger.lin = nn.Linear(4, 5)

@@ -23,10 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.collate import collate
 from ..data.formats.dataset import Dataset, open_dataset
-from ..data.sample import Batch, Sample, collate
+from ..data.sample import Batch, Sample
 from ..data.transforms.compose import SampleTransform
+from ..data.transforms.resolve import transform_config
 from ..errors import InvalidInput
+from ..models.classifier import label_ids
+from ..models.loading import load_model
 from .noise import noisy_sample
 from .robustness import DEFAULT_LEVELS, Condition, accuracy, macro_f1, mask_out, robustness_report
 
@@ -54,8 +58,6 @@ def resolve_model(model_or_run: Any, transform: SampleTransform | None = None
     without ``transform`` gets the transform its encoders ask for on library defaults (what the trainer
     builds for a recipe without a ``data.transform`` section)."""
     if isinstance(model_or_run, str | os.PathLike):
-        from ..api import load_model
-
         model, tf, cfg = load_model(model_or_run)
         if cfg.get("arch") != "fusion":
             raise InvalidInput(f"classification needs a 'fusion' run, got {cfg.get('arch')!r}", field="arch",
@@ -65,8 +67,6 @@ def resolve_model(model_or_run: Any, transform: SampleTransform | None = None
         raise InvalidInput(f"expected a run dir or a fusion model, got {type(model_or_run).__name__}",
                            field="model")
     if transform is None:
-        from ..train.data import transform_config
-
         transform = SampleTransform.from_dict(transform_config(model_or_run.preprocess(), {}))
     return model_or_run.eval(), transform.eval()
 
@@ -119,8 +119,6 @@ def _collate_prepared(samples: list[Sample], tensors: list[Tensors]) -> Batch:
 
 def model_labels(model: Any, samples: Sequence[Sample]) -> list[int]:
     """The integer label of every sample, read the way the model reads them in training."""
-    from ..models.classifier import label_ids
-
     return label_ids([s.metadata for s in samples], model.label_field, model.num_classes, model.classes,
                      [s.id for s in samples])
 

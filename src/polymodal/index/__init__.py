@@ -6,7 +6,9 @@ from ..errors import require
 require("faiss", "index")
 
 from .collection import Collection, Items  # noqa: E402
+from .media import MediaStore  # noqa: E402
+from .persist import is_collection  # noqa: E402
 from .query import fuse, search_with_model  # noqa: E402
 from .searching import SearchResult  # noqa: E402
 
-__all__ = ["Collection", "Items", "SearchResult", "fuse", "search_with_model"]
+__all__ = ["Collection", "Items", "MediaStore", "SearchResult", "fuse", "is_collection", "search_with_model"]

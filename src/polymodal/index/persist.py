@@ -60,6 +60,11 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def is_collection(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a collection (its CURRENT pointer exists)."""
+    return (Path(path) / CURRENT).is_file()
+
+
 def read_current(root: Path) -> str:
     try:
         name = (root / CURRENT).read_text(encoding="utf-8").strip()

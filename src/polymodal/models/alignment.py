@@ -14,7 +14,6 @@ pairs), ImageBind (everything bound to an anchor) and LiT (a locked tower) are c
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -24,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.sample import MODALITIES, TIME_AXIS, Batch
-from ..encoders.base import ENCODERS, Encoder, create_encoder
+from ..encoders import ENCODERS, Encoder, create_encoder
 from ..errors import ConfigError, InvalidInput
 from ..losses.contrastive import clip_loss, siglip_loss
 from ..losses.distributed import feature_group, gather_no_grad, gather_sizes, gather_with_grad, world_info
+from .registry import ARCHS
 
 Features = dict[str, tuple[torch.Tensor, torch.Tensor]]  # modality -> (emb (N_m, D), rows (N_m,))
 
@@ -286,6 +286,7 @@ _CONFIG_KEYS = ("arch", "dim", "loss", "pairing", "anchor", "locked", "encoders"
                 "init_logit_scale", "init_logit_bias")
 
 
+@ARCHS.register("alignment")
 def build_alignment_model(cfg: Mapping[str, Any]) -> AlignmentModel:
     """Build from a plain dict: ``{"arch": "alignment", "dim": 128, "loss": "clip", "pairing": "all",
     "anchor": null, "locked": [], "projections": "linear" | {modality: "linear" | "none"},
@@ -304,7 +305,7 @@ def build_alignment_model(cfg: Mapping[str, Any]) -> AlignmentModel:
     locked = cfg.get("locked", [])
     if isinstance(locked, str) or not isinstance(locked, list | tuple):
         raise ConfigError(f"locked must be a list of modalities, got {locked!r}", field="locked")
-    encoders = {m: _build_encoder(m, spec) for m, spec in specs.items()}
+    encoders = {m: build_encoder(m, spec) for m, spec in specs.items()}
     model = AlignmentModel(
         encoders, cfg.get("dim", 128), projections=cfg.get("projections", "linear"),
         loss=cfg.get("loss", "clip"), pairing=cfg.get("pairing", "all"), anchor=cfg.get("anchor"),
@@ -313,7 +314,7 @@ def build_alignment_model(cfg: Mapping[str, Any]) -> AlignmentModel:
     return model
 
 
-def _build_encoder(m: str, spec: Any) -> Encoder:
+def build_encoder(m: str, spec: Any) -> Encoder:
     field = f"encoders.{m}"
     if m not in MODALITIES:
         raise ConfigError(f"unknown modality {m!r}; expected one of {MODALITIES}", field=field)
@@ -321,7 +322,6 @@ def _build_encoder(m: str, spec: Any) -> Encoder:
         raise ConfigError('expected {"name": <encoder>, ...kwargs}', field=field)
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     name = spec["name"]
-    _ensure_registered(name)
     if name not in ENCODERS:
         raise ConfigError(f"unknown encoder {name!r} (known: {', '.join(ENCODERS.names())})", field=field)
     try:
@@ -334,16 +334,3 @@ def _build_encoder(m: str, spec: Any) -> Encoder:
     if enc.modality != m:
         raise ConfigError(f"encoder {name!r} is a {enc.modality} encoder, not {m}", field=field)
     return enc
-
-
-def _ensure_registered(name: str) -> None:
-    """Import the modules that register encoders, so a config can name any of them."""
-    from ..encoders import audio, image, text, video  # noqa: F401
-
-    if name in ENCODERS:
-        return
-    try:  # pretrained towers live in an optional subpackage (extra [hf])
-        importlib.import_module("polymodal.encoders.pretrained")
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("polymodal.encoders.pretrained"):
-            raise

@@ -33,7 +33,10 @@ from torch import nn
 
 from ..data.sample import Batch
 from ..errors import ConfigError, InvalidInput
-from ..fusion.base import Fusion
+from ..fusion import FUSIONS, Fusion, create_fusion
+from .alignment import build_encoder  # one encoder factory for every arch
+from .loading import load_model
+from .registry import ARCHS
 
 Inputs = Batch | Mapping[str, torch.Tensor]
 
@@ -278,6 +281,7 @@ _CONFIG_KEYS = ("arch", "num_classes", "label_field", "classes", "encoders", "fu
                 "init_from")
 
 
+@ARCHS.register("fusion")
 def build_fusion_model(cfg: Mapping[str, Any]) -> FusionModel:
     """Build from a plain dict (a recipe's ``model`` section)::
 
@@ -308,9 +312,7 @@ def build_fusion_model(cfg: Mapping[str, Any]) -> FusionModel:
     init, donor = _init_source(resolved, dict(specs))
     if not resolved["encoders"]:
         raise ConfigError("a fusion model needs at least one encoder", field="encoders")
-    from .alignment import _build_encoder  # one encoder factory for every arch
-
-    encoders = {m: _build_encoder(m, spec) for m, spec in sorted(resolved["encoders"].items())}
+    encoders = {m: build_encoder(m, spec) for m, spec in sorted(resolved["encoders"].items())}
     if donor is not None and init is not None:
         for m in init["modalities"]:
             encoders[m].load_state_dict(donor.encoders[m].state_dict())
@@ -338,8 +340,6 @@ def _classes(cfg: dict[str, Any]) -> tuple[list[str] | None, int]:
 
 
 def _build_fusion(spec: Any, dims: dict[str, int], num_classes: int) -> Fusion:
-    from ..fusion import FUSIONS, create_fusion
-
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
         raise ConfigError('expected {"name": <fusion>, ...kwargs}', field="fusion")
     name = spec["name"]
@@ -372,8 +372,6 @@ def _init_source(cfg: dict[str, Any], specs: dict[str, Any]) -> tuple[dict[str, 
         if missing:
             raise ConfigError(f"no encoder spec for {missing} in a resolved config", field="init_from")
         return init, None
-    from ..api import load_model
-
     donor, _, run_cfg = load_model(init["run"])
     if run_cfg.get("arch") != "alignment":
         raise ConfigError(f"init_from needs an alignment run, got a {run_cfg.get('arch')!r} run",

@@ -6,11 +6,12 @@ way the model sees a sample that lacks it). Targets are the target modality's en
 is trained with a cosine loss (``1 - cos(pred, target)``) on frozen features, so it trains in seconds.
 
 Evaluation asks whether the predicted embedding retrieves the right item among the real target
-embeddings of the evaluation samples (cosine, `polymodal.eval.retrieval.retrieval_ranks`): item R@k
-(hit = the sample itself) and class R@1 (hit = a sample of the same class), each with its chance level.
+embeddings of the evaluation samples (cosine): item R@k (hit = the sample itself) and class R@1 (hit = a
+sample of the same class), each with its chance level. Training lives in `polymodal.train.completion`,
+evaluation in `polymodal.eval.completion`; this module holds the head and the features both use.
 
-    head = train_completion(model, train_samples, transform, target="audio")
-    evaluate_completion(model, head, test_samples, transform, target="audio")
+    head = train_completion(model, train_samples, transform, target="audio")       # polymodal.train
+    evaluate_completion(model, head, test_samples, transform, target="audio")      # polymodal.eval
     # {"target": "audio", "n": 200, "item": {"R@1":.., "R@5":.., "median_rank":..},
     #  "class_R@1": .., "chance": {"item_R@1": 1/n, "class_R@1": sum_c p_c^2}}
 """
@@ -22,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..data.sample import Sample, collate
+from ..data.collate import collate
+from ..data.sample import Sample
 from ..errors import InvalidInput
 from .classifier import FusionModel, label_ids
 
@@ -67,43 +68,4 @@ def completion_features(model: FusionModel, samples: Sequence[Sample], transform
     return torch.cat(fused), torch.cat(feats), np.asarray(labels, dtype=np.int64)
 
 
-def train_completion(model: FusionModel, samples: Sequence[Sample], transform: Any, target: str, *,
-                     steps: int = 300, lr: float = 2e-3, batch_size: int = 128, hidden: int = 128,
-                     seed: int = 0) -> CompletionHead:
-    """Fit a `CompletionHead` for ``target`` on ``samples`` (the fusion model stays frozen)."""
-    x, y, _ = completion_features(model, samples, transform, target)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # the head's init must not disturb the caller's RNG stream
-        torch.manual_seed(seed)
-        head = CompletionHead(x.shape[1], y.shape[1], hidden)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
-    head.train()
-    for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=gen)
-        loss = (1.0 - F.cosine_similarity(head(x[idx]), y[idx], dim=1)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return head.eval()
-
-
-@torch.no_grad()
-def evaluate_completion(model: FusionModel, head: CompletionHead, samples: Sequence[Sample], transform: Any,
-                        target: str) -> dict[str, Any]:
-    """Item R@1/R@5/median rank and class R@1 of predicted ``target`` embeddings against the real ones."""
-    from ..eval.retrieval import retrieval_ranks
-
-    x, y, labels = completion_features(model, samples, transform, target)
-    queries = F.normalize(head(x), dim=1).numpy()
-    gallery = F.normalize(y, dim=1).numpy()
-    n = len(labels)
-    item = retrieval_ranks(queries, gallery, positives=[[i] for i in range(n)]).summary((1, 5))
-    by_class = retrieval_ranks(queries, gallery, query_labels=labels.tolist(), gallery_labels=labels.tolist())
-    freq = np.bincount(labels) / n
-    return {"target": target, "n": n,
-            "item": {k: item[k] for k in ("R@1", "R@5", "median_rank")},
-            "class_R@1": by_class.recall(1),
-            "chance": {"item_R@1": 1.0 / n, "class_R@1": float(np.sum(freq ** 2))}}
-
-
-__all__ = ["CompletionHead", "completion_features", "evaluate_completion", "train_completion"]
+__all__ = ["CompletionHead", "completion_features"]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.formats.common import atomic_write_bytes
+from .._io import atomic_write_bytes
 from .plots import Series, bar_chart, line_chart
 
 KS = ("R@1", "R@5", "R@10")

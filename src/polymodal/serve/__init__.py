@@ -4,23 +4,17 @@ micro-batching of embedding requests, Prometheus metrics and a static search pag
     from polymodal.serve import create_app, ServeSettings
     app = create_app(model, root="runs/collections", settings=ServeSettings(api_key="..."))
 
-or from the shell: ``polymodal serve --model RUN --collection DIR``. Importing this package needs nothing
-optional; the names below load FastAPI (or say how to install it) on first use."""
+or from the shell: ``polymodal serve --model RUN --collection DIR``. Importing this package needs FastAPI
+(a one-line install hint otherwise)."""
 
-from __future__ import annotations
+from ..errors import BatcherClosed, QueueFull, require
 
-import importlib
-from typing import Any
+require("fastapi", "serve")
 
-_EXPORTS = {"ServeSettings": "app", "create_app": "app", "MicroBatcher": "batching", "QueueFull": "batching",
-            "MediaLimits": "media", "MediaStore": "media"}
-__all__ = sorted(_EXPORTS)
+from ..index.media import MediaStore  # noqa: E402
+from .app import create_app  # noqa: E402
+from .batching import MicroBatcher  # noqa: E402
+from .media import MediaLimits  # noqa: E402
+from .service import ServeSettings  # noqa: E402
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'polymodal.serve' has no attribute {name!r}")
-    from ..errors import require
-
-    require("fastapi", "serve")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__all__ = ["BatcherClosed", "MediaLimits", "MediaStore", "MicroBatcher", "QueueFull", "ServeSettings", "create_app"]

@@ -1,22 +1,19 @@
 """`create_app`: the FastAPI application over a model and a folder of collections.
 
-Everything that is not an endpoint lives here: settings, the error contract (every error is JSON
-``{"error": {"type", "message", "field"}}``), the request body limit, request metrics, API-key checks, CORS,
-and the service object the endpoints share. The endpoints are in `routes.py`, the page in ``static/``."""
+The wiring lives here: the error contract (every error is JSON ``{"error": {"type", "message", "field"}}``),
+the request body limit, request metrics and CORS. The settings and the service object the endpoints share are
+in `service.py`, the endpoints in `routes.py` (which never import this module), the page in ``static/``."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,78 +21,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import InvalidInput, NotFound, PolymodalError
-from .batching import BatcherClosed, MicroBatcher, QueueFull, model_embed_fn
-from .media import MediaLimits
+from .._version import __version__
+from ..errors import ApiError, BatcherClosed, Conflict, InvalidInput, NotFound, PolymodalError, QueueFull
+from ..index import is_collection
 from .metrics import ServiceMetrics
-from .store import CollectionStore, Conflict, is_collection
+from .routes import router
+from .service import ServeSettings, Service
+from .store import CollectionStore
 
 log = logging.getLogger("polymodal.serve")
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Every knob of the service; the CLI maps its flags onto this."""
-
-    api_key: str | None = None          # required for writes (and reads with auth_reads) when set
-    auth_reads: bool = False
-    max_batch: int = 32                 # items per model.embed call
-    max_wait_ms: float = 5.0            # how long the first request of a batch may wait for company
-    queue_size: int = 256               # embedding requests waiting; beyond -> 503
-    max_body_bytes: int = 32 * 2**20    # whole request body; beyond -> 413
-    max_items: int = 256                # inputs per /v1/embed modality, items per upsert
-    max_k: int = 1000
-    max_text_chars: int = 10_000
-    limits: MediaLimits = field(default_factory=MediaLimits)
-    thumb_size: int = 256               # stored thumbnails are at most this many pixels a side
-    cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
-
-
-class ApiError(Exception):
-    """An HTTP error with the service's JSON body."""
-
-    def __init__(self, status: int, kind: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.kind, self.message, self.field, self.headers = status, kind, message, field, headers
-
-
-class Service:
-    """What the endpoints share: model, settings, metrics, the micro-batcher and the collections."""
-
-    def __init__(self, model: Any, store: CollectionStore, settings: ServeSettings):
-        self.model = model
-        self.store = store
-        self.settings = settings
-        self.metrics = ServiceMetrics()
-        self.batcher = MicroBatcher(model_embed_fn(model), max_batch=settings.max_batch,
-                                    max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
-                                    metrics=self.metrics)
-        self.modalities = tuple(model.modalities)
-        self.dim = int(model.dim)
-
-    async def embed(self, modality: str, items: list[Any], field: str) -> np.ndarray:
-        if modality not in self.modalities:
-            raise InvalidInput(f"this model embeds {', '.join(self.modalities)}, not {modality}", field=field)
-        return await self.batcher.embed_async(modality, items)
-
-    def check_auth(self, request: Request, write: bool) -> None:
-        key = self.settings.api_key
-        if not key or not (write or self.settings.auth_reads):
-            return
-        given = request.headers.get("x-api-key", "").strip()
-        auth = request.headers.get("authorization", "")
-        if not given and auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        if not given:
-            raise ApiError(401, "Unauthorized", "an API key is required (header 'Authorization: Bearer KEY' or "
-                           "'X-API-Key: KEY')", headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(given.encode("utf-8"), key.encode("utf-8")):
-            raise ApiError(403, "Forbidden", "the API key is not valid")
-
-    def close(self) -> None:
-        self.batcher.close()
-        self.store.close()
 
 
 def create_app(model: Any, root: str | Path | None = None, settings: ServeSettings | None = None, *,
@@ -105,8 +39,6 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     ``root``: a folder of collections (created if missing); new collections are created there.
     ``collection``: one collection folder served as the default (its folder name is its name); created empty
     (dim from the model, cosine, auto index) if it does not exist."""
-    from .routes import router  # the endpoints import this module's helpers
-
     settings = settings or ServeSettings()
     pinned: dict[str, Path] = {}
     default = None
@@ -127,7 +59,7 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
         yield
         service.close()
 
-    app = FastAPI(title="polymodal", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="polymodal", version=__version__, lifespan=lifespan,
                   description="Embed text, images, audio and video into one space and search collections.")
     app.state.service = service
     _install_errors(app)
@@ -139,14 +71,6 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     return app
-
-
-def _version() -> str:
-    try:
-        from .. import __version__
-        return str(__version__)
-    except ImportError:  # pragma: no cover
-        return "0"
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -19,21 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BatcherClosed, QueueFull
 from .metrics import ServiceMetrics
 
 EmbedFn = Callable[[str, list[Any]], np.ndarray]
-
-
-class QueueFull(RuntimeError):
-    """The batcher's queue holds ``queue_size`` requests already."""
-
-    def __init__(self, retry_after_s: float):
-        super().__init__("the embedding queue is full; retry later")
-        self.retry_after_s = retry_after_s
-
-
-class BatcherClosed(RuntimeError):
-    """The batcher was stopped (the service is shutting down)."""
 
 
 @dataclass
@@ -52,10 +41,12 @@ def model_embed_fn(model: Any) -> EmbedFn:
 
 
 class MicroBatcher:
-    """Groups concurrent ``embed(modality, items)`` requests into few model calls; thread-safe, loop-agnostic."""
+    """Groups concurrent ``embed(modality, items)`` requests into few model calls; thread-safe, loop-agnostic.
+    ``clock``: the seconds source that arrivals and the ``max_wait_ms`` deadline are measured on (tests inject
+    a controllable one)."""
 
     def __init__(self, embed_fn: EmbedFn, *, max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 256,
-                 metrics: ServiceMetrics | None = None):
+                 metrics: ServiceMetrics | None = None, clock: Callable[[], float] = time.monotonic):
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
         self.embed_fn = embed_fn
@@ -63,6 +54,7 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000.0
         self.queue_size = queue_size
         self.metrics = metrics or ServiceMetrics()
+        self._clock = clock
         self._pending: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -73,7 +65,7 @@ class MicroBatcher:
 
     def submit(self, modality: str, items: Sequence[Any]) -> Future:
         """Queue one request; its future resolves to float32 ``(len(items), D)``. Raises `QueueFull`."""
-        req = _Request(modality, list(items))
+        req = _Request(modality, list(items), arrived=self._clock())
         with self._cond:
             if self._closed:
                 raise BatcherClosed("the embedding worker has stopped")
@@ -134,7 +126,7 @@ class MicroBatcher:
                     continue
                 oldest = self._pending[0]
                 ready = sum(len(r.items) for r in self._pending if r.modality == oldest.modality)
-                wait = oldest.arrived + self.max_wait - time.monotonic()
+                wait = oldest.arrived + self.max_wait - self._clock()
                 if ready >= self.max_batch or wait <= 0:
                     break
                 self._cond.wait(wait)

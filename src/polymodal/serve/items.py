@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InvalidInput
-from .media import audio_from_b64, image_from_b64, media_files, video_from_b64
+from ..index.media import media_files
+from .media import audio_from_b64, image_from_b64, video_from_b64
 from .schemas import ItemIn, VideoIn
 from .store import Handle
 
 if TYPE_CHECKING:
-    from .app import ServeSettings
+    from .service import ServeSettings
 
 EMBED_ORDER = ("image", "video", "audio", "text")  # an item with several raw inputs is embedded by the first
 

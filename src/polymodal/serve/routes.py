@@ -14,7 +14,6 @@ from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Res
 
 from ..errors import InvalidInput, NotFound
 from ..index import fuse
-from .app import Service
 from .items import decode_items, decode_one, decode_query, embed_choices, write_delete, write_items
 from .schemas import (
     CollectionInfo,
@@ -32,6 +31,7 @@ from .schemas import (
     UpsertRequest,
     UpsertResponse,
 )
+from .service import Service
 from .store import Handle
 
 STATIC = Path(__file__).parent / "static"

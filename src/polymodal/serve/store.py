@@ -14,17 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InvalidInput, NotFound, PolymodalError
-from ..index import Collection
-from ..index.persist import CURRENT
-from .media import MediaStore
+from ..errors import Conflict, InvalidInput, NotFound
+from ..index import Collection, MediaStore, is_collection
 
 log = logging.getLogger("polymodal.serve")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-class Conflict(PolymodalError):
-    """The resource exists already (HTTP 409)."""
 
 
 def check_name(name: str) -> str:
@@ -32,10 +26,6 @@ def check_name(name: str) -> str:
         raise InvalidInput(f"collection names are 1-64 letters, digits, '_' or '-' (not starting with '_' or '-'), "
                            f"got {name!r}", field="collection")
     return name
-
-
-def is_collection(path: Path) -> bool:
-    return (path / CURRENT).is_file()
 
 
 @dataclass

@@ -17,7 +17,6 @@ atomically: a crash mid-write leaves the previous checkpoint intact and ``latest
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -27,73 +26,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-from torch import nn
 
-from ..data.formats.common import atomic_write_bytes
-from ..errors import ConfigError, InvalidInput, NotFound
+from .._io import atomic_write_bytes, json_bytes, read_json_object
+from ..errors import ConfigError
+from ..rundir import (
+    CONFIG,
+    MODEL,
+    RUN_FORMAT,
+    RUN_VERSION,
+    STATE_J,
+    STATE_T,
+    checkpoint_name,
+    latest_checkpoint,
+    load_model_state,
+    read_run_config,
+    read_tensors,
+    tensors_to_bytes,
+)
 
-RUN_FORMAT = "polymodal-run"
-RUN_VERSION = 1
-CONFIG, MODEL, STATE_T, STATE_J = "config.json", "model.safetensors", "train_state.safetensors", "train_state.json"
-
-
-# ------------------------------------------------------------------------------------------- tensors
-
-def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
-    # Clone: tied weights share storage, which safetensors refuses; loading copies into each tie anyway.
-    return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise NotFound("no such file", source=str(path))
-    try:
-        return st_load(path.read_bytes())
-    except (SafetensorError, ValueError, OSError) as exc:
-        raise InvalidInput(f"not a readable safetensors file ({exc})", source=str(path)) from None
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise NotFound("no such file", source=str(path))
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"invalid JSON ({exc})", source=str(path)) from None
-    if not isinstance(obj, dict):
-        raise InvalidInput("expected a JSON object", source=str(path))
-    return obj
-
-
-def json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
-
-
-def load_model_state(model: nn.Module, path: Path) -> None:
-    """Load weights strictly; a key or shape mismatch is a ConfigError naming the first differences."""
-    state = read_tensors(path)
-    check_model_state(model, state, str(path))
-    model.load_state_dict(state, strict=True)
-
-
-def check_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or extra or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:3]}")
-        if extra:
-            parts.append(f"unexpected {extra[:3]}")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"shape of {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        raise ConfigError("checkpoint does not match the model (" + "; ".join(parts) + ")", source=source)
+# The read side (names, weights, run config) is `polymodal.rundir`; re-exported for the trainer's callers.
+__all__ = ["CONFIG", "MODEL", "RUN_FORMAT", "RUN_VERSION", "STATE_J", "STATE_T", "checkpoint_name",
+           "flatten_optimizer", "latest_checkpoint", "load_model_state", "read_json_object", "read_run_config",
+           "read_tensors", "restore_optimizer", "rng_state", "set_rng_state", "tensors_to_bytes", "write_checkpoint"]
 
 
 # --------------------------------------------------------------------------------- optimizer state
@@ -161,19 +115,6 @@ def set_rng_state(tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 # ------------------------------------------------------------------------------------- directories
 
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
-    root = Path(run_dir) / "checkpoints"
-    pointer = root / "latest"
-    if not pointer.is_file():
-        return None
-    path = root / pointer.read_text(encoding="utf-8").strip()
-    return path if (path / MODEL).is_file() else None
-
-
 def write_checkpoint(run_dir: str | os.PathLike[str], step: int, model_state: Mapping[str, torch.Tensor],
                      config: dict[str, Any], state_tensors: Mapping[str, torch.Tensor] | None = None,
                      state_json: dict[str, Any] | None = None, keep: int = 1) -> Path:
@@ -221,13 +162,3 @@ def _prune(root: Path, keep: int, newest: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def read_run_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """config.json of a run dir or checkpoint dir, checked for the run format."""
-    cfg_path = Path(path) / CONFIG
-    cfg = read_json(cfg_path)
-    if cfg.get("format") != RUN_FORMAT:
-        raise InvalidInput(f"not a polymodal run config (format {cfg.get('format')!r})", source=str(cfg_path))
-    for key in ("arch", "model", "transform"):
-        if key not in cfg:
-            raise InvalidInput(f"missing \"{key}\"", field=key, source=str(cfg_path))
-    return cfg

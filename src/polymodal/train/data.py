@@ -7,18 +7,17 @@ processes, the accumulation factor, or whether the run was resumed."""
 
 from __future__ import annotations
 
-import copy
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from ..data.collate import collate
 from ..data.formats.dataset import Dataset, open_dataset
-from ..data.sample import MODALITIES, Batch, Sample, collate
+from ..data.sample import MODALITIES, Batch, Sample
 from ..data.transforms.compose import SampleTransform
-from ..errors import ConfigError, InvalidInput, NotFound
+from ..errors import InvalidInput, NotFound
 
 PEEK = 32  # samples read to find a data dir's modalities when it has no manifest
 
@@ -64,105 +63,6 @@ def load_samples(ds: Dataset, limit: int | None = None) -> list[Sample]:
         if limit is not None and len(out) >= limit:
             break
     return out
-
-
-# ------------------------------------------------------------------------------------------ transform
-
-def transform_config(needs: Mapping[str, Mapping[str, Any]], recipe: Mapping[str, Any]) -> dict[str, Any]:
-    """The SampleTransform dict for a model: library defaults, then the recipe's ``data.transform``
-    (partial), then what each encoder requires (``encoder.preprocess()``). Modalities the model lacks are
-    dropped. A recipe value that contradicts an encoder's requirement is a ConfigError."""
-    cfg = SampleTransform.default().to_dict()
-    for m in MODALITIES:
-        if m not in needs:
-            cfg[m] = None
-    _merge(cfg, copy.deepcopy(dict(recipe)))
-    for m, need in needs.items():
-        for path, value in _requirements(m, need, cfg):
-            _require(cfg, recipe, path, value)
-    return cfg
-
-
-def _requirements(m: str, need: Mapping[str, Any], cfg: dict[str, Any]) -> list[tuple[tuple[str, ...], Any]]:
-    """(path in the transform dict, value) pairs an encoder's ``preprocess()`` asks for. Keys named as
-    transform fields map directly; ``max_len`` (text), ``max_frames`` (audio), ``frames`` (video, a maximum),
-    ``center_crop`` and the older ``image_size`` are translated; informational keys are ignored."""
-    if m == "text":
-        out: list[tuple[tuple[str, ...], Any]] = []
-        tok = need.get("tokenizer")
-        if isinstance(tok, dict):
-            tok = dict(tok)
-            if "kind" not in tok and "type" in tok:
-                tok["kind"] = tok.pop("type")
-            out.append((("text",), tok))
-        if need.get("max_len") is not None:
-            out.append((("max_text_len",), int(need["max_len"])))
-        return out
-    if m == "image":
-        return _image_requirements(("image",), need)
-    if m == "video":
-        out = _image_requirements(("video", "image"), need.get("image") or need)
-        if need.get("frames") is not None and cfg.get("video"):
-            # the encoder's frame count is a maximum: keep fewer when the transform samples fewer
-            out.append((("video", "frames"), min(int(need["frames"]), int(cfg["video"].get("frames", 8)))))
-        return out
-    if m == "audio":
-        return _audio_requirements(need, cfg)
-    return []
-
-
-def _image_requirements(base: tuple[str, ...], need: Mapping[str, Any]) -> list[tuple[tuple[str, ...], Any]]:
-    out: list[tuple[tuple[str, ...], Any]] = []
-    size = need.get("size", need.get("image_size"))
-    if size is not None:
-        out.append(((*base, "size"), int(size)))
-    for key in ("mean", "std"):
-        if need.get(key) is not None:
-            out.append(((*base, key), [float(x) for x in need[key]]))
-    if need.get("interpolation") is not None:
-        out.append(((*base, "interpolation"), need["interpolation"]))
-    if need.get("center_crop") is False:
-        out.append(((*base, "crop"), "squash"))
-    return out
-
-
-_AUDIO_KEYS = ("sample_rate", "n_mels", "n_fft", "hop_length", "win_length", "f_min", "f_max", "mel_scale",
-               "max_seconds", "pad_seconds", "mean", "std")
-
-
-def _audio_requirements(need: Mapping[str, Any], cfg: dict[str, Any]) -> list[tuple[tuple[str, ...], Any]]:
-    out: list[tuple[tuple[str, ...], Any]] = [(("audio", k), need[k]) for k in _AUDIO_KEYS
-                                              if need.get(k) is not None]
-    if need.get("max_frames") is not None and cfg.get("audio"):
-        hop = int(need.get("hop_length", cfg["audio"].get("hop_length", 160)))
-        sr = int(need.get("sample_rate", cfg["audio"].get("sample_rate", 16000)))
-        limit = (int(need["max_frames"]) - 1) * hop / sr  # T = 1 + n // hop frames (centred STFT)
-        current = cfg["audio"].get("max_seconds")
-        out.append((("audio", "max_seconds"), limit if current is None else min(float(current), limit)))
-    return out
-
-
-def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
-
-
-def _require(cfg: dict[str, Any], recipe: Mapping[str, Any], path: tuple[str, ...], value: Any) -> None:
-    given: Any = recipe
-    for p in path:
-        given = given.get(p) if isinstance(given, Mapping) else None
-    if given is not None and given != value and not (path[-1] == "max_seconds" and given <= value):
-        raise ConfigError(f"is {given!r} but the model's encoder needs {value!r}",
-                          field="data.transform." + ".".join(path))
-    node = cfg
-    for p in path[:-1]:
-        if node.get(p) is None:
-            return  # the modality was switched off in the recipe
-        node = node[p]
-    node[path[-1]] = value
 
 
 def is_random(tf: SampleTransform) -> bool:

@@ -21,23 +21,20 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .. import __version__
-from ..api import build_model
+from .._version import __version__
 from ..config import Recipe
 from ..data.sample import Batch
 from ..data.transforms.compose import SampleTransform
-from ..errors import ConfigError, NotFound, PolymodalError
+from ..data.transforms.resolve import transform_config
+from ..errors import ConfigError, NotFound, TrainingError
+from ..models import build_model
 from . import checkpoint as ck
-from .data import MemoryData, StreamData, load_samples, open_checked, transform_config
+from .data import MemoryData, StreamData, load_samples, open_checked
 from .distributed import DistEnv, StepSampler, all_mean, barrier, cleanup, gather_objects, init_distributed
 from .monitor import MetricsLog, Progress, reduce_logs, seed_everything
 from .optim import build_optimizer
 from .schedule import WarmupCosine
 from .step import StepModule, forward_backward
-
-
-class TrainingError(PolymodalError):
-    """Training had to stop (the loss or the gradients became NaN/inf)."""
 
 
 @dataclass
@@ -174,7 +171,7 @@ class Trainer:
                                   source=str(path))
         ck.load_model_state(self.model, path / ck.MODEL)
         tensors = ck.read_tensors(path / ck.STATE_T)
-        state = ck.read_json(path / ck.STATE_J)
+        state = ck.read_json_object(path / ck.STATE_J)
         ck.restore_optimizer(self.optimizer, tensors, state["optimizer"], str(path))
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
         self.elapsed_before = float(state["elapsed_s"])

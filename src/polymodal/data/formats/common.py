@@ -1,12 +1,9 @@
-"""Shared pieces of the dataset formats: the error policy (raise or skip-and-report) and atomic writes."""
+"""Shared pieces of the dataset formats: the error policy (raise or skip-and-report)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 from ...errors import InvalidInput, NotFound, PolymodalError
@@ -45,34 +42,3 @@ class ErrorPolicy:
         names = ", ".join(n for n, _ in self.skipped[:first])
         more = "" if len(self.skipped) <= first else f", ... (+{len(self.skipped) - first} more)"
         return f"skipped {len(self.skipped)} item(s): {names}{more}"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass

@@ -13,10 +13,11 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..._io import atomic_write_bytes
 from ...errors import InvalidInput, NotFound
 from ..codec import sample_from_fields, sample_to_fields
 from ..sample import Sample
-from .common import ErrorPolicy, atomic_write_bytes
+from .common import ErrorPolicy
 
 Item = tuple[str, Callable[[], Sample]]  # (name for reports, decode)
 

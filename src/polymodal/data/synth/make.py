@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..._io import atomic_write_bytes
 from ...errors import InvalidInput, NotFound
-from ..formats.common import atomic_write_bytes
 from ..formats.webdataset import ShardWriter
 from ..sample import MODALITIES, Sample
 from . import digits, shapes

@@ -1,8 +1,9 @@
 """Image transform: uint8 ``H x W x 3`` -> normalized float32 ``(3, size, size)``.
 
 Resizing uses PIL (bicubic by default, antialiased when shrinking), the same path as OpenAI CLIP / Hugging Face's
-``CLIPImageProcessor``: resize the shorter side to ``size`` (longer side ``int(size * long / short)``), center crop
-(top = ``(h - size) // 2``), scale to [0, 1], then ``(x - mean) / std`` per channel.
+``CLIPImageProcessor``: resize the shorter side to ``resize_to`` (default ``size``; longer side
+``int(resize_to * long / short)``), center crop ``size`` (top = ``(h - size) // 2``), scale to [0, 1], then
+``(x - mean) / std`` per channel.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class ImageTransform:
     """Resize + center crop + normalize, with optional train-time augmentation.
 
     ``crop``: ``"center"`` keeps the aspect ratio (resize shorter side, crop the middle); ``"squash"`` resizes
-    straight to ``size x size``. With ``resize=False`` the image is only center-cropped (it must be at least
+    straight to a square. ``resize_to``: the side the image is resized to before the ``size`` center crop (the
+    shorter side for ``"center"``, both sides for ``"squash"``), as processors that resize to 256 and crop 224;
+    ``None`` means ``size``. With ``resize=False`` the image is only center-cropped (it must be at least
     ``size`` on both sides).
 
     Augmentation runs only when a ``torch.Generator`` is passed to ``__call__``; without one the transform is the
@@ -69,6 +72,7 @@ class ImageTransform:
     mean: tuple[float, ...] = HALF_MEAN
     std: tuple[float, ...] = HALF_STD
     interpolation: str = "bicubic"
+    resize_to: int | None = None
     random_crop: bool = False
     crop_scale: tuple[float, ...] = (0.8, 1.0)
     hflip: bool = False
@@ -76,6 +80,9 @@ class ImageTransform:
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 1:
             raise ConfigError(f"size must be a positive int, got {self.size!r}", field="image.size")
+        if self.resize_to is not None and (not isinstance(self.resize_to, int) or self.resize_to < self.size):
+            raise ConfigError(f"resize_to must be an int >= size ({self.size}) or null, got {self.resize_to!r}",
+                              field="image.resize_to")
         if self.crop not in ("center", "squash"):
             raise ConfigError(f"crop must be 'center' or 'squash', got {self.crop!r}", field="image.crop")
         if self.interpolation not in _RESAMPLE:
@@ -119,15 +126,17 @@ class ImageTransform:
             if h < s or w < s:
                 raise InvalidInput(f"image {h}x{w} is smaller than size {s} and resize=False", field="image")
             pil = _center_crop(pil, s)
-        elif self.crop == "squash":
-            pil = pil.resize((s, s), resample)
         else:
-            short, long = min(h, w), max(h, w)
-            new_long = int(s * long / short)
-            new_w, new_h = (s, new_long) if w <= h else (new_long, s)
+            r = s if self.resize_to is None else self.resize_to
+            if self.crop == "squash":
+                new_w = new_h = r
+            else:
+                new_long = int(r * max(h, w) / min(h, w))
+                new_w, new_h = (r, new_long) if w <= h else (new_long, r)
             if (new_w, new_h) != (w, h):
                 pil = pil.resize((new_w, new_h), resample)
-            pil = _center_crop(pil, s)
+            if (new_w, new_h) != (s, s):
+                pil = _center_crop(pil, s)
         x = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
         if flip:
             x = x.flip(-1)

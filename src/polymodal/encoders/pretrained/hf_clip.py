@@ -250,22 +250,30 @@ class HFTextTower(PretrainedTower):
 
 
 def image_preprocess(processor: Any) -> dict[str, Any]:
-    """The image transform a checkpoint expects, read from its image processor (preprocessor_config.json).
-    ``center_crop``: resize the shorter side, crop the middle (CLIP); else stretch to a square (SigLIP).
-    ``resize_to`` is the processor's resize target; the pipeline reproduces it exactly when it equals ``size``."""
+    """The image transform a checkpoint expects, read from its image processor (preprocessor_config.json), as
+    `ImageTransform` fields: resize to ``resize_to`` -- the shorter side (``center_crop``: aspect kept, CLIP) or
+    both sides (a square, SigLIP) -- then center-crop ``size`` when the processor crops (e.g. 256 -> 224)."""
     size = dict(processor.size or {})
     crop = dict(getattr(processor, "crop_size", None) or {}) if getattr(processor, "do_center_crop", False) else {}
-    resize: int | list[int] = (int(size["shortest_edge"]) if "shortest_edge" in size
-                               else [int(size["height"]), int(size["width"])])
-    final = crop.get("height") or (resize if isinstance(resize, int) else resize[0])
+    if "shortest_edge" in size:
+        resize = int(size["shortest_edge"])
+    else:
+        resize = _square(size, "size")
     return {
-        "size": int(final),
-        "center_crop": bool(crop),
+        "size": _square(crop, "crop_size") if crop else resize,
+        "center_crop": "shortest_edge" in size,
         "resize_to": resize,
         "interpolation": _RESAMPLE.get(int(getattr(processor, "resample", 3)), "bicubic"),
         "mean": [float(x) for x in processor.image_mean],
         "std": [float(x) for x in processor.image_std],
     }
+
+
+def _square(hw: dict[str, Any], name: str) -> int:
+    h, w = int(hw["height"]), int(hw["width"])
+    if h != w:
+        raise ConfigError(f"the image processor's {name} is {h}x{w}; only square sizes are supported", field=name)
+    return h
 
 
 class HFImageTower(PretrainedTower):

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     mods = args.modalities.split(",") if args.modalities else None
     result: dict[str, Any] = {"run": args.run, "data": args.data, "split": args.split, "task": args.task}
     if args.task == "classification":
-        from .classification import evaluate_classification
+        from ..eval.classification import evaluate_classification
 
         late = None
         if args.late_fusion:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                                               late_fusion_report=late))
     else:
         from ..api import load
-        from .tasks import evaluate_retrieval, evaluate_zeroshot
+        from ..eval.tasks import evaluate_retrieval, evaluate_zeroshot
 
         model = load(args.run)
         if args.task == "retrieval":

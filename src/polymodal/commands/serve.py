@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace):  # -> ServeSettings (imported lazily: fastapi is an extra)
-    from .app import ServeSettings
-    from .media import MediaLimits
+    from ..serve.media import MediaLimits
+    from ..serve.service import ServeSettings
 
     for name in ("max_batch", "queue_size", "port"):
         if getattr(args, name) < 1:
@@ -65,7 +65,7 @@ def settings_from_args(args: argparse.Namespace):  # -> ServeSettings (imported 
 
 def layout(collection: str, root: str | None) -> tuple[Path | None, Path | None]:
     """(root, pinned collection) from --collection and --root (see DESCRIPTION)."""
-    from .store import is_collection
+    from ..index import is_collection
 
     path = Path(collection)
     if path.exists() and not path.is_dir():
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"polymodal serve: warning: listening on {args.host} without an API key: anyone who can reach it "
               "can change collections", file=sys.stderr)
     from ..api import load
-    from .app import create_app
+    from ..serve.app import create_app
 
     model = load(args.model, device=args.device)
     root, pinned = layout(args.collection, args.root)

@@ -63,7 +63,7 @@ def resolve_recipe(args: argparse.Namespace) -> Recipe:
     if args.recipe is not None:
         recipe = load_recipe(args.recipe)
     elif args.resume and args.out:
-        from .checkpoint import read_run_config
+        from ..train.checkpoint import read_run_config
 
         recipe = Recipe.from_dict(read_run_config(args.out)["recipe"], source=str(Path(args.out) / "config.json"))
     else:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("data", "out"):
         if not getattr(args, flag):
             raise ConfigError(f"--{flag} is required", field=f"--{flag}")
-    from .trainer import train
+    from ..train.trainer import train
 
     if args.threads is not None:
         if args.threads < 1:

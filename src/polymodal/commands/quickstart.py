@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .data.formats.common import atomic_write_bytes
-from .errors import InvalidInput
+from .._io import atomic_write_bytes
+from ..errors import InvalidInput
 
 RECIPE = "audioclip_tiny"
 FUSION_SHARE = 8  # each fusion model trains for --minutes / 8 (1 minute by default; digits are easy)
@@ -149,7 +149,7 @@ def _data_step(steps: Steps, args: argparse.Namespace, name: str, n: int, path: 
         return bool(man.get("n") == n and man.get("seed") == args.seed and man.get("langs") == args.langs)
 
     def work() -> dict[str, Any]:
-        from .data.synth import make_dataset
+        from ..data.synth import make_dataset
 
         _reset(path)
         man = make_dataset(name, path, n=n, seed=args.seed, langs=args.langs, modalities=mods,
@@ -161,7 +161,7 @@ def _data_step(steps: Steps, args: argparse.Namespace, name: str, n: int, path: 
 
 def _train_step(steps: Steps, args: argparse.Namespace, name: str, recipe: str, minutes: float, data: Path,
                 data_token: str, run: Path) -> dict[str, Any]:
-    from .recipes import load_recipe
+    from ..recipes import load_recipe
 
     base = load_recipe(recipe)
     batch = min(base.train.batch_size, _n_train(data))  # tiny data sets: one batch must fit the train split
@@ -171,8 +171,8 @@ def _train_step(steps: Steps, args: argparse.Namespace, name: str, recipe: str, 
     started = steps.dir / f"{name}.started.json"
 
     def work() -> dict[str, Any]:
-        from .train import train
-        from .train.checkpoint import latest_checkpoint
+        from ..train import train
+        from ..train.checkpoint import latest_checkpoint
 
         resume = (not steps.fresh and run.exists() and latest_checkpoint(run) is not None and started.is_file()
                   and json.loads(started.read_text(encoding="utf-8")) == params)
@@ -208,27 +208,25 @@ def _loss_curve(run: Path) -> dict[str, list[float]]:
 # ------------------------------------------------------------------------------------------- eval, index
 
 def _test_samples(data: Path) -> list[Any]:
-    from .data import open_dataset
+    from ..data import open_dataset
 
     return list(open_dataset(data, "test"))
 
 
 def _collection_step(steps: Steps, model: Any, tests: list[Any], path: Path, token: str) -> dict[str, Any]:
-    from .index import Collection
+    from ..index import Collection, MediaStore
+    from ..index.records import item_metadata
 
     def work() -> dict[str, Any]:
-        from .index.cli import item_metadata
-
         _reset(path)
         vecs = model.embed(image=[s.image for s in tests])
-        thumbs = _media_store(path)
+        thumbs = MediaStore(path)
         with Collection.create(path, dim=vecs.shape[1]) as coll:
             coll.add(list(range(len(tests))), vecs, [item_metadata(s, "image", "test") for s in tests])
             for i, s in enumerate(tests):
-                if thumbs is not None:
-                    thumbs.put_media(i, image=s.image)
+                thumbs.put_media(i, image=s.image)
             info = coll.info()
-        return {"path": str(path), "count": info["count"], "kind": info["kind"], "thumbnails": thumbs is not None}
+        return {"path": str(path), "count": info["count"], "kind": info["kind"], "thumbnails": True}
 
     def done() -> bool:
         try:
@@ -242,18 +240,9 @@ def _collection_step(steps: Steps, model: Any, tests: list[Any], path: Path, tok
     return steps.run("collection", f"collection of {len(tests)} test images", {"train": token}, work, done)
 
 
-def _media_store(path: Path) -> Any:
-    """The server's media store (thumbnails for `polymodal serve`'s page), if the [serve] extra is installed."""
-    try:
-        from .serve.media import MediaStore
-    except Exception:  # ImportError or MissingExtra: the report does not need it
-        return None
-    return MediaStore(path)
-
-
 def _robustness_step(steps: Steps, runs: dict[str, Path], tokens: dict[str, str], digits: Path) -> dict[str, Any]:
     def work() -> dict[str, Any]:
-        from .eval.classification import evaluate_classification
+        from ..eval.classification import evaluate_classification
 
         samples = _test_samples(digits)[:ROBUST_MAX]
         models: dict[str, Any] = {}
@@ -302,7 +291,7 @@ def _shows(sample: Any, want: dict[str, str]) -> bool:
 
 
 def _run_queries(model: Any, coll_path: Path, tests: list[Any], langs: list[str]) -> list[dict[str, Any]]:
-    from .index import Collection, search_with_model
+    from ..index import Collection, search_with_model
 
     by_id = {s.id: s for s in tests}
     out = []
@@ -360,8 +349,8 @@ def _pipeline(args: argparse.Namespace, steps: Steps, out: Path, run: Path, coll
     digits = None if args.no_fusion else _data_step(steps, args, "digits", args.n_digits, digits_dir)
     trained = _train_step(steps, args, "train", RECIPE, args.minutes, shapes_dir, shapes["token"], run)
     state["train"] = trained["result"]
-    from .api import load
-    from .eval.tasks import evaluate_retrieval
+    from ..api import load
+    from ..eval.tasks import evaluate_retrieval
 
     model = load(run)
     tests = _test_samples(shapes_dir)
@@ -395,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     run, coll_path = out / "runs" / "audioclip", out / "collection"
     state = _pipeline(args, steps, out, run, coll_path)
     serve = f"polymodal serve --model {shlex.quote(str(run))} --collection {shlex.quote(str(coll_path))}"
-    from .report import write_report
+    from ..report import write_report
 
     report = steps.run("report", "report.html", {}, lambda: {"path": str(write_report(
         _report(args, state, steps, serve), out / "report.html"))}, cache=False)["result"]["path"]

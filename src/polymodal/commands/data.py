@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..data.sample import MODALITIES
 from ..errors import InvalidInput, NotFound, PolymodalError
-from .sample import MODALITIES
 
 _FORMATS_HELP = ("PATH may be a generated data set dir (manifest.json + split shard dirs), a WebDataset shard "
                  "dir (sizes.json / *.tar), a .jsonl manifest, or a folder of media files with .txt captions.")
@@ -87,13 +87,13 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from .formats.dataset import open_dataset
+    from ..data.formats.dataset import open_dataset
 
     return open_dataset(args.path, split=args.split, on_error=args.on_error, expect_sample_rate=args.sample_rate)
 
 
 def _print_inspect(info: dict[str, Any], extra: dict[str, Any] | None, as_json: bool) -> None:
-    from .inspect import format_summary
+    from ..data.inspect import format_summary
 
     if as_json:
         print(json.dumps({**(extra or {}), "inspect": info} if extra else info, ensure_ascii=False, indent=1))
@@ -102,7 +102,7 @@ def _print_inspect(info: dict[str, Any], extra: dict[str, Any] | None, as_json: 
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import inspect_dataset
+    from ..data.inspect import inspect_dataset
 
     info = inspect_dataset(_open(args), progress=not args.no_progress)
     _print_inspect(info, None, args.json)
@@ -121,8 +121,8 @@ def cmd_make(args: argparse.Namespace) -> int:
     manifest = synth.make_dataset(args.name, args.out, n=args.n, seed=args.seed, langs=langs,
                                   shard_size=args.shard_size, workers=args.workers,
                                   progress=not args.no_progress, **optional)
-    from .formats.dataset import open_dataset
-    from .inspect import inspect_dataset
+    from ..data.formats.dataset import open_dataset
+    from ..data.inspect import inspect_dataset
 
     info = inspect_dataset(open_dataset(args.out), progress=not args.no_progress)
     _print_inspect(info, {"manifest": manifest}, args.json)
@@ -130,7 +130,7 @@ def cmd_make(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .formats import ShardWriter, write_folder, write_jsonl
+    from ..data.formats import ShardWriter, write_folder, write_jsonl
 
     _positive(args, "shard_size")
     ds = _open(args)

@@ -1,0 +1,57 @@
+"""Small file helpers every layer shares: atomic writes and reading a JSON object (or a clear error).
+
+Private: the public API does not re-export these; they live here so that no layer reaches into another
+layer's internals for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInput, NotFound
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``: readers see the old file or
+    the new one, never a half-written one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON object from ``path``; NotFound / InvalidInput naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound("no such file", source=str(path))
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"invalid JSON ({exc})", source=str(path)) from None
+    if not isinstance(obj, dict):
+        raise InvalidInput("expected a JSON object", source=str(path))
+    return obj
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Stable, strict JSON (sorted keys, no NaN) as UTF-8 bytes with a trailing newline."""
+    return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")

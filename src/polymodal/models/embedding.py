@@ -1,0 +1,97 @@
+"""`EmbeddingModel`: a trained alignment model plus its transform; raw inputs in, float32 L2-normalised
+numpy embeddings out. `polymodal.load` returns one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.collate import collate
+from ..data.sample import Sample
+from ..data.transforms.compose import SampleTransform
+from ..errors import InvalidInput
+
+
+class EmbeddingModel:
+    """A trained alignment model plus its transform: raw inputs in, normalised embeddings out."""
+
+    def __init__(self, model: nn.Module, transform: SampleTransform, config: dict[str, Any],
+                 device: torch.device | None = None):
+        self.model = model.eval()
+        self.transform = transform.eval()
+        self.config = config
+        self.device = device or torch.device("cpu")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.model.modalities)  # type: ignore[arg-type]
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.dim)  # type: ignore[arg-type]
+
+    def embed(self, text: Sequence[str] | str | None = None, image: Sequence[np.ndarray] | np.ndarray | None = None,
+              audio: Sequence[tuple[np.ndarray, int]] | None = None,
+              video: Sequence[np.ndarray] | np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
+        """Embed a list of one modality: ``text`` strings, ``image`` uint8 HxWx3 arrays, ``audio``
+        ``(waveform, sample_rate)`` pairs, or ``video`` uint8 TxHxWx3 arrays. Returns float32 ``(N, D)``,
+        rows L2-normalised, in input order."""
+        given = {m: v for m, v in (("audio", audio), ("image", image), ("text", text), ("video", video))
+                 if v is not None}
+        if len(given) != 1:
+            got = ", ".join(given) or "nothing"
+            raise InvalidInput(f"give exactly one of text=, image=, audio=, video= per call (got {got}); call "
+                               "embed() once per modality", field="embed")
+        (modality, items), = given.items()
+        if modality not in self.modalities:
+            raise InvalidInput(f"this model has no {modality} encoder (it has {', '.join(self.modalities)})",
+                               field=modality)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInput(f"batch_size must be a positive int, got {batch_size!r}", field="batch_size")
+        samples = _samples(modality, items)
+        out = [np.zeros((0, self.dim), dtype=np.float32)]
+        with torch.no_grad():
+            for start in range(0, len(samples), batch_size):
+                batch = collate(samples[start:start + batch_size], self.transform).to(self.device)
+                emb = self.model.embed_batch(batch, modality)  # type: ignore[operator]
+                out.append(emb.float().cpu().numpy())
+        vecs = np.concatenate(out).astype(np.float32, copy=False)
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        return vecs / np.maximum(norms, 1e-12)
+
+    def __repr__(self) -> str:
+        return f"EmbeddingModel(modalities={self.modalities}, dim={self.dim})"
+
+
+def _samples(modality: str, items: Any) -> list[Sample]:
+    if modality == "text" and isinstance(items, str):
+        items = [items]
+    if isinstance(items, np.ndarray) and modality in ("image", "video"):
+        items = list(items) if items.ndim == (4 if modality == "image" else 5) else [items]
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+        raise InvalidInput(f"expected a list, got {type(items).__name__}", field=modality)
+    out = []
+    for i, item in enumerate(items):
+        src = f"{modality}[{i}]"
+        if modality == "audio":
+            out.append(_audio_sample(i, item, src))
+        else:
+            out.append(Sample(id=f"q{i}", source=src, **{modality: item}))
+    return out
+
+
+def _audio_sample(i: int, item: Any, src: str) -> Sample:
+    if not isinstance(item, tuple | list) or len(item) != 2:
+        raise InvalidInput("expected a (waveform, sample_rate) pair", field="audio", source=src)
+    wave, sr = item
+    wave = np.asarray(wave.detach().cpu() if isinstance(wave, torch.Tensor) else wave)
+    if not np.issubdtype(wave.dtype, np.floating):
+        raise InvalidInput(f"expected a float waveform, got {wave.dtype}", field="audio", source=src)
+    return Sample(id=f"q{i}", audio=wave.astype(np.float32, copy=False), sample_rate=sr, source=src)
+
+
+__all__ = ["EmbeddingModel"]

@@ -1,0 +1,87 @@
+"""The run directory format, read side: file names, weights, the run config, the newest checkpoint.
+
+A neutral module (below `models` and `train`): `polymodal.models` loads a run through it and the trainer
+writes runs with `polymodal.train.checkpoint`, which builds on these names. Nothing is ever unpickled.
+
+    RUN/config.json               what rebuilds the model: arch, model cfg, transform (incl. tokenizer), recipe
+    RUN/model.safetensors         the latest weights
+    RUN/checkpoints/latest        name of the newest complete checkpoint, e.g. "step_00000300"
+    RUN/checkpoints/step_00000300/{config.json, model.safetensors, train_state.safetensors, train_state.json}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from ._io import read_json_object
+from .errors import ConfigError, InvalidInput, NotFound
+
+RUN_FORMAT = "polymodal-run"
+RUN_VERSION = 1
+CONFIG, MODEL, STATE_T, STATE_J = "config.json", "model.safetensors", "train_state.safetensors", "train_state.json"
+
+
+def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    # Clone: tied weights share storage, which safetensors refuses; loading copies into each tie anyway.
+    return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise NotFound("no such file", source=str(path))
+    try:
+        return st_load(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise InvalidInput(f"not a readable safetensors file ({exc})", source=str(path)) from None
+
+def load_model_state(model: nn.Module, path: Path) -> None:
+    """Load weights strictly; a key or shape mismatch is a ConfigError naming the first differences."""
+    state = read_tensors(path)
+    check_model_state(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+
+def check_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if extra:
+            parts.append(f"unexpected {extra[:3]}")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"shape of {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        raise ConfigError("checkpoint does not match the model (" + "; ".join(parts) + ")", source=source)
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text(encoding="utf-8").strip()
+    return path if (path / MODEL).is_file() else None
+
+def read_run_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """config.json of a run dir or checkpoint dir, checked for the run format."""
+    cfg_path = Path(path) / CONFIG
+    cfg = read_json_object(cfg_path)
+    if cfg.get("format") != RUN_FORMAT:
+        raise InvalidInput(f"not a polymodal run config (format {cfg.get('format')!r})", source=str(cfg_path))
+    for key in ("arch", "model", "transform"):
+        if key not in cfg:
+            raise InvalidInput(f"missing \"{key}\"", field=key, source=str(cfg_path))
+    return cfg
