@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +46,7 @@ def search(collection: Collection | str | os.PathLike[str],
                              "weights": weights, "k": k, "filter": filter, "params": params}
     if isinstance(collection, Collection):
         return search_with_model(collection, model, **query)
-    coll = Collection.open(collection, readonly=True)
+    coll = Collection.open(Path(collection), readonly=True)
     try:
         return search_with_model(coll, model, **query)
     finally:

@@ -1,8 +1,9 @@
 """`polymodal <command>`: the command-line layer. Each command is a module here with ``main(argv) -> int``;
 argparse lives only in this package, and the library layers below never import it.
 
-A command's module is imported only when that command runs, so ``polymodal --help`` stays fast (no torch);
-the imports are still plain ``import`` statements, so the import contracts see every edge."""
+A command's module is imported only when that command runs, so ``polymodal --help`` does not load FAISS,
+FastAPI or transformers; the imports are still plain ``import`` statements, so the import contracts see every
+edge. A new command: a module here with ``main(argv) -> int``, one entry function and one line in COMMANDS."""
 
 from __future__ import annotations
 

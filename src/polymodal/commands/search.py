@@ -87,7 +87,8 @@ def load_inputs(args: argparse.Namespace) -> dict[str, Any]:
 def _load_npy(path: str, field: str) -> np.ndarray:
     _read_file(path, field)
     try:
-        return np.load(path, allow_pickle=False)
+        arr: np.ndarray = np.load(path, allow_pickle=False)
+        return arr
     except (ValueError, OSError) as exc:
         raise InvalidInput(f"not a .npy array ({exc})", field=field, source=path) from None
 

@@ -7,8 +7,12 @@ import ipaddress
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidInput, require
+
+if TYPE_CHECKING:
+    from ..serve.service import ServeSettings
 
 DESCRIPTION = """Serve a model and its collections over HTTP: a JSON API (/v1/embed, /v1/search,
 /v1/collections/..., OpenAPI docs at /docs), Prometheus metrics (/metrics) and a search page (/).
@@ -47,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_from_args(args: argparse.Namespace):  # -> ServeSettings (imported lazily: fastapi is an extra)
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:  # fastapi (an extra) is imported on use
     from ..serve.media import MediaLimits
     from ..serve.service import ServeSettings
 

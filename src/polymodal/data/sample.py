@@ -92,7 +92,7 @@ class Sample:
         """Audio duration in seconds (None without audio)."""
         if self.audio is None or self.sample_rate is None:
             return None
-        return self.audio.shape[0] / float(self.sample_rate)
+        return int(self.audio.shape[0]) / float(self.sample_rate)
 
     def replace(self, **changes: Any) -> Sample:
         """A copy with some fields changed (validated again)."""

@@ -84,7 +84,8 @@ class AudioCNN(Encoder):
         if self.transformer is not None and self.pos_emb is not None:
             h = self.ln_final(self.transformer(h + self.pos_emb[: h.shape[1]], steps))
         pooled = masked_mean(h, steps)
-        return self.head(pooled) * present[:, None].to(pooled.dtype)
+        out: torch.Tensor = self.head(pooled) * present[:, None].to(pooled.dtype)
+        return out
 
 
 @register_encoder("audio_transformer")
@@ -126,4 +127,5 @@ class AudioTransformer(Encoder):
         steps = frames[:, :: self.patch]  # a token is real iff its first frame is
         h = self.ln_final(self.transformer(self.embed(tokens) + self.pos_emb[:steps_n], steps))
         pooled = masked_mean(h, steps)
-        return self.head(pooled) * present[:, None].to(pooled.dtype)
+        out: torch.Tensor = self.head(pooled) * present[:, None].to(pooled.dtype)
+        return out

@@ -74,7 +74,8 @@ class ImageViT(Encoder):
             tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
         h = self.ln_final(self.transformer(tokens + self.pos_emb))
         pooled = h[:, 0] if self.pool == "cls" else h.mean(dim=1)
-        return self.head(pooled) * _present(part, x)[:, None].to(pooled.dtype)
+        out: torch.Tensor = self.head(pooled) * _present(part, x)[:, None].to(pooled.dtype)
+        return out
 
 
 @register_encoder("image_cnn")
@@ -106,4 +107,5 @@ class ImageCNN(Encoder):
         x = part["values"]
         check_image(x, self.image_size)
         pooled = self.body(x).mean(dim=(2, 3))
-        return self.head(pooled) * _present(part, x)[:, None].to(pooled.dtype)
+        out: torch.Tensor = self.head(pooled) * _present(part, x)[:, None].to(pooled.dtype)
+        return out

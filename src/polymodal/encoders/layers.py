@@ -75,7 +75,8 @@ class Block(nn.Module):
         drop = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
         x = x + self.out(a.transpose(1, 2).reshape(B, L, D))
-        return x + self.mlp(self.ln2(x))
+        out: torch.Tensor = x + self.mlp(self.ln2(x))
+        return out
 
 
 class Transformer(nn.Module):
@@ -101,7 +102,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        out: torch.Tensor = self.proj(x).flatten(2).transpose(1, 2)
+        return out
 
 
 class ChannelNorm1d(nn.Module):
@@ -113,7 +115,8 @@ class ChannelNorm1d(nn.Module):
         self.ln = nn.LayerNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ln(x.transpose(1, 2)).transpose(1, 2)
+        out: torch.Tensor = self.ln(x.transpose(1, 2)).transpose(1, 2)
+        return out
 
 
 class MaskedConv1dStack(nn.Module):

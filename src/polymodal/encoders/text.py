@@ -68,4 +68,5 @@ class TextTransformer(Encoder):
         x = self.token_emb(safe) + self.pos_emb[:length]
         x = self.ln_final(self.transformer(x, pad))
         pooled = masked_mean(x, pad) if self.pool == "mean" else last_real(x, pad)
-        return self.head(pooled) * present[:, None].to(pooled.dtype)
+        out: torch.Tensor = self.head(pooled) * present[:, None].to(pooled.dtype)
+        return out

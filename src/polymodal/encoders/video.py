@@ -85,4 +85,5 @@ class VideoFrames(Encoder):
         if self.transformer is not None and self.pos_emb is not None:
             h = self.ln_final(self.transformer(h + self.pos_emb[:n_frames], real))
         pooled = masked_mean(h, real)
-        return self.head(pooled) * present[:, None].to(pooled.dtype)
+        out: torch.Tensor = self.head(pooled) * present[:, None].to(pooled.dtype)
+        return out

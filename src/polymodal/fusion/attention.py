@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -47,5 +49,5 @@ class AttentionFusion(Fusion):
 
 
 @register_fusion("attention")
-def _attention(dims: Mapping[str, int], **cfg) -> AttentionFusion:
+def _attention(dims: Mapping[str, int], **cfg: Any) -> AttentionFusion:
     return AttentionFusion(dims, **cfg)

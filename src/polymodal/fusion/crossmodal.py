@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -42,7 +44,8 @@ class CrossBlock(nn.Module):
         kv_n = self.ln_kv(kv)
         a, _ = self.attn(self.ln_q(q), kv_n, kv_n, key_padding_mask=kv_ignore, need_weights=False)
         x = q + a
-        return x + self.ff(self.ln_ff(x))
+        out: torch.Tensor = x + self.ff(self.ln_ff(x))
+        return out
 
 
 class CrossModalFusion(Fusion):
@@ -133,5 +136,5 @@ def _positions(length: int, d: int, device: torch.device, dtype: torch.dtype) ->
 
 
 @register_fusion("crossmodal")
-def _crossmodal(dims: Mapping[str, int], **cfg) -> CrossModalFusion:
+def _crossmodal(dims: Mapping[str, int], **cfg: Any) -> CrossModalFusion:
     return CrossModalFusion(dims, **cfg)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -37,5 +39,5 @@ class EarlyFusion(Fusion):
 
 
 @register_fusion("early")
-def _early(dims: Mapping[str, int], **cfg) -> EarlyFusion:
+def _early(dims: Mapping[str, int], **cfg: Any) -> EarlyFusion:
     return EarlyFusion(dims, **cfg)

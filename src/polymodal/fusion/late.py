@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -69,7 +71,7 @@ def _head(d: int, num_classes: int, hidden: int | None) -> nn.Module:
 
 
 @register_fusion("late")
-def _late(dims: Mapping[str, int], **cfg) -> LateFusion:
+def _late(dims: Mapping[str, int], **cfg: Any) -> LateFusion:
     if "num_classes" not in cfg:
         raise ConfigError("late fusion needs num_classes (its output is logits)", field="num_classes")
     return LateFusion(dims, **cfg)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -60,7 +62,7 @@ class SharedPrivateFusion(Fusion):
         seq = torch.cat(tokens, dim=1)  # (B, 2M, H)
         ign = torch.cat(ignore, dim=1)
         ign = ign & ~ign.all(dim=1, keepdim=True)  # an all-missing row attends over its placeholders
-        out = self.transformer(seq, src_key_padding_mask=ign).flatten(1)
+        out: torch.Tensor = self.transformer(seq, src_key_padding_mask=ign).flatten(1)
         self._aux = misa_losses(shared, private, recon, orig, present) if shared else {}
         return out
 
@@ -75,5 +77,5 @@ class SharedPrivateFusion(Fusion):
 
 
 @register_fusion("shared_private")
-def _shared_private(dims: Mapping[str, int], **cfg) -> SharedPrivateFusion:
+def _shared_private(dims: Mapping[str, int], **cfg: Any) -> SharedPrivateFusion:
     return SharedPrivateFusion(dims, **cfg)

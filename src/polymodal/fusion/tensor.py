@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -65,7 +67,8 @@ class TensorFusion(_AppendOne):
         t = zs[0]
         for z in zs[1:]:
             t = (t.unsqueeze(-1) * z.unsqueeze(1)).flatten(1)  # (B, a*b), row-major like torch.kron
-        return self.post(t)
+        out: torch.Tensor = self.post(t)
+        return out
 
 
 class LowRankTensorFusion(_AppendOne):
@@ -93,10 +96,10 @@ class LowRankTensorFusion(_AppendOne):
 
 
 @register_fusion("tensor")
-def _tensor(dims: Mapping[str, int], **cfg) -> TensorFusion:
+def _tensor(dims: Mapping[str, int], **cfg: Any) -> TensorFusion:
     return TensorFusion(dims, **cfg)
 
 
 @register_fusion("low_rank_tensor")
-def _low_rank(dims: Mapping[str, int], **cfg) -> LowRankTensorFusion:
+def _low_rank(dims: Mapping[str, int], **cfg: Any) -> LowRankTensorFusion:
     return LowRankTensorFusion(dims, **cfg)

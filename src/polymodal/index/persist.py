@@ -95,7 +95,7 @@ def read_state(folder: Path) -> dict[str, Any]:
     """state.json of a generation, checked against the files it lists (name -> size)."""
     path = folder / "state.json"
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"corrupt state file ({exc})", source=str(path)) from None
     if state.get("format") != FORMAT_VERSION:

@@ -68,7 +68,7 @@ class _AllGatherSum(torch.autograd.Function):
     gradient, then this rank's block (a reduce-scatter written with all_reduce, which every backend has)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
         ctx.group = group
         ctx.rank, world = world_info(group)
         parts = [torch.empty_like(x) for _ in range(world)]
@@ -76,7 +76,7 @@ class _AllGatherSum(torch.autograd.Function):
         return torch.cat(parts, dim=0)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         n = grad.shape[0] // world_info(ctx.group)[1]
@@ -91,7 +91,7 @@ def gather_with_grad(x: torch.Tensor, group: Any = None) -> torch.Tensor:
     sizes = gather_sizes(x.shape[0], x.device, group)
     width = max(sizes)
     pad = [0, 0] * (x.dim() - 1) + [0, width - x.shape[0]]
-    full = _AllGatherSum.apply(F.pad(x, pad), group)
+    full: torch.Tensor = _AllGatherSum.apply(F.pad(x, pad), group)  # type: ignore[no-untyped-call]
     return torch.cat([full[r * width: r * width + n] for r, n in enumerate(sizes)], dim=0)
 
 

@@ -29,7 +29,7 @@ def cmd(x: torch.Tensor, y: torch.Tensor, n_moments: int = 5) -> torch.Tensor:
     """Central moment discrepancy between the rows of ``x`` (N, D) and ``y`` (M, D)."""
     mx, my = x.mean(dim=0), y.mean(dim=0)
     sx, sy = x - mx, y - my
-    total = torch.linalg.vector_norm(mx - my)
+    total: torch.Tensor = torch.linalg.vector_norm(mx - my)
     for k in range(2, n_moments + 1):
         total = total + torch.linalg.vector_norm(sx.pow(k).mean(dim=0) - sy.pow(k).mean(dim=0))
     return total

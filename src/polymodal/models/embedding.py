@@ -61,7 +61,8 @@ class EmbeddingModel:
                 out.append(emb.float().cpu().numpy())
         vecs = np.concatenate(out).astype(np.float32, copy=False)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        return vecs / np.maximum(norms, 1e-12)
+        normed: np.ndarray = vecs / np.maximum(norms, 1e-12)
+        return normed
 
     def __repr__(self) -> str:
         return f"EmbeddingModel(modalities={self.modalities}, dim={self.dim})"

@@ -93,7 +93,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda{i}"] = s
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()  # type: ignore[misc]
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     tensors["numpy"] = torch.from_numpy(np.asarray(np_keys, dtype=np.int64))
     py_version, py_internal, py_gauss = random.getstate()
     tensors["python"] = torch.tensor(py_internal, dtype=torch.int64)

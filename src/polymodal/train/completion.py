@@ -28,7 +28,7 @@ def train_completion(model: FusionModel, samples: Sequence[Sample], transform: A
         idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=gen)
         loss = (1.0 - F.cosine_similarity(head(x[idx]), y[idx], dim=1)).mean()
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     return head.eval()
 
