@@ -1,15 +1,20 @@
 """Benchmark: retrieval quality of the packaged alignment recipes on `shapes`, synonym queries through the
 frozen MiniLM tower (lit_minilm), and zero-shot digit classification by prompts (written and spoken).
 
-Every recipe is trained from scratch under a wall-clock budget (``--minutes``, the trainer's own clock,
-which starts after the data is in memory) in its own process, with ``--threads`` torch threads, then
-evaluated on the test split (``--split val`` to tune without touching test). Data sets are generated once
-into ``--data-root`` and reused (same arguments -> byte-identical files).
+Every recipe is trained from scratch for a fixed number of steps (`RUNS`: the steps the published table
+trained; ``--steps name=N`` to change one) in its own process, with ``--threads`` torch threads, then
+evaluated on the test split (``--split val`` to tune without touching test). ``--minutes name=M`` gives a
+run a wall-clock budget instead (the trainer's own clock, which starts after the data is in memory; the
+schedule follows it): how many steps that buys depends on the machine and its load, so the numbers do too.
+Each run's wall time is reported beside its numbers. Data sets are generated once into ``--data-root`` and
+reused (same arguments -> byte-identical files).
 
     python bench/alignment_quality.py [--data-root data_cache/alignment] [--runs runs/alignment_bench]
-        [--recipes clip_tiny,...] [--minutes clip_tiny=8,...] [--threads 1] [--split test] [--reuse]
+        [--recipes clip_tiny,...] [--steps clip_tiny=1000,...] [--minutes clip_tiny=8,...] [--threads 1]
+        [--split test] [--reuse] [--small]
 
-Prints one JSON line and writes docs/results/alignment.md (test split only; ``--no-docs`` to skip)."""
+Prints one JSON line and writes docs/results/alignment.md (test split only; ``--no-docs`` to skip).
+``--small``: a smoke test (200 samples per data set, 3 steps per run, no docs file)."""
 
 from __future__ import annotations
 
@@ -43,14 +48,17 @@ DATA: dict[str, dict[str, Any]] = {  # key -> make_dataset arguments (shapes_ti:
     "shapes_ti": {"name": "shapes", "n": 10_000, "langs": ["en"], "modalities": ["image", "text"]},
     "digits": {"name": "digits", "n": 4_000, "langs": ["en", "zh"], "modalities": ["audio", "image", "text"]},
 }
-# run name -> (recipe, data key, default minutes)
-RUNS: dict[str, tuple[str, str, float]] = {
-    "audioclip_tiny": ("audioclip_tiny", "shapes", 15.0),
-    "lit_minilm": ("lit_minilm", "shapes_ti", 10.0),
-    "clip_tiny": ("clip_tiny", "shapes_ti", 10.0),
-    "siglip_tiny": ("siglip_tiny", "shapes_ti", 10.0),
-    "imagebind_tiny": ("imagebind_tiny", "shapes", 10.0),
-    "digits_audioclip": ("audioclip_tiny", "digits", 4.0),
+SMALL_N, SMALL_STEPS = 200, 3  # --small: samples per data set, steps per run
+# run name -> (recipe, data key, default steps). The steps are what the runs of docs/results/alignment.md made
+# in their wall-clock budgets (15 min for audioclip_tiny, 4 for digits, 10 for the others, one torch thread),
+# so the table can be reproduced on any machine.
+RUNS: dict[str, tuple[str, str, int]] = {
+    "audioclip_tiny": ("audioclip_tiny", "shapes", 872),
+    "lit_minilm": ("lit_minilm", "shapes_ti", 990),
+    "clip_tiny": ("clip_tiny", "shapes_ti", 1587),
+    "siglip_tiny": ("siglip_tiny", "shapes_ti", 1424),
+    "imagebind_tiny": ("imagebind_tiny", "shapes", 243),
+    "digits_audioclip": ("audioclip_tiny", "digits", 1152),
 }
 # Synonym query set: every color, shape and size word of a caption is replaced by a word the caption
 # templates never use (checked against their whole vocabulary by `check_unseen`); picked a priori as plain
@@ -92,9 +100,10 @@ def synonym_caption(meta: dict[str, Any], i: int) -> str:
     return f"a {obj(objs[0])} {cap.RELATION_EN[rel][0]} a {obj(objs[1])}"
 
 
-def ensure_data(root: Path, key: str) -> Path:
-    """Generate data set ``key`` under ``root`` unless an identical one is already there."""
-    spec, out = DATA[key], root / key
+def ensure_data(root: Path, key: str, n: int | None = None) -> Path:
+    """Generate data set ``key`` under ``root`` unless an identical one is already there (``n``: fewer
+    samples than `DATA` says)."""
+    spec, out = {**DATA[key], **({"n": n} if n else {})}, root / key
     mf = out / "manifest.json"
     if mf.is_file():
         m = json.loads(mf.read_text(encoding="utf-8"))
@@ -106,11 +115,47 @@ def ensure_data(root: Path, key: str) -> Path:
     return out
 
 
-def train_run(recipe: str, data: Path, out: Path, minutes: float, threads: int, reuse: bool) -> dict[str, Any]:
-    """Train in a child process (its own thread count, CPU time and peak RSS); reuse a finished run."""
+def budgets(names: list[str], steps: str = "", minutes: str = "", small: bool = False) -> dict[str, dict[str, Any]]:
+    """Each run's budget from ``--steps``/``--minutes`` (``name=value,...``): ``{"steps": N}`` (`RUNS`' count
+    by default, `SMALL_STEPS` with --small) or ``{"minutes": M}`` (a wall-clock budget, asked for by name)."""
+    def parse(text: str, flag: str) -> dict[str, str]:
+        pairs = dict(kv.split("=", 1) for kv in text.split(",") if kv)
+        unknown = sorted(set(pairs) - set(RUNS))
+        if unknown:
+            raise SystemExit(f"{flag}: unknown run names {unknown} (known: {', '.join(RUNS)})")
+        return pairs
+
+    if unknown_runs := [n for n in names if n not in RUNS]:
+        raise SystemExit(f"--recipes: unknown run names {unknown_runs} (known: {', '.join(RUNS)})")
+    by_steps, by_minutes = parse(steps, "--steps"), parse(minutes, "--minutes")
+    if set(by_steps) & set(by_minutes):
+        raise SystemExit(f"give a run --steps or --minutes, not both: {sorted(set(by_steps) & set(by_minutes))}")
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name in by_minutes:
+            out[name] = {"minutes": float(by_minutes[name])}
+        else:
+            out[name] = {"steps": int(by_steps.get(name, SMALL_STEPS if small else RUNS[name][2]))}
+    return out
+
+
+def budget_args(budget: dict[str, Any]) -> list[str]:
+    """The `polymodal train` flags for a budget."""
+    return ["--steps", str(budget["steps"])] if "steps" in budget else ["--minutes", f"{budget['minutes']:g}"]
+
+
+def train_run(recipe: str, data: Path, out: Path, budget: dict[str, Any], threads: int, reuse: bool
+              ) -> dict[str, Any]:
+    """Train in a child process (its own thread count, CPU time and peak RSS); reuse a finished run with the
+    same budget."""
     info = out / "bench_train.json"
+    wanted = {"steps_budget": budget.get("steps"), "minutes_budget": budget.get("minutes")}
     if reuse and info.is_file():
-        return dict(json.loads(info.read_text()))
+        row = dict(json.loads(info.read_text()))
+        if {k: row.get(k) for k in wanted} != wanted:
+            raise SystemExit(f"{out} was trained with another budget ({row.get('steps_budget')} steps, "
+                             f"{row.get('minutes_budget')} min): remove it or drop --reuse")
+        return row
     if reuse and out.exists():  # never delete a run that may still be training
         raise SystemExit(f"{out} holds an unfinished run (no bench_train.json): remove it or drop --reuse")
     if out.exists():
@@ -119,7 +164,7 @@ def train_run(recipe: str, data: Path, out: Path, minutes: float, threads: int, 
         shutil.rmtree(out)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "polymodal", "train", recipe, "--data", str(data), "--out", str(out),
-           "--minutes", str(minutes), "--threads", str(threads), "--no-progress", "--json"]
+           *budget_args(budget), "--threads", str(threads), "--no-progress", "--json"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -127,8 +172,7 @@ def train_run(recipe: str, data: Path, out: Path, minutes: float, threads: int, 
     if status != 0:
         raise SystemExit(f"training {recipe} failed (status {status}): {cmd}")
     res = json.loads(stdout.strip().splitlines()[-1])
-    row = {"recipe": recipe, "data": data.name, "minutes_budget": minutes, "threads": threads,
-           "steps": res["step"], "samples_seen": res["samples_seen"], "train_s": round(res["elapsed_s"], 1),
+    row = {"recipe": recipe, "data": data.name, **wanted, "threads": threads, "steps": res["step"], "samples_seen": res["samples_seen"], "train_s": round(res["elapsed_s"], 1),
            "process_wall_s": round(time.perf_counter() - t0, 1),
            "process_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
            "peak_rss_mb": round(usage.ru_maxrss / 1024), "val_loss": res["val_loss"]}
@@ -267,7 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data_cache/alignment")
     p.add_argument("--runs", default="runs/alignment_bench")
     p.add_argument("--recipes", default=",".join(RUNS), help="comma list of run names: " + ", ".join(RUNS))
-    p.add_argument("--minutes", default="", help="per-run budgets, e.g. clip_tiny=8,lit_minilm=10")
+    p.add_argument("--steps", default="", help="per-run step counts instead of the defaults (RUNS: the steps the "
+                   "published table trained), e.g. clip_tiny=1000,lit_minilm=500")
+    p.add_argument("--minutes", default="", help="per-run wall-clock budgets instead of step counts, e.g. "
+                   "clip_tiny=8: the steps they buy, and so the numbers, depend on the machine and its load")
+    p.add_argument("--small", action="store_true", help=f"smoke test: {SMALL_N} samples per data set under "
+                   f"DATA_ROOT/small, {SMALL_STEPS} steps per run under RUNS/small, no docs file")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training/eval process")
     p.add_argument("--split", default="test", help="evaluation split (tune on val)")
     p.add_argument("--reuse", action="store_true", help="reuse finished runs in --runs instead of retraining")
@@ -284,22 +333,25 @@ def main(argv: list[str] | None = None) -> int:
         merged["machine"]["note"] = args.note
         return write_result(merged, args)
     torch.set_num_threads(args.threads)
-    budgets = {k: float(v) for k, v in (kv.split("=") for kv in args.minutes.split(",") if kv)}
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    budget = budgets(names, args.steps, args.minutes, args.small)
     root, runs = Path(args.data_root), Path(args.runs)
+    small = SMALL_N if args.small else None
+    if args.small:
+        root, runs, args.no_docs = root / "small", runs / "small", True
     load0 = os.getloadavg()
     result: dict[str, Any] = {"split": args.split, "shapes": {}, "synonyms": {}}
     test: list[Sample] | None = None
     for name in names:
-        recipe, key, minutes = RUNS[name]
-        data = ensure_data(root, key)
-        tr = train_run(recipe, data, runs / name, budgets.get(name, minutes), args.threads, args.reuse)
+        recipe, key, _ = RUNS[name]
+        data = ensure_data(root, key, small)
+        tr = train_run(recipe, data, runs / name, budget[name], args.threads, args.reuse)
         print(json.dumps({"trained": name, **tr}), file=sys.stderr)
         if key == "digits":
             result["digits"] = {"train": tr, "eval": eval_digits(runs / name, data, args.split)}
             continue
         if test is None:
-            test = list(open_dataset(ensure_data(root, "shapes"), split=args.split))
+            test = list(open_dataset(ensure_data(root, "shapes", small), split=args.split))
         result["shapes"][name] = {"train": tr, "eval": eval_shapes(runs / name, test)}
         if name in ("lit_minilm", "clip_tiny"):
             result["synonyms"][name] = eval_synonyms(runs / name, test)

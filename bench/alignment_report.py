@@ -19,12 +19,22 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
+def budget(train: dict[str, Any]) -> str:
+    """A run's budget as the table shows it: ``872 steps``, or ``15 min`` (a wall-clock budget; also
+    results written before the budgets were step counts, which have only ``minutes_budget``)."""
+    if train.get("steps_budget") is not None:
+        return f"{train['steps_budget']} steps"
+    return f"{train['minutes_budget']:g} min" if train.get("minutes_budget") is not None else "-"
+
+
 def _md_shapes(result: dict[str, Any]) -> list[str]:
     m, sc = result["machine"], result.get("scenes", {})
     lines = [f"Machine: {m['cpus']} CPUs ({m['processor']}), torch {m['torch']}, {m['threads']} torch thread(s) "
              f"per run; load average {m['load_start']} at the start, {m['load_end']} at the end (other jobs may "
              "share the cores: `train s` is the training loop's wall time, `CPU s` the CPU time of the whole "
-             "training process, data loading included)."
+             "training process, data loading included). `budget`: each run's fixed step count (`--steps`), "
+             "or a wall-clock budget in minutes (`--minutes`: then the steps it bought depend on the machine "
+             "and its load)."
              + (f" Merged from {m['merged_from']} bench runs (`--merge`)." if m.get("merged_from") else "")
              + (f" {m['note']}" if m.get("note") else ""), "",
              f"`shapes` split `{result['split']}`: {result['n_test']} items, {result['n_heldout']} of them with a "
@@ -36,14 +46,14 @@ def _md_shapes(result: dict[str, Any]) -> list[str]:
              "items). `scene R@1`: a hit is any image of the query's scene. `attribute R@5`: any image whose "
              "first object has the query's color+shape. `held-out` / `seen`: text->image over the queries with "
              "/ without a held-out pair, against the whole gallery. `dup`: caption duplicate rate.", "",
-             "| recipe | data | budget min | train s | steps | CPU s | peak RSS MB | text->image R@1 | scene R@1 "
+             "| recipe | data | budget | train s | steps | CPU s | peak RSS MB | text->image R@1 | scene R@1 "
              "| R@5 | attribute R@5 | speech->image R@1 | speech R@5 | held-out R@1 | held-out scene R@1 "
              "| seen R@1 | dup |", "|" + "---|" * 17]
     for name, r in result["shapes"].items():
         t, e = r["train"], r["eval"]
         ti, ai = e["directions"].get("text->image", {}), e["directions"].get("audio->image", {})
         lines.append("| " + " | ".join(_fmt(x) for x in (
-            name, t["data"], t["minutes_budget"], t["train_s"], t["steps"], t["process_cpu_s"], t["peak_rss_mb"],
+            name, t["data"], budget(t), t["train_s"], t["steps"], t["process_cpu_s"], t["peak_rss_mb"],
             ti.get("R@1"), e.get("text->image scene R@1"), ti.get("R@5"), (ti.get("attribute") or {}).get("R@5"),
             ai.get("R@1"), ai.get("R@5"), e.get("text->image heldout R@1"), e.get("text->image heldout scene R@1"),
             e.get("text->image seen R@1"), e["caption_duplicate_rate"])) + " |")
@@ -77,7 +87,7 @@ def _md_digits(result: dict[str, Any]) -> list[str]:
     z = result["digits"]
     lines = ["", f"Zero-shot digits: `audioclip_tiny` trained on `digits` (text = the digit's name in English or "
              f"Chinese, its image, the name spoken in that language) for {z['train']['train_s']} s, "
-             f"{z['train']['steps']} steps; {z['eval']['n']} test items; written and spoken digits classified by "
+             f"{z['train']['steps']} steps (budget {budget(z['train'])}); {z['eval']['n']} test items; written and spoken digits classified by "
              "prompt ensembles (\"a photo of the digit seven\", ... / \"数字七\", ...).", "",
              "| prompts | image acc1 | speech acc1 | spoken en | spoken zh |", "|---|---|---|---|---|"]
     for lang in ("en", "zh"):

@@ -1,20 +1,25 @@
 """`polymodal quickstart` end to end at a tiny scale (text + image + speech, fusion included), then the reuse
-logic (a second run redoes nothing but the queries and the report) and `--fresh` (everything again)."""
+logic (a second run redoes nothing but the queries and the report) and `--fresh` (everything again).
+
+One real first run is shared by the module; every test that reruns starts from that run's output restored as it
+was, so the tests pass alone, in any order, and never see what another test did."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import shutil
 from html import escape
 from pathlib import Path
 
 import pytest
 
-from polymodal import quickstart
+from polymodal.commands import quickstart
 from polymodal.errors import InvalidInput
 
-TINY = ["--n-shapes", "40", "--n-digits", "40", "--minutes", "0.05", "--langs", "en,zh", "--no-progress", "--json"]
+BUDGET = ["--steps", "3", "--fusion-steps", "2"]
+TINY = ["--n-shapes", "40", "--n-digits", "40", *BUDGET, "--langs", "en,zh", "--no-progress", "--json"]
 CACHED = ["data_shapes", "data_digits", "train", "evaluate", "collection", "fusion_late", "fusion_attention",
           "robustness"]
 
@@ -34,12 +39,26 @@ def _tokens(summary: dict) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def first(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, str]:
+    """The one real first run of the module, made by whichever test needs it first: (output dir, an untouched
+    copy of it, the JSON summary, stderr)."""
     out = tmp_path_factory.mktemp("qs") / "quickstart"
     so, se = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
         assert quickstart.main(["--out", str(out), *TINY]) == 0
-    return out, json.loads(so.getvalue()), se.getvalue()
+    pristine = tmp_path_factory.mktemp("qs_pristine") / "quickstart"
+    shutil.copytree(out, pristine, symlinks=True)  # copy2: file times kept, which the reuse checks compare
+    return out, pristine, json.loads(so.getvalue()), se.getvalue()
+
+
+@pytest.fixture
+def first(first_run: tuple[Path, Path, dict, str]) -> tuple[Path, dict, str]:
+    """The output dir exactly as the first run left it, whatever earlier tests did to it. Restored in place,
+    not copied elsewhere: the run's files record absolute paths."""
+    out, pristine, summary, err = first_run
+    shutil.rmtree(out)
+    shutil.copytree(pristine, out, symlinks=True)
+    return out, summary, err
 
 
 def test_first_run_writes_the_report(first):
@@ -69,6 +88,15 @@ def test_first_run_writes_the_report(first):
                                         f"--collection {out / 'collection'}")
     for name in CACHED:
         assert (out / "steps" / f"{name}.json").is_file()
+    # fixed step budgets, announced up front; the steps actually trained and the wall times in the summary
+    assert "quickstart plan: audioclip_tiny 3 steps, fusion_late 2 steps, fusion_attention 2 steps (fixed" in err
+    trained = summary["trained"]
+    assert {k: (t["budget"], t["steps"], t["stopped_by"]) for k, t in trained.items()} == {
+        "train": ({"steps": 3}, 3, "steps"), "fusion_late": ({"steps": 2}, 2, "steps"),
+        "fusion_attention": ({"steps": 2}, 2, "steps")}
+    assert all(0 < t["train_s"] <= t["wall_s"] for t in trained.values())
+    assert summary["training"]["step"] == 3 and json.loads((out / "summary.json").read_text())["trained"] == trained
+    assert "audioclip_tiny 3 steps -&gt; 3 steps in" in doc  # the report's budget line
 
 
 def test_second_run_reuses_every_finished_step(first, capsys):
@@ -80,7 +108,8 @@ def test_second_run_reuses_every_finished_step(first, capsys):
     assert {n: status[n] for n in CACHED} == dict.fromkeys(CACHED, "reused")
     assert status["queries"] == status["report"] == "ran"
     assert {n: _tokens(again)[n] for n in CACHED} == {n: _tokens(summary)[n] for n in CACHED}
-    assert "train audioclip_tiny (0.05 min): reused" in err
+    assert "train audioclip_tiny (3 steps): reused" in err
+    assert again["trained"] == summary["trained"]  # a reused step reports the run that made it
     assert model.stat().st_mtime_ns == stamp  # the run was not touched
     assert again["retrieval"] == summary["retrieval"]
     assert [q["hits"] for q in again["queries"]] == [q["hits"] for q in summary["queries"]]
@@ -99,12 +128,40 @@ def test_interrupted_training_resumes_from_its_checkpoint(first, capsys):
 
 def test_changed_parameters_redo_the_step_and_what_depends_on_it(first, capsys):
     out, summary, _ = first
-    changed, _ = _run(capsys, out, "--no-fusion", "--minutes", "0.04")
+    changed, _ = _run(capsys, out, "--no-fusion", "--steps", "2")  # the last --steps wins
     status = _status(changed)
     assert status["data_shapes"] == "reused"
     assert status["train"] == status["evaluate"] == status["collection"] == "ran"
     assert "fusion_late" not in status
     assert _tokens(changed)["train"] != _tokens(summary)["train"]
+    assert changed["trained"]["train"]["steps"] == changed["training"]["step"] == 2
+
+
+def test_minutes_is_a_wall_clock_budget_instead_of_steps(first, capsys):
+    out, summary, _ = first
+    argv = [a for a in TINY if a not in BUDGET]
+    assert quickstart.main(["--out", str(out), *argv, "--no-fusion", "--minutes", "0.01"]) == 0
+    timed = json.loads(capsys.readouterr().out)
+    assert _status(timed)["train"] == "ran" and _tokens(timed)["train"] != _tokens(summary)["train"]
+    assert timed["trained"]["train"]["budget"] == {"minutes": 0.01}
+    assert timed["trained"]["train"]["stopped_by"] == "minutes" and timed["trained"]["train"]["steps"] >= 1
+    with pytest.raises(SystemExit):  # one budget or the other
+        quickstart.main(["--out", str(out), "--steps", "3", "--minutes", "1"])
+
+
+def test_training_bar_estimates_the_time_left(capsys):
+    from polymodal.train.monitor import Progress, format_duration
+
+    bar = Progress(total=40, initial=0, enabled=True)
+    for i in range(1 + Progress.ESTIMATE_STEPS):
+        bar.update(1.0, 8 * (i + 1))
+    bar.close()
+    err = capsys.readouterr().err
+    assert bar.estimate is not None and bar.estimate in err
+    assert f"(steps 2-{1 + Progress.ESTIMATE_STEPS}): about " in err and "on this machine for the 34 steps left" in err
+    assert "<" in err  # tqdm's bar shows the time left
+    assert Progress(total=None, initial=0, enabled=False).estimate is None
+    assert [format_duration(s) for s in (42, 480, 3900)] == ["42 s", "8 min", "1 h 05 min"]
 
 
 def test_fresh_redoes_everything(first, capsys):
@@ -132,8 +189,9 @@ def test_steps_rerun_on_changed_params_or_missing_output(tmp_path):
     assert [s["status"] for s in steps.log] == ["ran", "reused", "ran", "ran"]
 
 
-@pytest.mark.parametrize("argv, field", [(["--minutes", "0"], "--minutes"), (["--n-shapes", "5"], "--n-shapes"),
-                                         (["--langs", "fr"], "--langs")])
+@pytest.mark.parametrize("argv, field", [(["--minutes", "0"], "--minutes"), (["--steps", "0"], "--steps"),
+                                         (["--fusion-steps", "0"], "--fusion-steps"),
+                                         (["--n-shapes", "5"], "--n-shapes"), (["--langs", "fr"], "--langs")])
 def test_bad_arguments(tmp_path, argv, field):
     with pytest.raises(InvalidInput) as err:
         quickstart.main(["--out", str(tmp_path / "q"), *argv])

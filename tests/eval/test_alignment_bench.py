@@ -99,7 +99,7 @@ def test_targets_and_markdown_agree(bench: ModuleType) -> None:
                                                                        "R@1 ceiling all": 0.88},
               "machine": {"cpus": 2, "processor": "x", "torch": "t", "threads": 1, "load_start": [0],
                           "load_end": [0]},
-              "shapes": {"audioclip_tiny": {"train": {"data": "shapes", "minutes_budget": 15, "train_s": 900,
+              "shapes": {"audioclip_tiny": {"train": {"data": "shapes", "steps_budget": 800, "minutes_budget": None, "train_s": 900,
                                                       "steps": 800, "process_cpu_s": 900, "peak_rss_mb": 10},
                                             "eval": ev}},
               "synonyms": {}}
@@ -113,6 +113,31 @@ def test_targets_and_markdown_agree(bench: ModuleType) -> None:
     assert "| audioclip_tiny text->image R@1 >= 0.8 | 0.700 | no |" in md
     assert "| audioclip_tiny text->image scene-match R@1 (see note) >= 0.8 | 0.810 | yes |" in md
     assert "| lit_minilm synonym captions text->image R@5 >= 0.6 | - | no |" in md
+    assert "| audioclip_tiny | shapes | 800 steps | 900 | 800 |" in md  # the budget beside the wall time
+
+
+def test_budgets_are_steps_unless_minutes_are_asked_for(bench: ModuleType) -> None:
+    names = ["audioclip_tiny", "clip_tiny", "imagebind_tiny"]
+    got = bench.budgets(names)
+    assert got == {"audioclip_tiny": {"steps": 872}, "clip_tiny": {"steps": 1587}, "imagebind_tiny": {"steps": 243}}
+    got = bench.budgets(names, steps="clip_tiny=10", minutes="imagebind_tiny=2.5")
+    assert got == {"audioclip_tiny": {"steps": 872}, "clip_tiny": {"steps": 10}, "imagebind_tiny": {"minutes": 2.5}}
+    assert bench.budgets(names, small=True) == dict.fromkeys(names, {"steps": bench.SMALL_STEPS})
+    assert bench.budget_args({"steps": 872}) == ["--steps", "872"]
+    assert bench.budget_args({"minutes": 2.5}) == ["--minutes", "2.5"]
+    for kwargs, match in (({"steps": "clip=3"}, "unknown run"), ({"steps": "clip_tiny=3", "minutes": "clip_tiny=1"},
+                                                               "not both")):
+        with pytest.raises(SystemExit, match=match):
+            bench.budgets(names, **kwargs)
+    with pytest.raises(SystemExit, match="unknown run"):
+        bench.budgets(["clip"])
+
+
+def test_markdown_reads_budgets_old_and_new(load_bench: Callable[[str], ModuleType]) -> None:
+    report = load_bench("alignment_report")
+    assert report.budget({"steps_budget": 872, "minutes_budget": None}) == "872 steps"
+    assert report.budget({"steps_budget": None, "minutes_budget": 2.5}) == "2.5 min"
+    assert report.budget({"minutes_budget": 15.0}) == "15 min"  # a result written before step budgets
 
 
 def test_merge_results(bench: ModuleType) -> None:

@@ -1,46 +1,49 @@
 """`polymodal quickstart`: the main job end to end on the built-in data (what `make demo` runs).
 
-Generates `shapes` (text, image, speech) and `digits`, trains a tri-modal model (`audioclip_tiny`) under a time
-budget, evaluates retrieval in every direction on the test split, builds a collection of the test images, runs
-example queries (text, spoken, speech + text hint), trains two fusion classifiers on digits for a robustness
-panel, and writes one self-contained ``report.html``. About 10-15 minutes on 2 CPU cores with the defaults.
+Generates `shapes` (text, image, speech) and `digits`, trains a tri-modal model (`audioclip_tiny`) for a fixed
+number of steps (its recipe's 900 by default, so the result does not depend on the machine's speed or load;
+``--minutes`` trades that for a wall-clock budget), evaluates retrieval in every direction on the test split, builds a
+collection of the test images, runs example queries (text, spoken, speech + text hint), trains two fusion
+classifiers on digits (their recipes' 200 steps each) for a robustness panel, and writes one self-contained
+``report.html``. About 10-15 minutes on an idle 2-core CPU with the defaults; the training bar prints an estimate
+for this machine after its first steps.
 
-Re-running reuses finished steps. A step is finished when ``OUT/steps/<step>.json`` exists with the same
-parameters and its output is still there (a data set's manifest, a run's model.safetensors, the collection);
-each marker holds a fresh token that the parameters of later steps include, so redoing a step redoes
-everything built on it. ``--fresh`` redoes every step. An interrupted training resumes from its checkpoint."""
+Re-running reuses finished steps (see `._steps`; the step budget is part of a training step's parameters, so a
+new ``--steps`` retrains). ``--fresh`` redoes every step. An interrupted training resumes from its checkpoint."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
-import shutil
 import sys
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_bytes
 from ..errors import InvalidInput
+from ._steps import Steps
+from ._steps import reset as _reset
+from .quickstart_queries import queries_json, query_specs, run_queries
 
 RECIPE = "audioclip_tiny"
-FUSION_SHARE = 8  # each fusion model trains for --minutes / 8 (1 minute by default; digits are easy)
 FUSIONS = ("late", "attention")  # late fusion first: it is the reference curve for effective robustness
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ROBUST_MAX = 200  # test samples in the robustness sweeps (each noisy level re-computes log-mels)
-K = 8
-DEFAULTS = {"minutes": 8.0, "n_shapes": 3000, "n_digits": 2000}
+DEFAULTS = {"n_shapes": 3000, "n_digits": 2000}
 EPILOG = """\
 steps (each reused on a re-run when its parameters are unchanged; --fresh redoes all):
-  data shapes, data digits -> train (audioclip_tiny, --minutes) -> evaluate -> collection -> fusion late,
-  fusion attention (each --minutes/8) -> robustness -> queries -> report.html
+  data shapes, data digits -> train (audioclip_tiny, --steps) -> evaluate -> collection -> fusion late,
+  fusion attention (each --fusion-steps) -> robustness -> queries -> report.html
+
+The budgets are step counts, so the result does not depend on the machine's speed or load; the training bar
+estimates the time on this machine after its first steps. --minutes gives the main model a wall-clock budget
+instead: how many steps that buys (and so the numbers) depends on the machine and on what else runs on it.
 
 example:
-  polymodal quickstart                      # ~10-15 min on 2 cores, writes quickstart/report.html
-  polymodal quickstart --minutes 2 --n-shapes 1000 --no-fusion      # a faster, rougher look
+  polymodal quickstart                      # ~10-15 min on an idle 2-core CPU, writes quickstart/report.html
+  polymodal quickstart --steps 200 --n-shapes 1000 --no-fusion      # a faster, rougher look
 """
 
 
@@ -50,9 +53,15 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Generate data, train a text+image+speech model, evaluate it, build a "
                                             "collection, run example queries and write an HTML report.")
     p.add_argument("--out", default="quickstart", help="output folder (default: quickstart)")
-    p.add_argument("--minutes", type=float, default=DEFAULTS["minutes"],
-                   help="training budget of the main model in minutes (default %(default)s); each fusion model "
-                        f"gets 1/{FUSION_SHARE} of it")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help=f"optimizer steps of the main model (default: the {RECIPE} "
+                        "recipe's train.steps, 900): a fixed amount of training, so the result does not depend on the "
+                        "machine's speed or load")
+    budget.add_argument("--minutes", type=float, help="instead of --steps, train the main model for this many "
+                        "wall-clock minutes (the schedule follows the clock); the step count, and so the result, "
+                        "then depends on the machine and its load")
+    p.add_argument("--fusion-steps", type=int, help="optimizer steps of each fusion model (default: their recipes' "
+                   "train.steps, 200)")
     p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing finished ones")
     p.add_argument("--n-shapes", type=int, default=DEFAULTS["n_shapes"], help="shapes samples (default %(default)s)")
     p.add_argument("--n-digits", type=int, default=DEFAULTS["n_digits"], help="digits samples (default %(default)s)")
@@ -68,8 +77,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if not args.minutes > 0:
+    if args.minutes is not None and not args.minutes > 0:
         raise InvalidInput(f"must be > 0, got {args.minutes}", field="--minutes")
+    for flag, steps in (("--steps", args.steps), ("--fusion-steps", args.fusion_steps)):
+        if steps is not None and steps < 1:
+            raise InvalidInput(f"must be >= 1, got {steps}", field=flag)
     for flag, n in (("--n-shapes", args.n_shapes), ("--n-digits", args.n_digits)):
         if n < 30:  # 10% test split: at least 3 items to retrieve among
             raise InvalidInput(f"must be >= 30, got {n}", field=flag)
@@ -79,56 +91,6 @@ def _check(args: argparse.Namespace) -> None:
     args.langs = langs
     if args.threads is not None and args.threads < 1:
         raise InvalidInput(f"must be >= 1, got {args.threads}", field="--threads")
-
-
-# ------------------------------------------------------------------------------------------- steps
-
-class Steps:
-    """Runs named steps, skipping those whose marker matches; logs one line per step to stderr."""
-
-    def __init__(self, out: Path, fresh: bool, total: int):
-        self.dir, self.fresh, self.total = out / "steps", fresh, total
-        self.log: list[dict[str, Any]] = []
-
-    def _marker(self, name: str) -> dict[str, Any] | None:
-        try:
-            obj = json.loads((self.dir / f"{name}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return obj if isinstance(obj, dict) else None
-
-    def say(self, label: str, text: str) -> None:
-        print(f"[quickstart {len(self.log) + 1}/{self.total}] {label}{text}", file=sys.stderr, flush=True)
-
-    def run(self, name: str, label: str, params: dict[str, Any], work: Callable[[], dict[str, Any]],
-            done: Callable[[], bool] = lambda: True, cache: bool = True) -> dict[str, Any]:
-        """The step's marker ``{params, token, seconds, finished, result}``: the stored one when its
-        parameters match and ``done()`` confirms the output, else after running ``work()``."""
-        params = json.loads(json.dumps(params))  # tuples -> lists, as they come back from the file
-        old = None if self.fresh or not cache else self._marker(name)
-        if old is not None and old.get("params") == params and done():
-            self.say(label, f": reused (finished {old.get('finished')})")
-            self.log.append({"name": name, "status": "reused", "seconds": 0.0, "token": old["token"],
-                             "took": old.get("seconds")})
-            return old
-        self.say(label, " ...")
-        (self.dir / f"{name}.json").unlink(missing_ok=True)  # an interrupted redo must not look finished
-        t0 = time.perf_counter()
-        result = work()
-        seconds = round(time.perf_counter() - t0, 2)
-        marker = {"params": params, "token": uuid.uuid4().hex, "seconds": seconds,
-                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "result": result}
-        if cache:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.dir / f"{name}.json", json.dumps(marker, ensure_ascii=False).encode("utf-8"))
-        self.log.append({"name": name, "status": "ran", "seconds": seconds, "token": marker["token"]})
-        print(f"    {label}: done in {seconds:.1f} s", file=sys.stderr, flush=True)
-        return marker
-
-
-def _reset(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
 
 
 def _n_train(data: Path) -> int:
@@ -159,20 +121,55 @@ def _data_step(steps: Steps, args: argparse.Namespace, name: str, n: int, path: 
     return steps.run(f"data_{name}", f"data {name} ({n} samples, speech)", params, work, done)
 
 
-def _train_step(steps: Steps, args: argparse.Namespace, name: str, recipe: str, minutes: float, data: Path,
-                data_token: str, run: Path) -> dict[str, Any]:
+def _budgets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each training step's budget: ``{"steps": N}`` (the recipe's own unless given) or ``{"minutes": M}``."""
+    from ..recipes import load_recipe
+
+    def steps(recipe: str, given: int | None) -> dict[str, Any]:
+        n = given if given is not None else load_recipe(recipe).train.steps
+        if n is None:
+            raise InvalidInput(f"the {recipe} recipe sets no train.steps: give a step count", field="--steps")
+        return {"steps": n}
+
+    out = {"train": {"minutes": args.minutes} if args.minutes is not None else steps(RECIPE, args.steps)}
+    for f in () if args.no_fusion else FUSIONS:
+        out[f"fusion_{f}"] = steps(f"fusion_{f}", args.fusion_steps)
+    return out
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    return f"{budget['steps']} steps" if "steps" in budget else f"{budget['minutes']:g} min of wall clock"
+
+
+def _plan(budgets: dict[str, dict[str, Any]], default: bool) -> str:
+    """The line printed before anything runs: what each training gets, and what that means for the time
+    (``default``: the default sizes, whose total time docs/quickstart.md gives)."""
+    parts = [f"{RECIPE if k == 'train' else k} {_budget_text(b)}" for k, b in budgets.items()]
+    fixed = all("steps" in b for b in budgets.values())
+    how = ("fixed step counts: the result does not depend on this machine's speed or load" if fixed
+           else "a wall-clock budget: how many steps it buys depends on this machine and its load")
+    return (f"quickstart plan: {', '.join(parts)} ({how}). "
+            + ("About 10-15 minutes in all on an idle 2-core CPU; the" if default else "The")
+            + " training bar estimates the time on this machine after its first steps.")
+
+
+def _train_step(steps: Steps, args: argparse.Namespace, name: str, recipe: str, budget: dict[str, Any],
+                data: Path, data_token: str, run: Path) -> dict[str, Any]:
     from ..recipes import load_recipe
 
     base = load_recipe(recipe)
     batch = min(base.train.batch_size, _n_train(data))  # tiny data sets: one batch must fit the train split
-    overrides = ["train.steps=null", "train.epochs=null", f"train.minutes={minutes:g}", f"train.batch_size={batch}",
-                 f"train.seed={args.seed}", "train.log_every=2"]
-    params = {"recipe": recipe, "overrides": overrides, "data": data_token}
+    length = ([f"train.steps={budget['steps']}", "train.minutes=null"] if "steps" in budget
+              else ["train.steps=null", f"train.minutes={budget['minutes']:g}"])
+    overrides = ["train.epochs=null", *length, f"train.batch_size={batch}", f"train.seed={args.seed}",
+                 "train.log_every=2"]
+    params = {"recipe": recipe, "budget": budget, "overrides": overrides, "data": data_token}
     started = steps.dir / f"{name}.started.json"
 
     def work() -> dict[str, Any]:
         from ..train import train
         from ..train.checkpoint import latest_checkpoint
+        from ..train.monitor import format_duration
 
         resume = (not steps.fresh and run.exists() and latest_checkpoint(run) is not None and started.is_file()
                   and json.loads(started.read_text(encoding="utf-8")) == params)
@@ -181,12 +178,23 @@ def _train_step(steps: Steps, args: argparse.Namespace, name: str, recipe: str, 
             steps.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(started, json.dumps(params).encode("utf-8"))
         result = train(base.with_overrides(overrides), data, run, resume=resume, progress=not args.no_progress)
-        return {**result.to_dict(), "resumed": resume}
+        print(f"    {recipe}: {result.step} steps in {format_duration(result.elapsed_s)} "
+              f"({result.elapsed_s / max(result.step, 1):.2f} s/step; stopped by {result.stopped_by})",
+              file=sys.stderr, flush=True)
+        return {**result.to_dict(), "resumed": resume, "budget": budget}
 
     def done() -> bool:
         return (run / "model.safetensors").is_file() and (run / "config.json").is_file()
 
-    return steps.run(name, f"train {recipe} ({minutes:g} min)", params, work, done)
+    return steps.run(name, f"train {recipe} ({_budget_text(budget)})", params, work, done)
+
+
+def _trained(marker: dict[str, Any]) -> dict[str, Any]:
+    """What a training step did: its budget, the steps actually trained, the training loop's wall time and
+    the whole step's (model set-up and data loading included; on a reused step, the original run's)."""
+    r = marker["result"]
+    return {"recipe": marker["params"]["recipe"], "budget": marker["params"]["budget"], "steps": r["step"],
+            "train_s": round(r["elapsed_s"], 1), "wall_s": marker["seconds"], "stopped_by": r["stopped_by"]}
 
 
 def _loss_curve(run: Path) -> dict[str, list[float]]:
@@ -255,73 +263,6 @@ def _robustness_step(steps: Steps, runs: dict[str, Path], tokens: dict[str, str]
     return steps.run("robustness", f"robustness of {', '.join(runs)} ({len(LEVELS)} noise levels)", params, work)
 
 
-# ------------------------------------------------------------------------------------------- queries
-
-def _query_specs(tests: list[Any], langs: list[str]) -> list[dict[str, Any]]:
-    """Example queries: test captions, spoken captions, speech + a text hint, hand-written text
-    (one of them a colour+shape pair held out of training)."""
-    plain = [s for s in tests if s.audio is not None and not s.metadata.get("heldout")] or tests
-    a = next((s for s in plain if s.metadata.get("lang", "en") == "en"), plain[0])
-    rest = [s for s in plain if s is not a] or plain
-    b, c = rest[0], rest[1 % len(rest)]
-    hint = ", ".join(f"{o.get('size', '')} {o.get('color', '')} {o.get('shape', '')}".strip()
-                     for o in c.metadata.get("objects") or [] if isinstance(o, dict)) or None
-    specs: list[dict[str, Any]] = [
-        {"title": "Text: a test caption", "kind": "text", "text": a.text, "target": a.id},
-        {"title": "Speech: a spoken test caption", "kind": "speech", "audio": (b.audio, b.sample_rate),
-         "target": b.id, "note": f"what is said: {b.text}"},
-        {"title": "Speech + text hint (fused)", "kind": "fused", "audio": (c.audio, c.sample_rate),
-         "text": hint, "target": c.id,
-         "note": f"what is said: {c.text}"},
-        {"title": "Text, hand-written", "kind": "text", "text": "a big yellow circle",
-         "labels": {"color": "yellow", "shape": "circle", "size": "large"}},
-        {"title": "Text, held-out pair (red stars never appear in training)", "kind": "text", "text": "a red star",
-         "labels": {"color": "red", "shape": "star"}},
-    ]
-    zh = next((s for s in tests if s.metadata.get("lang") == "zh" and s.text), None)
-    if "zh" in langs and zh is not None:
-        specs.insert(1, {"title": "Text (中文): a test caption", "kind": "text", "text": zh.text, "target": zh.id})
-    return specs
-
-
-def _shows(sample: Any, want: dict[str, str]) -> bool:
-    """Whether any object in the scene has the wanted attributes (e.g. colour and shape)."""
-    objects = sample.metadata.get("objects") or [sample.metadata.get("labels") or {}]
-    return bool(want) and any(all(o.get(k) == v for k, v in want.items()) for o in objects if isinstance(o, dict))
-
-
-def _run_queries(model: Any, coll_path: Path, tests: list[Any], langs: list[str]) -> list[dict[str, Any]]:
-    from ..index import Collection, search_with_model
-
-    by_id = {s.id: s for s in tests}
-    out = []
-    with Collection.open(coll_path, readonly=True) as coll:
-        for spec in _query_specs(tests, langs):
-            res = search_with_model(coll, model, text=spec.get("text"), audio=spec.get("audio"), k=K)
-            hits = []
-            for h in res.hits(0):
-                meta = h["metadata"]
-                sample = by_id.get(meta.get("sample_id", ""))
-                match = (meta.get("sample_id") == spec.get("target") if spec.get("target")
-                         else sample is not None and _shows(sample, spec.get("labels") or {}))
-                hits.append({"id": h["id"], "score": float(h["score"]), "sample_id": meta.get("sample_id"),
-                             "caption": meta.get("caption"), "match": match,
-                             "image": sample.image if sample is not None else None})
-            out.append({**spec, "hits": hits})
-    return out
-
-
-def _queries_json(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The queries without media, for --json and summary.json."""
-    out = []
-    for q in queries:
-        hits = [{k: h[k] for k in ("id", "sample_id", "score", "caption", "match")} for h in q["hits"]]
-        rank = next((i + 1 for i, h in enumerate(hits) if h["match"]), None)
-        out.append({"title": q["title"], "kind": q["kind"], "text": q.get("text"), "target": q.get("target"),
-                    "first_match_rank": rank, "hits": hits})
-    return out
-
-
 # ------------------------------------------------------------------------------------------- main
 
 def _report(args: argparse.Namespace, state: dict[str, Any], steps: Steps, serve: str) -> dict[str, Any]:
@@ -330,9 +271,11 @@ def _report(args: argparse.Namespace, state: dict[str, Any], steps: Steps, serve
                "samples/s": train.get("samples_per_s"), "final loss": train.get("loss"),
                "validation loss": train.get("val_loss"), "stopped by": train.get("stopped_by"),
                "train seconds": train.get("elapsed_s")}
+    budgets = ", ".join(f"{t['recipe']} {_budget_text(t['budget'])} -> {t['steps']} steps in {t['train_s']:g} s"
+                        for t in state["trained"].values())
     meta = {"data": f"shapes {args.n_shapes} (captions {'+'.join(args.langs)}, spoken)"
                     + ("" if args.no_fusion else f", digits {args.n_digits}"),
-            "recipe": RECIPE, "training budget (min)": args.minutes, "output": str(Path(args.out).resolve())}
+            "recipe": RECIPE, "training budget": budgets, "output": str(Path(args.out).resolve())}
     return {"title": "polymodal quickstart", "subtitle": "text + image + speech in one embedding space, "
             "trained from scratch on the built-in data", "meta": meta,
             "steps": [{k: s.get(k) for k in ("name", "status", "seconds", "took")} for s in steps.log],
@@ -341,14 +284,15 @@ def _report(args: argparse.Namespace, state: dict[str, Any], steps: Steps, serve
             "notes": [] if state.get("robustness") else ["Robustness panel: skipped (--no-fusion)."]}
 
 
-def _pipeline(args: argparse.Namespace, steps: Steps, out: Path, run: Path, coll_path: Path) -> dict[str, Any]:
+def _pipeline(args: argparse.Namespace, steps: Steps, budgets: dict[str, dict[str, Any]], out: Path, run: Path,
+              coll_path: Path) -> dict[str, Any]:
     """Every step but the report; returns what the report and the summary show."""
     shapes_dir, digits_dir = out / "data" / "shapes", out / "data" / "digits"
     state: dict[str, Any] = {}
     shapes = _data_step(steps, args, "shapes", args.n_shapes, shapes_dir)
     digits = None if args.no_fusion else _data_step(steps, args, "digits", args.n_digits, digits_dir)
-    trained = _train_step(steps, args, "train", RECIPE, args.minutes, shapes_dir, shapes["token"], run)
-    state["train"] = trained["result"]
+    trained = _train_step(steps, args, "train", RECIPE, budgets["train"], shapes_dir, shapes["token"], run)
+    state["train"], state["trained"] = trained["result"], {"train": _trained(trained)}
     from ..api import load
     from ..eval.tasks import evaluate_retrieval
 
@@ -359,12 +303,15 @@ def _pipeline(args: argparse.Namespace, steps: Steps, out: Path, run: Path, coll
     coll = _collection_step(steps, model, tests, coll_path, trained["token"])
     if digits is not None:
         runs = {f: out / "runs" / f"fusion_{f}" for f in FUSIONS}
-        tokens = {f: _train_step(steps, args, f"fusion_{f}", f"fusion_{f}", args.minutes / FUSION_SHARE, digits_dir,
-                                 digits["token"], runs[f])["token"] for f in FUSIONS}
+        tokens = {}
+        for f in FUSIONS:
+            marker = _train_step(steps, args, f"fusion_{f}", f"fusion_{f}", budgets[f"fusion_{f}"], digits_dir,
+                                 digits["token"], runs[f])
+            tokens[f], state["trained"][f"fusion_{f}"] = marker["token"], _trained(marker)
         state["robustness"] = _robustness_step(steps, runs, tokens, digits_dir)["result"]
-    state["queries"] = steps.run("queries", f"{len(_query_specs(tests, args.langs))} example queries",
+    state["queries"] = steps.run("queries", f"{len(query_specs(tests, args.langs))} example queries",
                                  {"collection": coll["token"]},
-                                 lambda: {"queries": _run_queries(model, coll_path, tests, args.langs)},
+                                 lambda: {"queries": run_queries(model, coll_path, tests, args.langs)},
                                  cache=False)["result"]["queries"]
     state["curve"] = _loss_curve(run)
     return state
@@ -380,9 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    budgets = _budgets(args)
+    default = (args.steps, args.minutes, args.fusion_steps, args.n_shapes, args.n_digits) == (
+        None, None, None, DEFAULTS["n_shapes"], DEFAULTS["n_digits"])
+    print(_plan(budgets, default), file=sys.stderr, flush=True)
     steps = Steps(out, args.fresh, 6 if args.no_fusion else 10)
     run, coll_path = out / "runs" / "audioclip", out / "collection"
-    state = _pipeline(args, steps, out, run, coll_path)
+    state = _pipeline(args, steps, budgets, out, run, coll_path)
     serve = f"polymodal serve --model {shlex.quote(str(run))} --collection {shlex.quote(str(coll_path))}"
     from ..report import write_report
 
@@ -390,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         _report(args, state, steps, serve), out / "report.html"))}, cache=False)["result"]["path"]
     summary = {"report": report, "serve_command": serve, "run": str(run), "collection": str(coll_path),
                "seconds": round(time.perf_counter() - t0, 1), "steps": steps.log,
-               "training": state["train"], "retrieval": state["retrieval"],
-               "queries": _queries_json(state["queries"]), "robustness": state.get("robustness")}
+               "training": state["train"], "trained": state["trained"], "retrieval": state["retrieval"],
+               "queries": queries_json(state["queries"]), "robustness": state.get("robustness")}
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False).encode("utf-8"))
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))

@@ -9,7 +9,6 @@ output ``sum_m a_m h_m``. A row with no modality gets a learned "all missing" ve
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from typing import Any
 
 import torch

@@ -9,7 +9,6 @@ linear projection after the concatenation.
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from typing import Any
 
 import torch

@@ -10,7 +10,6 @@ The output is already class logits: ``produces_logits = True`` and ``out_dim == 
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from typing import Any
 
 import torch

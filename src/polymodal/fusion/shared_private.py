@@ -17,7 +17,6 @@ Auxiliary losses of the last forward (:meth:`aux_losses`: raw ``sim``, ``diff``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from typing import Any
 
 import torch

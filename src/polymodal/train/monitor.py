@@ -76,12 +76,23 @@ def _step(line: str) -> int:
 
 
 class Progress:
-    """tqdm bar on stderr (rank 0) with the loss and samples/s; returns the current samples/s."""
+    """tqdm bar on stderr (rank 0) with the loss and samples/s, and the time left when the run has a step
+    count (tqdm's ETA); returns the current samples/s.
+
+    Once `ESTIMATE_STEPS` steps after the first (which pays one-off costs: allocation, lazy init) are timed,
+    one line says how long the remaining steps should take on this machine, e.g. ``train: 0.55 s/step
+    (steps 2-6): about 8 min on this machine for the 894 steps left``."""
+
+    ESTIMATE_STEPS = 5
 
     def __init__(self, total: int | None, initial: int, enabled: bool):
         self._bar: Any = None
         self._t = time.perf_counter()
         self._seen: int | None = None
+        self.total, self.step = total, initial
+        self._first: float | None = None  # clock at the end of this process's first step
+        self._first_step = initial
+        self.estimate: str | None = None
         if enabled:
             from tqdm import tqdm
 
@@ -92,11 +103,35 @@ class Progress:
         now = time.perf_counter()
         rate = 0.0 if self._seen is None else (samples_seen - self._seen) / max(now - self._t, 1e-9)
         self._t, self._seen = now, samples_seen
+        self.step += 1
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}", refresh=False)
             self._bar.update(1)
+            self._estimate(now)
         return rate
+
+    def _estimate(self, now: float) -> None:
+        if self._first is None:
+            self._first, self._first_step = now, self.step
+            return
+        timed = self.step - self._first_step
+        if self.estimate is not None or timed < self.ESTIMATE_STEPS or self.total is None:
+            return
+        per_step = (now - self._first) / timed
+        left = self.total - self.step
+        self.estimate = (f"train: {per_step:.2f} s/step (steps {self._first_step + 1}-{self.step}): about "
+                         f"{format_duration(per_step * left)} on this machine for the {left} steps left")
+        if left > 0:
+            self._bar.write(self.estimate, file=sys.stderr)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``8 min``, ``1 h 05 min``: a rough duration for estimates."""
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
