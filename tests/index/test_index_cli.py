@@ -32,6 +32,7 @@ class FakeModel:
     i/100. So a text query 'item 3' should find sample 3's image."""
 
     modalities = ("audio", "image", "text")
+    dim = DIM
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []

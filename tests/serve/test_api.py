@@ -16,7 +16,7 @@ from PIL import Image
 from servekit import DIM, FakeModel, png_b64, solid, tone, wav_b64
 
 from polymodal.data.codec import decode_audio
-from polymodal.index import Collection
+from polymodal.index import Collection, search_with_model
 from polymodal.serve import MediaLimits, ServeSettings, create_app
 
 KEY = "s3cret"
@@ -180,6 +180,41 @@ def test_fused_search_equals_weighted_normalized_sum(client: Client, tmp_path: P
     expected = np.argsort(-scores)[:5]
     assert [h["id"] for h in got] == expected.tolist()
     np.testing.assert_allclose([h["score"] for h in got], scores[expected], rtol=1e-5)
+
+
+def test_search_route_matches_search_with_model_and_numpy(client: Client, tmp_path: Path):
+    """One pipeline: the route (embeddings through the micro-batcher) and `search_with_model` (the model called
+    directly) give the hits and scores of a float64 numpy computation for weighted text + image + a raw
+    vector; and a raw vector alone scores like its normalised version."""
+    c = client()
+    rng = np.random.default_rng(5)
+    vecs = (rng.standard_normal((60, DIM)) * rng.uniform(0.5, 20.0, (60, 1))).astype(np.float32)
+    items = [{"id": i, "vector": v.tolist()} for i, v in enumerate(vecs)]
+    assert c.post("/v1/collections/main/items", json={"items": items}, headers=AUTH).status_code == 200
+    img, raw = solid((30, 160, 90)), (9.0 * rng.standard_normal(DIM)).astype(np.float32)
+    weights = {"text": 1.5, "image": 0.7, "vector": 2.0}
+    body = {"text": "green bird", "image": png_b64(img), "vector": raw.tolist(), "weights": weights, "k": 10}
+    http = c.post("/v1/search", json=body).json()
+    assert http["inputs"] == ["text", "image", "vector"]
+    m = FakeModel()
+    parts = {"text": m.embed(text=["green bird"])[0], "image": m.embed(image=[img])[0], "vector": raw}
+    q = sum(weights[k] * v.astype(np.float64) / np.linalg.norm(v.astype(np.float64)) for k, v in parts.items())
+    q /= np.linalg.norm(q)
+    unit = vecs.astype(np.float64) / np.linalg.norm(vecs.astype(np.float64), axis=1, keepdims=True)
+    scores = unit @ q
+    order = np.argsort(-scores)[:10]
+    with Collection.open(tmp_path / "root" / "main", readonly=True) as coll:
+        py = search_with_model(coll, FakeModel(), text="green bird", image=img, vector=raw, weights=weights, k=10)
+    assert [h["id"] for h in http["hits"]] == py.ids[0].tolist() == order.tolist()
+    np.testing.assert_allclose([h["score"] for h in http["hits"]], py.scores[0], rtol=1e-6)
+    np.testing.assert_allclose(py.scores[0], scores[order], rtol=1e-5)
+
+    direction = unit @ (raw / np.linalg.norm(raw.astype(np.float64)))
+    order = np.argsort(-direction)[:10]
+    for v in (raw, raw / np.linalg.norm(raw)):
+        hits = c.post("/v1/search", json={"vector": v.tolist(), "k": 10}).json()["hits"]
+        assert [h["id"] for h in hits] == order.tolist()
+        np.testing.assert_allclose([h["score"] for h in hits], direction[order], rtol=1e-5)
 
 
 def test_search_filter_and_errors(client: Client):

@@ -8,7 +8,8 @@ require("faiss", "index")
 from .collection import Collection, Items  # noqa: E402
 from .media import MediaStore  # noqa: E402
 from .persist import is_collection  # noqa: E402
-from .query import fuse, search_with_model  # noqa: E402
+from .query import Embedder, embed_query, fuse, search_query, search_with_model  # noqa: E402
 from .searching import SearchResult  # noqa: E402
 
-__all__ = ["Collection", "Items", "MediaStore", "SearchResult", "fuse", "is_collection", "search_with_model"]
+__all__ = ["Collection", "Embedder", "Items", "MediaStore", "SearchResult", "embed_query", "fuse", "is_collection",
+           "search_query", "search_with_model"]

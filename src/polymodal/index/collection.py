@@ -7,7 +7,8 @@ automatically chosen and tuned FAISS index, crash-safe saves and safe concurrent
     res = coll.search(query_vectors, k=10, filter={"split": "test", "label": [1, 2], "year": {"gte": 2020}})
     res.ids, res.scores, res.metadata
 
-The storage layout and crash-safety argument are in `persist.py`; the search pipeline in `searching.py`."""
+The storage layout and crash-safety argument are in `persist.py`, the files of one generation in
+`generation.py`; the search pipeline in `searching.py`; queries from any modality in `query.py`."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ import numpy as np
 from ..errors import InvalidInput, NotFound, PolymodalError
 from . import persist
 from .faiss_index import NAMED_KINDS, AnnIndex, check_index_spec, default_params
+from .generation import read_files, write_files
 from .locking import RWLock
-from .metadata import MetadataStore, create_empty
+from .metadata import MetadataStore
 from .searching import SearchResult, check_params, search_ids
 from .tuning import RANK, choose_auto, tune_index
 from .validate import (
@@ -121,19 +123,9 @@ class Collection:
     @classmethod
     def _load(cls, root: Path, name: str, folder: Path, state: dict[str, Any], lock: persist.WriterLock | None
               ) -> Collection:
-        dim = int(state["dim"])
-        ids = np.load(folder / "ids.npy")
-        vectors = np.load(folder / "vectors.npy", mmap_mode="r" if len(ids) else None)
-        if vectors.shape != (len(ids), dim) or len(ids) != state["count"]:
-            raise InvalidInput(f"vectors {vectors.shape} / ids {ids.shape} do not match count {state['count']}",
-                               source=str(folder))
-        ann = AnnIndex.read(folder, dim, state["metric"], state["ann"])
-        db = folder / "meta.sqlite"
-        meta = (MetadataStore.open_readonly(db) if lock is None
-                else MetadataStore.open_working(root / persist.WORK_DB, db))
+        store, ann, meta = read_files(root, folder, state, writer=lock is not None)
         config = {k: state[k] for k in ("dim", "metric", "index", "memory_budget")}
-        return cls(root, config, VectorStore(dim, ids, vectors), ann, meta, lock, name, state["params"],
-                   state.get("tuned"))
+        return cls(root, config, store, ann, meta, lock, name, state["params"], state.get("tuned"))
 
     # ------------------------------------------------------------------ writes
 
@@ -259,10 +251,13 @@ class Collection:
         return Items(ids, vectors, [metas.get(int(i), {}) for i in ids])
 
     def search(self, queries: Any, k: int = 10, filter: dict[str, Any] | None = None,
-               params: dict[str, Any] | None = None, with_metadata: bool = True) -> SearchResult:
+               params: dict[str, Any] | None = None, with_metadata: bool = True, *,
+               normalized: bool = False) -> SearchResult:
         """Top-k for each query row (a 1-D vector is one query). ``filter``: see `metadata.compile_filter`.
-        ``params``: nprobe / efSearch / k_factor overrides, or {"exact": True}."""
-        q = as_vectors(queries, self.dim, self.metric, field="queries", allow_1d=True)
+        ``params``: nprobe / efSearch / k_factor overrides, or {"exact": True}. A cosine collection
+        L2-normalizes the queries, unless ``normalized=True`` says they already are (model embeddings, the
+        fused queries of `query.py`)."""
+        q = as_vectors(queries, self.dim, self.metric, field="queries", allow_1d=True, normalize=not normalized)
         k, extra = check_k(k), check_params(params)
         with self._rw.read():
             if self._closed:
@@ -331,7 +326,7 @@ class Collection:
         prev = self.root / self._gen if self._gen else None
         tmp = persist.new_tmp_folder(self.root, number)
         try:
-            self._write_files(tmp, prev)
+            write_files(tmp, prev, self._store, self._ann, self._meta, self._vec_dirty)
             state = {**self._cfg, "count": len(self._store), "ann": self._ann.state(), "params": self._params,
                      "tuned": self._tuned}
             name = persist.publish(self.root, tmp, number, state)
@@ -342,27 +337,6 @@ class Collection:
         self._vec_dirty = self._state_dirty = self._ann.dirty = self._meta.dirty = False
         persist.cleanup(self.root, name)
         return name
-
-    def _write_files(self, tmp: Path, prev: Path | None) -> None:
-        if self._vec_dirty or prev is None:
-            np.save(tmp / "ids.npy", self._store.ids)
-            np.save(tmp / "vectors.npy", self._store.vectors)
-        else:
-            for f in ("ids.npy", "vectors.npy"):
-                persist.link_or_copy(prev / f, tmp / f)
-        if self._ann.dirty or prev is None:
-            self._ann.write(tmp)
-        else:
-            for f in ("index.faiss", "labels.npy", "dead.npy"):
-                if (prev / f).exists():
-                    persist.link_or_copy(prev / f, tmp / f)
-        if self._meta.dirty or prev is None:
-            if prev is None and len(self._store) == 0 and self._meta.count() == 0:
-                create_empty(tmp / "meta.sqlite")
-            else:
-                self._meta.backup_to(tmp / "meta.sqlite")
-        else:
-            persist.link_or_copy(prev / "meta.sqlite", tmp / "meta.sqlite")
 
     def close(self, save: bool = True) -> None:
         """Save unsaved changes (unless ``save=False``) and release the files and the writer lock."""

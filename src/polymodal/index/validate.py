@@ -50,8 +50,10 @@ def check_unique(ids: np.ndarray, field: str = "ids") -> None:
         raise InvalidInput(f"duplicate ids in one call: {dup}", field=field)
 
 
-def as_vectors(x: Any, dim: int, metric: str, field: str = "vectors", allow_1d: bool = False) -> np.ndarray:
-    """A C-contiguous float32 (n, dim) array, finite, and L2-normalized when the metric is cosine."""
+def as_vectors(x: Any, dim: int, metric: str, field: str = "vectors", allow_1d: bool = False,
+               normalize: bool = True) -> np.ndarray:
+    """A C-contiguous float32 (n, dim) array, finite, and L2-normalized when the metric is cosine (this is where
+    raw vectors enter a collection; ``normalize=False``: the caller guarantees unit rows already)."""
     try:
         arr = np.asarray(x)
     except (TypeError, ValueError) as exc:
@@ -70,7 +72,7 @@ def as_vectors(x: Any, dim: int, metric: str, field: str = "vectors", allow_1d: 
     if not np.isfinite(arr).all():
         bad = ~np.isfinite(arr).all(axis=1)
         raise InvalidInput(f"row {int(np.argmax(bad))} contains NaN or inf (or overflows float32)", field=field)
-    if metric == "cosine":
+    if metric == "cosine" and normalize:
         norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))[:, None]
         if (norms == 0).any():
             raise InvalidInput(f"row {int(np.argmax(norms[:, 0] == 0))} is a zero vector; cosine needs a direction",

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
 from ..errors import InvalidInput, NotFound
-from ..index import fuse
+from ..index import search_query
 from .items import decode_items, decode_one, decode_query, embed_choices, write_delete, write_items
 from .schemas import (
     CollectionInfo,
@@ -136,22 +136,18 @@ async def search(body: SearchRequest, svc: Service = Depends(reader)) -> SearchR
         inputs = decode_query(fields, svc.settings, "")
     else:
         inputs = await run_in_threadpool(decode_query, fields, svc.settings, "")
+    # the pipeline of polymodal.search (index.search_query), but the embeddings come from the micro-batcher
     media = [m for m in inputs if m != "vector"]
     outs = await asyncio.gather(*(svc.embed(m, [inputs[m]], m) for m in media))
     embs: dict[str, np.ndarray] = {m: o[0] for m, o in zip(media, outs, strict=True)}
     if "vector" in inputs:
-        embs["vector"] = inputs["vector"]
-    for name, e in embs.items():
-        if e.shape[0] != handle.coll.dim:
-            raise InvalidInput(f"dimension {e.shape[0]} does not match collection {handle.name!r} "
-                               f"(dim {handle.coll.dim})", field=name)
-    query = fuse(embs, body.weights)
-    hits = await run_in_threadpool(_search, handle, query, body)
+        embs["vector"] = inputs["vector"]  # raw: search_query normalises it
+    hits = await run_in_threadpool(_search, handle, embs, body)
     return SearchResponse(collection=handle.name, k=body.k, inputs=list(embs), hits=hits)
 
 
-def _search(handle: Handle, query: np.ndarray, body: SearchRequest) -> list[Hit]:
-    res = handle.coll.search(query[None, :], k=body.k, filter=body.filter or None, params=body.params)
+def _search(handle: Handle, embs: dict[str, np.ndarray], body: SearchRequest) -> list[Hit]:
+    res = search_query(handle.coll, embs, body.weights, k=body.k, filter=body.filter or None, params=body.params)
     return [Hit(**h, media=media_urls(handle, h["id"])) for h in res.hits(0)]
 
 
