@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from polymodal.data.sample import Sample, collate
+from polymodal.data.collate import collate
+from polymodal.data.sample import Sample
 from polymodal.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -64,13 +65,15 @@ def test_image_normalisation_of_constant_image(mean, std) -> None:
 
 @pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers not installed")
 @pytest.mark.parametrize("shape", [(40, 57), (61, 33), (20, 20)])
-def test_image_matches_hf_clip_processor(shape) -> None:
+@pytest.mark.parametrize("resize_to", [None, 37])
+def test_image_matches_hf_clip_processor(shape, resize_to) -> None:
+    """Shortest edge to ``resize_to`` (default: the crop size), then the center crop, as the processor does."""
     from transformers import CLIPImageProcessorPil
 
     img = rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
-    proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    proc = CLIPImageProcessorPil(size={"shortest_edge": resize_to or 32}, crop_size={"height": 32, "width": 32})
     ref = proc(images=img, return_tensors="np")["pixel_values"][0]
-    ours = ImageTransform(size=32, mean=CLIP_MEAN, std=CLIP_STD)(img).numpy()
+    ours = ImageTransform(size=32, resize_to=resize_to, mean=CLIP_MEAN, std=CLIP_STD)(img).numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
@@ -83,6 +86,10 @@ def test_image_no_resize_is_exact_center_crop_and_squash() -> None:
         ImageTransform(size=12, resize=False)(img)
     sq = ImageTransform(size=7, crop="squash", **ident)(img)
     assert sq.shape == (3, 7, 7)
+    # squash to resize_to x resize_to, then the center crop
+    sq_crop = ImageTransform(size=7, crop="squash", resize_to=9, **ident)(img)
+    big = ImageTransform(size=9, crop="squash", **ident)(img)
+    torch.testing.assert_close(sq_crop, big[:, 1:8, 1:8], atol=0, rtol=0)
 
 
 def test_image_augmentation_is_deterministic_and_off_without_generator() -> None:
@@ -118,6 +125,8 @@ def test_image_to_dict_round_trip_and_validation() -> None:
         ImageTransform.from_dict({"size": 3, "szie": 4})
     with pytest.raises(ConfigError):
         ImageTransform(std=(1.0, 0.0, 1.0))
+    with pytest.raises(ConfigError, match="resize_to"):
+        ImageTransform(size=32, resize_to=31)
     with pytest.raises(InvalidInput, match="uint8"):
         ImageTransform()(np.zeros((4, 4, 3), dtype=np.float32))
 
@@ -187,8 +196,10 @@ def test_resample_removes_tones_above_new_nyquist() -> None:
 
 
 # ============================================================================================ mel / log-mel
-def direct_filterbank(n_freqs, n_mels, sr, f_min, f_max, scale, norm) -> np.ndarray:
-    """Triangles written out point by point from the mel-scale definitions."""
+def direct_filterbank(n_freqs, n_mels, sr, f_min, f_max, scale, norm, n_fft=None) -> np.ndarray:
+    """Triangles written out point by point from the mel-scale definitions, sampled at the rfft bin frequencies
+    ``k * sr / n_fft`` (``n_fft`` defaults to the even size with ``n_freqs`` bins)."""
+    n_fft = 2 * (n_freqs - 1) if n_fft is None else n_fft
 
     def to_mel(f: float) -> float:
         if scale == "htk":
@@ -206,7 +217,7 @@ def direct_filterbank(n_freqs, n_mels, sr, f_min, f_max, scale, norm) -> np.ndar
     for j in range(n_mels):
         lo, c, hi = pts[j], pts[j + 1], pts[j + 2]
         for k in range(n_freqs):
-            f = k * (sr / 2) / (n_freqs - 1)
+            f = k * sr / n_fft  # numpy.fft.rfftfreq(n_fft, 1 / sr)[k]
             v = (f - lo) / (c - lo) if lo <= f <= c else (hi - f) / (hi - c) if c < f <= hi else 0.0
             fb[k, j] = v * (2 / (hi - lo) if norm == "slaney" else 1.0)
     return fb
@@ -226,6 +237,20 @@ def test_mel_filterbank_matches_direct_formula_and_transformers(scale, norm) -> 
         np.testing.assert_allclose(fb, hf, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("n_fft", [400, 401])
+@pytest.mark.parametrize("scale,norm", [("htk", None), ("slaney", "slaney")])
+def test_mel_filterbank_at_even_and_odd_n_fft(n_fft, scale, norm) -> None:
+    """An odd n_fft has n_fft // 2 + 1 bins whose last one lies below Nyquist: the triangles must be sampled
+    at k * sr / n_fft (librosa's placement), not spread evenly up to sr / 2."""
+    n_freqs = n_fft // 2 + 1
+    fb = mel_filterbank(n_freqs, 40, 16000, 20.0, 7600.0, scale=scale, norm=norm, n_fft=n_fft).numpy()
+    assert fb.shape == (201, 40)
+    np.testing.assert_allclose(fb, direct_filterbank(n_freqs, 40, 16000, 20.0, 7600.0, scale, norm, n_fft),
+                               rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="n_fft"):
+        mel_filterbank(n_freqs + 1, 40, 16000, n_fft=n_fft)
+
+
 def slow_logmel(x: np.ndarray, m: LogMel) -> np.ndarray:
     """Frame by frame: reflect pad, periodic Hann (zero-padded to n_fft, centered), explicit DFT, |X|^2, mel, log."""
     n_fft, win, hop = m.n_fft, m.win_length, m.hop_length
@@ -238,7 +263,7 @@ def slow_logmel(x: np.ndarray, m: LogMel) -> np.ndarray:
     k = np.arange(n_fft // 2 + 1)[:, None]
     dft = np.exp(-2j * np.pi * k * np.arange(n_fft)[None, :] / n_fft)
     fmax = m.f_max if m.f_max is not None else m.sample_rate / 2
-    fb = direct_filterbank(n_fft // 2 + 1, m.n_mels, m.sample_rate, m.f_min, fmax, m.mel_scale, None)
+    fb = direct_filterbank(n_fft // 2 + 1, m.n_mels, m.sample_rate, m.f_min, fmax, m.mel_scale, None, n_fft)
     frames = 1 + (len(x) - n_fft) // hop
     out = np.empty((m.n_mels, frames))
     for f in range(frames):
@@ -248,7 +273,9 @@ def slow_logmel(x: np.ndarray, m: LogMel) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_fft": 512, "win_length": 300, "hop_length": 128, "n_mels": 32},
-                                {"center": False, "f_min": 50.0, "f_max": 6000.0, "mel_scale": "slaney"}])
+                                {"center": False, "f_min": 50.0, "f_max": 6000.0, "mel_scale": "slaney"},
+                                {"n_fft": 401, "win_length": 401}, {"n_fft": 401, "win_length": 300,
+                                                                    "mel_scale": "slaney", "n_mels": 80}])
 def test_logmel_matches_slow_dft_reference(kw) -> None:
     x = (0.3 * rng(9).standard_normal(3000)).astype(np.float32)
     m = LogMel(**kw)

@@ -1,5 +1,10 @@
 """One contract test over every registered encoder: shape, finite, gradients reach every parameter,
-padding and absent samples do not change the outputs, and no sample depends on the rest of its batch."""
+padding and absent samples do not change the outputs, and no sample depends on the rest of its batch.
+
+From-scratch encoders are built tiny (TINY); pretrained towers load tiny random checkpoints of their family
+(PRETRAINED, built by tinyckpt.py) and take the inputs their own tokenizer / feature extractor produces. A point a
+tower meets differently by design is tested in that form (CLAP audio is fixed-length: extra padding is refused;
+a frozen tower gets no gradients and stays deterministic in training mode)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from tinyckpt import WORDS, TinyCheckpoints
 
 from polymodal.encoders import ENCODERS, Encoder, create_encoder
 from polymodal.encoders import audio as _audio  # noqa: F401  (registers)
@@ -76,39 +82,102 @@ TINY: dict[str, tuple[dict[str, Any], Callable[[torch.Generator], dict[str, torc
     "video_frames": ({"frame": {"image_size": 16, "channels": [8, 16]}, "heads": 2, "max_frames": 8},
                      video_input),
 }
-PRETRAINED_PREFIXES = ("hf_", "st_", "pretrained")
 
 
-def _build(name: str) -> tuple[Encoder, dict[str, torch.Tensor]]:
+def tokenized_input(enc: Any, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Texts of LENGTHS words through the tower's own tokenizer (its specials, its padding)."""
+    picks = torch.randint(0, len(WORDS), (sum(LENGTHS),), generator=g).tolist()
+    texts, at = [], 0
+    for n in LENGTHS:
+        texts.append(" ".join(WORDS[i] for i in picks[at : at + n]))
+        at += n
+    enc_ = enc.tokenizer(texts, padding=True, return_tensors="pt")
+    return {"values": enc_["input_ids"], "mask": torch.ones(B, dtype=torch.bool),
+            "pad_mask": enc_["attention_mask"].bool()}
+
+
+def tower_image_input(enc: Any, g: torch.Generator) -> dict[str, torch.Tensor]:
+    return image_input(g, size=enc.image_size)
+
+
+def clap_audio_input(enc: Any, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """CLAP's own log-mel of waveforms of different lengths (repeat-padded to its fixed window: no padding)."""
+    waves = [(0.1 * torch.randn(4000 * n, generator=g)).numpy() for n in LENGTHS]
+    return {**enc.featurize(waves, 16000), "mask": torch.ones(B, dtype=torch.bool)}
+
+
+# name -> (tiny checkpoint family in tinyckpt.BUILDERS, input maker). Every pretrained tower must be listed here.
+PRETRAINED: dict[str, tuple[str, Callable[[Any, torch.Generator], dict[str, torch.Tensor]]]] = {
+    "hf_clip_text": ("clip", tokenized_input),
+    "hf_clip_image": ("clip", tower_image_input),
+    "hf_siglip_text": ("siglip", tokenized_input),
+    "hf_siglip_image": ("siglip", tower_image_input),
+    "hf_clap_text": ("clap", tokenized_input),
+    "hf_clap_audio": ("clap", clap_audio_input),
+    "st_text": ("sentence", tokenized_input),
+}
+FIXED_LENGTH = {"hf_clap_audio"}  # inputs come from a fixed-window feature extractor; other lengths are refused
+
+
+def _build(name: str, ckpts: TinyCheckpoints | None = None) -> tuple[Encoder, dict[str, torch.Tensor]]:
+    assert name in TINY or name in PRETRAINED, f"{name} needs an entry in TINY or PRETRAINED"
     torch.manual_seed(0)
-    kwargs, make = TINY[name]
-    enc = create_encoder(name, **kwargs).eval()
-    return enc, make(torch.Generator().manual_seed(1))
+    if name in TINY:
+        kwargs, make = TINY[name]
+        return create_encoder(name, **kwargs).eval(), make(torch.Generator().manual_seed(1))
+    pytest.importorskip("transformers", reason="pretrained towers need the [hf] extra")
+    assert ckpts is not None
+    family, make_for = PRETRAINED[name]
+    enc = create_encoder(name, path=str(ckpts.dir(family))).eval()
+    return enc, make_for(enc, torch.Generator().manual_seed(1))
+
+
+def _assert_gradients_reach_every_trainable_parameter(enc: Encoder, out: torch.Tensor) -> None:
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+    trainable = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
+    assert trainable, "no trainable parameters"
+    for pname, p in trainable:
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {pname}"
 
 
 @pytest.mark.parametrize("name", ENCODERS.names())
-def test_encoder_contract(name: str) -> None:
-    if name not in TINY:
-        assert name.startswith(PRETRAINED_PREFIXES), f"{name} needs an entry in TINY"
-        return
-    enc, part = _build(name)
+def test_encoder_contract(name: str, tiny_ckpts: TinyCheckpoints) -> None:
+    enc, part = _build(name, tiny_ckpts)
     assert enc.modality in ("audio", "image", "text", "video")
     json.dumps(enc.preprocess())  # the pipeline config must be JSON-able
     out = enc(part)
     assert out.shape == (B, enc.output_dim)
     assert torch.isfinite(out).all()
-    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
-    for pname, p in enc.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {pname}"
+    _assert_gradients_reach_every_trainable_parameter(enc, out)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_padding_absent_rows_and_batch_independence(name: str) -> None:
-    enc, part = _build(name)
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_frozen_pretrained_tower(name: str, tiny_ckpts: TinyCheckpoints) -> None:
+    """LiT-style locking, the true form of the gradient point for a frozen tower: nothing trainable, no graph,
+    and training mode leaves its dropout off (two passes agree); unfrozen again, gradients reach everything."""
+    enc, part = _build(name, tiny_ckpts)
+    enc.freeze().train()
+    assert not any(p.requires_grad for p in enc.parameters())
+    first, second = enc(part), enc(part)
+    assert not first.requires_grad and first.grad_fn is None
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    enc.freeze(False).eval()
+    _assert_gradients_reach_every_trainable_parameter(enc, enc(part))
+
+
+@pytest.mark.parametrize("name", sorted([*TINY, *PRETRAINED]))
+def test_padding_absent_rows_and_batch_independence(name: str, tiny_ckpts: TinyCheckpoints) -> None:
+    enc, part = _build(name, tiny_ckpts)
     with torch.no_grad():
         ref = enc(part)
         time_dim = 1 if enc.modality in ("text", "video") else 2
-        if "pad_mask" in part:
+        if name in FIXED_LENGTH:
+            assert bool(part["pad_mask"].all())  # the extractor's windows are all real frames
+            longer = torch.cat([part["values"], part["values"][..., :3]], dim=time_dim)
+            with pytest.raises(InvalidInput, match=enc.modality):
+                enc(dict(part, values=longer, pad_mask=torch.ones(longer.shape[0], longer.shape[time_dim],
+                                                                   dtype=torch.bool)))
+        elif "pad_mask" in part:
             # Garbage in every padded position, and extra padding at the end: outputs unchanged.
             pm = part["pad_mask"]
             shape = [1] * part["values"].dim()

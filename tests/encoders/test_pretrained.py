@@ -1,13 +1,14 @@
 """Pretrained towers against transformers / sentence-transformers on the same inputs.
 
-Offline: tiny random CLIP / SigLIP / CLAP checkpoints are built here and saved to temp dirs (with a tokenizer and
-a processor config), then loaded through polymodal; the reference is the library's own model loaded from that dir.
+Offline: tiny random CLIP / SigLIP / CLAP checkpoints are built (tinyckpt.py, shared with the encoder contract test)
+and saved to temp dirs (with a tokenizer and a processor config), then loaded through polymodal; the reference is
+the library's own model loaded from that dir.
 The MiniLM tests use the real packaged all-MiniLM-L6-v2.
 """
 
 from __future__ import annotations
 
-import string
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,12 +18,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tinyckpt import build_tiny_clap  # noqa: E402
+
+from polymodal.data.transforms import ImageTransform  # noqa: E402
 from polymodal.encoders import create_encoder  # noqa: E402
 from polymodal.encoders.pretrained import clear_cache  # noqa: E402
 from polymodal.errors import ConfigError, InvalidInput, MissingExtra, NotFound  # noqa: E402
 
-WORDS = ["a", "red", "blue", "green", "circle", "square", "ring", "crimson", "big", "small", "the", "on", "of",
-         "photo"]
 TEXTS = ["a red circle", "the big blue square on a small green ring", "crimson", "a photo of the"]
 ATOL = 1e-5
 
@@ -37,99 +39,10 @@ def _images(n: int = 3) -> list[np.ndarray]:
     return [rng.randint(0, 256, (*shapes[i % 4], 3), dtype=np.uint8) for i in range(n)]
 
 
-def _word_tokenizer(template: str, specials: dict[str, str]):
-    """A word-level fast tokenizer (vocab ~20) with the given special tokens at fixed ids and a post-processor
-    that adds them like the real checkpoint's tokenizer does."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    names = list(dict.fromkeys(specials.values()))
-    vocab = {tok: i for i, tok in enumerate(names + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk"]))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single=template, special_tokens=[(t, vocab[t]) for t in names if t in template])
-    kw = {f"{k}_token": v for k, v in specials.items()}
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **kw), vocab
-
-
-def _tiny_text(vocab_size: int, **kw):
-    return dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, **kw)
-
-
-def _tiny_vision(**kw):
-    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                image_size=32, patch_size=8, **kw)
-
-
-def build_tiny_clip(out: Path, legacy_eos: bool = False) -> Path:
-    """A random CLIPModel with a real CLIPTokenizer (letters + word-final letters; bos/eos inside the vocab).
-    ``legacy_eos``: like openai/clip-* configs, eos_token_id=2 in the config, so transformers pools at the
-    largest id, and the specials are the last ids of the vocab (as in the real 49408-token vocab)."""
-    letters = [c for c in string.ascii_lowercase] + [c + "</w>" for c in string.ascii_lowercase]
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {t: i for i, t in enumerate(letters + specials if legacy_eos else specials + letters)}
-    tok = transformers.CLIPTokenizer(vocab=vocab, merges=[])
-    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
-    cfg = transformers.CLIPConfig(
-        text_config=_tiny_text(len(vocab), max_position_embeddings=48, bos_token_id=bos,
-                               eos_token_id=2 if legacy_eos else eos, pad_token_id=1),
-        vision_config=_tiny_vision(), projection_dim=16)
-    torch.manual_seed(0)
-    transformers.CLIPModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    transformers.CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-                                       ).save_pretrained(out)
-    return out
-
-
-def build_tiny_siglip(out: Path) -> Path:
-    """A random SiglipModel; like the real ones, text ends with </s> and pads with it to a fixed length."""
-    tok, vocab = _word_tokenizer("$A </s>", {"pad": "</s>", "eos": "</s>", "unk": "<unk>"})
-    cfg = transformers.SiglipConfig(
-        text_config=_tiny_text(len(vocab), max_position_embeddings=16, pad_token_id=0, eos_token_id=0),
-        vision_config=_tiny_vision())
-    torch.manual_seed(1)
-    transformers.SiglipModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    transformers.SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(out)
-    return out
-
-
-def build_tiny_clap(out: Path, fused: bool = False) -> Path:
-    """A random ClapModel (RoBERTa-style text with <s> ... </s>, pad id 1; HTSAT on a 16-mel, 16 kHz, 1 s
-    feature extractor). ``fused``: like laion/clap-htsat-fused (4-view input, "fusion" truncation)."""
-    tok, vocab = _word_tokenizer("<s> $A </s>", {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>"})
-    cfg = transformers.ClapConfig(
-        text_config=_tiny_text(len(vocab), max_position_embeddings=40, pad_token_id=1, bos_token_id=0,
-                               eos_token_id=2, type_vocab_size=1),
-        audio_config=dict(spec_size=64, num_mel_bins=16, window_size=4, depths=[1, 1], num_attention_heads=[2, 2],
-                          patch_embeds_hidden_size=16, hidden_size=32, enable_fusion=fused,
-                          fusion_type="aff_2d" if fused else None),
-        projection_dim=16)
-    torch.manual_seed(2)
-    transformers.ClapModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    transformers.ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=1,
-                                      fft_window_size=400, frequency_min=50, frequency_max=8000,
-                                      truncation="fusion" if fused else "rand_trunc").save_pretrained(out)
-    return out
-
-
-BUILDERS = {"clip": (build_tiny_clip, "CLIPModel"), "siglip": (build_tiny_siglip, "SiglipModel"),
-            "clap": (build_tiny_clap, "ClapModel"),
-            "clip_legacy": (lambda d: build_tiny_clip(d, legacy_eos=True), "CLIPModel")}
-
-
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(tiny_ckpts):
     """family -> (checkpoint dir, reference transformers model)."""
-    out = {}
-    for fam, (build, cls) in BUILDERS.items():
-        d = build(tmp_path_factory.mktemp(fam))
-        out[fam] = (d, getattr(transformers, cls).from_pretrained(d, local_files_only=True).eval())
-    return out
+    return {fam: (tiny_ckpts.dir(fam), tiny_ckpts.reference(fam)) for fam in ("clip", "clip_legacy", "siglip", "clap")}
 
 
 def _tok(d: Path, texts, **kw):
@@ -178,21 +91,74 @@ def test_preprocess_reads_the_checkpoint(ckpt):
     assert pre["size"] == 32 and pre["resize_to"] == 32 and pre["center_crop"] and pre["interpolation"] == "bicubic"
     assert pre["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
     sig = create_encoder("hf_siglip_image", path=str(ckpt["siglip"][0])).preprocess()
-    assert sig["resize_to"] == [32, 32] and not sig["center_crop"] and sig["mean"] == [0.5, 0.5, 0.5]
+    assert sig["resize_to"] == 32 and not sig["center_crop"] and sig["mean"] == [0.5, 0.5, 0.5]
+
+
+def _transform_from_preprocess(pre: dict) -> ImageTransform:
+    """The ImageTransform that a tower's preprocess() describes, field by field."""
+    return ImageTransform.from_dict({"size": pre["size"], "resize_to": pre["resize_to"],
+                                     "crop": "center" if pre["center_crop"] else "squash",
+                                     "interpolation": pre["interpolation"], "mean": pre["mean"], "std": pre["std"]})
+
+
+def test_processor_that_resizes_larger_than_it_crops(tiny_ckpts):
+    """CLIP-style processor with shortest_edge 40 and a 32 x 32 center crop: the transform preprocess() asks for
+    resizes to 40 and then crops (not straight to 32), so on odd-sized images the tower's features equal
+    transformers' get_image_features on the processor's own pixels."""
+    d, ref = tiny_ckpts.dir("clip_crop"), tiny_ckpts.reference("clip_crop")
+    tower = create_encoder("hf_clip_image", path=str(d)).eval()
+    pre = tower.preprocess()
+    assert (pre["size"], pre["resize_to"], pre["center_crop"]) == (32, 40, True)
+    rng = np.random.RandomState(1)
+    images = [rng.randint(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((45, 61), (77, 39), (53, 53))]
+    px = transformers.AutoImageProcessor.from_pretrained(d, local_files_only=True, backend="pil")(
+        images=images, return_tensors="pt")["pixel_values"]
+    tf = _transform_from_preprocess(pre)
+    ours_px = torch.stack([tf(im) for im in images])
+    torch.testing.assert_close(ours_px, px, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        ours = tower({"values": ours_px, "mask": torch.ones(len(images), dtype=torch.bool)})
+        expect = ref.get_image_features(pixel_values=px).pooler_output
+    torch.testing.assert_close(ours, expect, atol=ATOL, rtol=0)
+
+
+def test_pipeline_honours_resize_to(tiny_ckpts):
+    """The same through the training / evaluation pipeline: transform_config(preprocess()) -> collate."""
+    from polymodal.data.collate import collate
+    from polymodal.data.sample import Sample
+    from polymodal.data.transforms.compose import SampleTransform
+    from polymodal.data.transforms.resolve import transform_config
+
+    d = tiny_ckpts.dir("clip_crop")
+    cfg = transform_config({"image": create_encoder("hf_clip_image", path=str(d)).preprocess()}, {})
+    assert cfg["image"]["resize_to"] == 40 and cfg["image"]["size"] == 32
+    images = _images(4)
+    batch = collate([Sample(id=str(i), image=im) for i, im in enumerate(images)], SampleTransform.from_dict(cfg))
+    px = transformers.AutoImageProcessor.from_pretrained(d, local_files_only=True, backend="pil")(
+        images=images, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(batch.data["image"], px, atol=1e-6, rtol=0)
+
+
+def test_non_square_processor_sizes_are_refused(tiny_ckpts, tmp_path):
+    d = shutil.copytree(tiny_ckpts.dir("clip"), tmp_path / "ckpt")
+    transformers.CLIPImageProcessorPil(size={"height": 32, "width": 40}, do_center_crop=False).save_pretrained(d)
+    with pytest.raises(ConfigError, match="32x40"):
+        create_encoder("hf_clip_image", path=str(d)).preprocess()
 
 
 @pytest.mark.parametrize("fam", ["clip", "siglip"])
 def test_pipeline_from_preprocess_matches_transformers(ckpt, fam):
     """Samples -> the transform the towers' preprocess() asks for -> collate -> towers == transformers on its
     own processor outputs: the training path sees exactly what the checkpoint expects."""
-    data = pytest.importorskip("polymodal.train.data")
-    from polymodal.data.sample import Sample, collate
+    from polymodal.data.collate import collate
+    from polymodal.data.sample import Sample
     from polymodal.data.transforms.compose import SampleTransform
+    from polymodal.data.transforms.resolve import transform_config
 
     d, ref = ckpt[fam]
     text, image = create_encoder(f"hf_{fam}_text", path=str(d)), create_encoder(f"hf_{fam}_image", path=str(d))
     needs = {"text": text.preprocess(), "image": image.preprocess()}
-    tf = SampleTransform.from_dict(data.transform_config(needs, {}))
+    tf = SampleTransform.from_dict(transform_config(needs, {}))
     samples = [Sample(id=str(i), text=t, image=im) for i, (t, im) in enumerate(zip(TEXTS, _images(4), strict=True))]
     batch = collate(samples, tf)
     with torch.no_grad():

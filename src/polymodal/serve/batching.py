@@ -29,7 +29,7 @@ EmbedFn = Callable[[str, list[Any]], np.ndarray]
 class _Request:
     modality: str
     items: list[Any]
-    future: Future = field(default_factory=Future)
+    future: Future[np.ndarray] = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -63,7 +63,7 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------ client side
 
-    def submit(self, modality: str, items: Sequence[Any]) -> Future:
+    def submit(self, modality: str, items: Sequence[Any]) -> Future[np.ndarray]:
         """Queue one request; its future resolves to float32 ``(len(items), D)``. Raises `QueueFull`."""
         req = _Request(modality, list(items), arrived=self._clock())
         with self._cond:
@@ -80,7 +80,8 @@ class MicroBatcher:
 
     def embed(self, modality: str, items: Sequence[Any]) -> np.ndarray:
         """Blocking form of `submit` (for threads)."""
-        return self.submit(modality, items).result()
+        out: np.ndarray = self.submit(modality, items).result()
+        return out
 
     async def embed_async(self, modality: str, items: Sequence[Any]) -> np.ndarray:
         """Awaitable form of `submit`: the event loop only waits, the model runs in the worker thread."""

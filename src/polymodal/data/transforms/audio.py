@@ -3,7 +3,8 @@
 - `resample` is polyphase filtering with the same Kaiser-windowed-sinc filter as ``scipy.signal.resample_poly``
   (cutoff ``1 / max(up, down)``, ``10 * max(up, down)`` taps per side, beta 5), so the two agree to float precision.
 - `mel_filterbank` follows torchaudio / Hugging Face (triangles in Hz between mel-spaced points, HTK or Slaney
-  scale, optional Slaney area normalisation).
+  scale, optional Slaney area normalisation), evaluated at the true rfft bin frequencies ``k * sr / n_fft`` as
+  librosa does, so an odd ``n_fft`` (whose last bin is below Nyquist) is placed correctly too.
 - `LogMel`: periodic Hann window, power spectrum, mel projection, ``log(mel + log_offset)``, shape ``(n_mels, T)``
   with ``T = 1 + N // hop_length`` when ``center`` (reflect padding).
 """
@@ -104,13 +105,18 @@ def mel_to_hz(m: np.ndarray | float, scale: str = "htk") -> np.ndarray:
 
 
 def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None,
-                   scale: str = "htk", norm: str | None = None) -> torch.Tensor:
+                   scale: str = "htk", norm: str | None = None, n_fft: int | None = None) -> torch.Tensor:
     """Triangular mel filters, float32 ``(n_freqs, n_mels)``; ``spec (n_freqs, T)`` -> ``fb.T @ spec``.
 
-    Bin ``k`` sits at ``k * (sample_rate / 2) / (n_freqs - 1)`` Hz (the rfft bins of an even ``n_fft``). Triangle
-    ``j`` rises from mel point ``j`` to ``j+1`` and falls to ``j+2`` (``n_mels + 2`` points evenly spaced in mel
-    between ``f_min`` and ``f_max``). ``norm="slaney"`` scales each triangle to unit area: ``2 / (f_{j+2} - f_j)``.
+    Bin ``k`` sits at ``k * sample_rate / n_fft`` Hz, the rfft bin frequencies (as librosa). ``n_fft`` defaults
+    to the even size ``2 * (n_freqs - 1)`` (bins up to Nyquist, as torchaudio / transformers); an odd ``n_fft``
+    must be given, as its last bin falls short of Nyquist. Triangle ``j`` rises from mel point ``j`` to ``j+1``
+    and falls to ``j+2`` (``n_mels + 2`` points evenly spaced in mel between ``f_min`` and ``f_max``).
+    ``norm="slaney"`` scales each triangle to unit area: ``2 / (f_{j+2} - f_j)``.
     """
+    n_fft = 2 * (n_freqs - 1) if n_fft is None else n_fft
+    if n_freqs != n_fft // 2 + 1:
+        raise ConfigError(f"n_fft {n_fft} has {n_fft // 2 + 1} rfft bins, not n_freqs={n_freqs}", field="n_fft")
     f_max = sample_rate / 2 if f_max is None else float(f_max)
     if scale not in ("htk", "slaney"):
         raise ConfigError(f"scale must be 'htk' or 'slaney', got {scale!r}", field="mel_scale")
@@ -120,7 +126,7 @@ def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0
         raise ConfigError(f"need n_freqs >= 2 and n_mels >= 1, got {n_freqs}, {n_mels}", field="n_mels")
     if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ConfigError(f"need 0 <= f_min < f_max <= sample_rate/2, got {f_min}, {f_max}", field="f_max")
-    freqs = np.linspace(0.0, sample_rate / 2, n_freqs)
+    freqs = np.arange(n_freqs) * (sample_rate / n_fft)
     f_pts = mel_to_hz(np.linspace(hz_to_mel(f_min, scale), hz_to_mel(f_max, scale), n_mels + 2), scale)
     f_diff = np.diff(f_pts)
     slopes = f_pts[None, :] - freqs[:, None]  # (n_freqs, n_mels + 2)
@@ -155,7 +161,7 @@ class LogMel:
         if self.log_offset <= 0:
             raise ConfigError(f"log_offset must be > 0, got {self.log_offset}", field="audio.log_offset")
         fb = mel_filterbank(self.n_fft // 2 + 1, self.n_mels, self.sample_rate, self.f_min, self.f_max,
-                            scale=self.mel_scale)
+                            scale=self.mel_scale, n_fft=self.n_fft)
         object.__setattr__(self, "_fb_t", fb.T.contiguous())  # (n_mels, n_freqs)
         object.__setattr__(self, "_window", torch.hann_window(self.win_length, periodic=True))
 

@@ -63,6 +63,8 @@ def _image_requirements(base: tuple[str, ...], need: Mapping[str, Any]) -> list[
     for key in ("mean", "std"):
         if need.get(key) is not None:
             out.append(((*base, key), [float(x) for x in need[key]]))
+    if need.get("resize_to") is not None:  # a processor that resizes larger than it crops (256 -> crop 224)
+        out.append(((*base, "resize_to"), int(need["resize_to"])))
     if need.get("interpolation") is not None:
         out.append(((*base, "interpolation"), need["interpolation"]))
     if need.get("center_crop") is False:
