@@ -41,7 +41,8 @@ class VectorStore:
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         """Vectors of ids that are all present (copy)."""
-        return self._vecs[self.rows(ids)]
+        out: np.ndarray = self._vecs[self.rows(ids)]
+        return out
 
     # ------------------------------------------------------------------ writes
 

@@ -95,7 +95,8 @@ class HFClapAudio(PretrainedTower):
             feats = feats.expand(-1, 4, -1, -1)  # global + 3 local views; identical for clips within the window
             is_longer = torch.zeros(x.shape[0], 1, dtype=torch.bool, device=x.device)
         pooled = self.backbone(input_features=feats, is_longer=is_longer).pooler_output
-        return self.projection(pooled)
+        out: torch.Tensor = self.projection(pooled)
+        return out
 
     @torch.no_grad()
     def encode_audio(self, waveforms: Sequence[np.ndarray], sample_rate: int, batch_size: int = 32) -> torch.Tensor:

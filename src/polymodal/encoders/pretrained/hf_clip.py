@@ -232,8 +232,8 @@ class HFTextTower(PretrainedTower):
             # SigLIP pools the last position and was trained on max-length padding without a mask.
             full = torch.full((ids.shape[0], self.max_len), pad_id, dtype=torch.long, device=ids.device)
             ids, attention = full.index_copy(1, torch.arange(ids.shape[1], device=ids.device), ids), None
-        pooled = self.backbone(input_ids=ids, attention_mask=attention).pooler_output
-        return pooled if self.projection is None else self.projection(pooled)
+        pooled: torch.Tensor = self.backbone(input_ids=ids, attention_mask=attention).pooler_output
+        return pooled if self.projection is None else _call(self.projection, pooled)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
@@ -309,8 +309,8 @@ class HFImageTower(PretrainedTower):
         if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (self.image_size, self.image_size):
             raise InvalidInput(f"expected images (B, 3, {self.image_size}, {self.image_size}), got {tuple(x.shape)}",
                                field="image")
-        pooled = self.backbone(pixel_values=x).pooler_output
-        return pooled if self.projection is None else self.projection(pooled)
+        pooled: torch.Tensor = self.backbone(pixel_values=x).pooler_output
+        return pooled if self.projection is None else _call(self.projection, pooled)
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[np.ndarray], batch_size: int = 64) -> torch.Tensor:
@@ -340,3 +340,9 @@ def hf_siglip_text(path: str | None = None, dtype: str = "float32") -> HFTextTow
 @register_encoder("hf_siglip_image")
 def hf_siglip_image(path: str | None = None, dtype: str = "float32") -> HFImageTower:
     return HFImageTower(path, SIGLIP, dtype)
+
+
+def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` typed: an nn.Module call is ``Any`` to the type checker."""
+    out: torch.Tensor = module(x)
+    return out

