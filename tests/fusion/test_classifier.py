@@ -10,7 +10,9 @@ from polymodal.data.sample import Batch
 from polymodal.encoders.base import Encoder
 from polymodal.errors import ConfigError, InvalidInput
 from polymodal.fusion import create_fusion
+from polymodal.models import build_model
 from polymodal.models.classifier import FusionClassifier, drop_modalities
+from polymodal.recipes import load_recipe
 
 DIMS = {"audio": 4, "image": 6}
 
@@ -188,3 +190,98 @@ def test_modality_dropout_only_in_training():
         model.train()
         c = model(feats)
     assert not torch.allclose(a, c)  # mask=None still gets masks (all present) that dropout can change
+
+
+def test_modality_dropout_rate_matches_p_with_three_modalities():
+    # every modality present: a modality is lost when dropped (p), unless all three were dropped (p^3)
+    # and it is not the one kept at random (2/3 of those): p - p^3 / 3
+    mods, n, p = ("audio", "image", "text"), 20000, 0.3
+    g = torch.Generator().manual_seed(1)
+    full = {m: torch.ones(n, dtype=torch.bool) for m in mods}
+    out = drop_modalities(full, mods, p, n, generator=g)
+    kept = torch.stack([out[m] for m in mods], 1)
+    assert kept.any(1).all()
+    for i in range(3):
+        assert abs((1 - kept[:, i].float().mean().item()) - (p - p**3 / 3)) < 0.01
+    # a sample with one modality never loses it
+    one = {"audio": torch.ones(n, dtype=torch.bool), "image": torch.zeros(n, dtype=torch.bool)}
+    assert drop_modalities(one, ("audio", "image"), 0.9, n, generator=g)["audio"].all()
+
+
+class SpyEncoder(FlatEncoder):
+    """Records the presence mask it was given."""
+
+    def __init__(self, modality: str, in_dim: int, out_dim: int):
+        super().__init__(modality, in_dim, out_dim)
+        self.masks: list[torch.Tensor] = []
+
+    def forward(self, part):
+        self.masks.append(part["mask"].clone())
+        return super().forward({k: v for k, v in part.items() if k != "pad_mask"})
+
+
+def test_one_mask_per_forward_reaches_encoders_and_fusion():
+    """After modality dropout the encoders and the fusion see the same mask: the training forward equals an
+    eval forward given the mask the encoders saw."""
+    torch.manual_seed(0)
+    feats, y = synthetic(64)
+    enc = {"audio": SpyEncoder("audio", 4, 4), "image": SpyEncoder("image", 6, 6)}
+    model = FusionClassifier(enc, create_fusion("attention", DIMS, hidden=8), None, num_classes=3,
+                             modality_dropout=0.5)
+    inputs = {"audio": feats["audio"], "image": feats["image"]}
+    model.train()
+    with torch.no_grad():
+        dropped = model(inputs)
+        seen = {m: e.masks[-1] for m, e in enc.items()}
+        assert not all(bool(v.all()) for v in seen.values())  # something was dropped...
+        assert torch.stack(list(seen.values()), 1).any(1).all()  # ...never all of a sample
+        model.eval()
+        torch.testing.assert_close(model(inputs, seen), dropped)
+
+
+def test_a_modality_without_a_mask_is_present_everywhere():
+    feats, _ = synthetic(8)
+    enc = {"audio": SpyEncoder("audio", 4, 4)}
+    model = FusionClassifier(enc, create_fusion("early", DIMS), None, num_classes=3).eval()
+    half = torch.arange(8) < 4
+    with torch.no_grad():
+        out = model(feats, {"image": half})  # audio has no mask entry: present in every row
+        assert enc["audio"].masks[-1].all()
+        ref = model(feats, {"image": half, "audio": torch.ones(8, dtype=torch.bool)})
+    torch.testing.assert_close(out, ref)
+
+
+TINY = {"arch": "fusion", "num_classes": 3, "fusion": {"name": "early"},
+        "encoders": {"image": {"name": "image_cnn", "image_size": 16, "channels": [8, 16]}}}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"modality_dropuot": 0.3}, "modality_dropuot"),
+    ({"modality_dropout": 1.0}, "modality_dropout"),
+    ({"modality_dropout": "high"}, "modality_dropout"),
+    ({"fusion": {}}, "fusion"),
+    ({"fusion": {"name": "nope"}}, "fusion.name"),
+    ({"num_classes": 1}, "num_classes"),
+    ({"classes": ["a", "a"]}, "classes"),
+    ({"classes": ["a", "b"]}, "num_classes"),
+    ({"label_field": ""}, "label_field"),
+    ({"encoders": {}}, "encoders"),
+    ({"init_from": "runs/clip"}, "init_from"),
+    ({"init_from": {"freeze": True}}, "init_from.run"),
+    ({"init_from": {"run": "r", "weights_in_checkpoint": True, "modalities": ["audio"]}}, "init_from"),
+])
+def test_fusion_config_errors_name_the_field(change, field):
+    with pytest.raises(ConfigError) as info:
+        build_model("fusion", {**TINY, **change})
+    assert info.value.field == field
+
+
+def test_model_config_is_the_resolved_recipe_section():
+    recipe = load_recipe("fusion_late_shapes")
+    model = build_model("fusion", recipe.model)
+    # the layout run dirs hold: the recipe's keys, then what the build filled in (arch, num_classes from classes)
+    assert model.config == {**recipe.model, "arch": "fusion", "num_classes": 8}
+    assert list(model.config) == [*recipe.model, "arch", "num_classes"]
+    assert model.classifier.modality_dropout == 0.3 and model.num_classes == 8
+    again = build_model("fusion", model.config)  # a run dir's config rebuilds the same model
+    assert again.config == model.config

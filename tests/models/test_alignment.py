@@ -137,9 +137,62 @@ def test_encoders_run_only_on_present_rows() -> None:
     batch = _synthetic_batch()
     feats = model.features(batch)
     assert seen == [int(batch.mask["image"].sum())]
-    emb, rows = feats["image"]
-    assert rows.tolist() == batch.mask["image"].nonzero().squeeze(1).tolist()
-    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(len(rows)))
+    j = model.modalities.index("image")
+    assert torch.equal(feats.present[:, j], batch.mask["image"])
+    has = batch.mask["image"]
+    torch.testing.assert_close(feats.emb[has, j].norm(dim=-1), torch.ones(int(has.sum())))
+    assert not feats.emb[~has, j].any()  # zeros where the row lacks the modality
+
+
+def test_features_read_the_masks_once_into_a_presence_matrix() -> None:
+    model = _build().eval()
+    batch = _synthetic_batch()
+    del batch.data["audio"]  # a modality the batch lacks is absent in every row, whatever its mask says
+    feats = model.features(batch)
+    assert model.modalities == ("audio", "image", "text")
+    assert feats.emb.shape == (B, 3, 16) and feats.present.dtype == torch.bool
+    want = torch.stack([torch.zeros(B, dtype=torch.bool), batch.mask["image"], batch.mask["text"]], dim=1)
+    assert torch.equal(feats.present, want)
+    torch.testing.assert_close(feats.emb.norm(dim=-1), want.float())
+
+
+def _explicit_loss(model: AlignmentModel, batch: Batch) -> torch.Tensor:
+    """The loss written out: per pair, the embeddings of the rows present in both (each encoder run on the
+    rows that have its modality), CLIP's symmetric cross-entropy over those rows; mean over pairs."""
+    scale = model.logit_scale.exp()
+    emb = {}
+    for m in model.modalities:
+        rows = batch.mask[m].nonzero().squeeze(1)
+        emb[m] = dict(zip(rows.tolist(), model.encode(m, {k: v[rows] for k, v in batch.part(m).items()}),
+                          strict=True))
+    losses = []
+    for m1, m2 in model.pairs:
+        both = [i for i in range(len(batch)) if i in emb[m1] and i in emb[m2]]
+        if len(both) < 2:
+            continue
+        a = torch.stack([emb[m1][i] for i in both])
+        b = torch.stack([emb[m2][i] for i in both])
+        logits = scale * a @ b.T
+        target = torch.arange(len(both))
+        losses.append((F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2)
+    return torch.stack(losses).mean()
+
+
+def test_loss_with_missing_modalities_equals_explicit_reference() -> None:
+    """One meaning for the mask: the forward's loss and gradients equal the loss written out by hand over
+    the rows that have both modalities of each pair (rows lack text, image or audio in this batch)."""
+    batch = _synthetic_batch()
+    assert not all(bool(v.all()) for v in batch.mask.values())
+    model = _build().eval()
+    value, logs = model(batch)
+    grads = torch.autograd.grad(value, list(model.parameters()))
+    ref = _explicit_loss(model, batch)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    torch.testing.assert_close(value, ref, atol=1e-6, rtol=1e-6)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+    for m1, m2 in model.pairs:
+        assert logs[f"pairs/{m1}-{m2}"] == float((batch.mask[m1] & batch.mask[m2]).sum())
 
 
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
@@ -198,9 +251,11 @@ def test_embed_batch_and_merge_features() -> None:
         model.embed_batch(batch, "video")
     # Features of two micro-batches, merged, give the loss of the whole batch (gradient accumulation).
     halves = [_slice(batch, slice(0, 5)), _slice(batch, slice(5, B))]
-    merged, total = merge_features([(model.features(h), len(h)) for h in halves])
-    whole, _ = model(batch)
-    torch.testing.assert_close(model.loss_from_features(merged, total)[0], whole, atol=1e-5, rtol=1e-5)
+    merged = merge_features([model.features(h) for h in halves])
+    whole = model.features(batch)
+    assert torch.equal(merged.present, whole.present)
+    torch.testing.assert_close(merged.emb, whole.emb, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(model.loss_from_features(merged)[0], model(batch)[0], atol=1e-5, rtol=1e-5)
 
 
 def _slice(batch: Batch, rows: slice) -> Batch:
@@ -210,7 +265,9 @@ def _slice(batch: Batch, rows: slice) -> Batch:
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    ({"archh": "alignment"}, "model"),
+    ({"archh": "alignment"}, "archh"),
+    ({"dim": 0}, "dim"),
+    ({"locked": "text"}, "locked"),
     ({"arch": "classifier"}, "arch"),
     ({"loss": "triplet"}, "loss"),
     ({"pairing": "anchor"}, "anchor"),

@@ -14,6 +14,8 @@ from polymodal.data.transforms.compose import SampleTransform
 from polymodal.data.transforms.resolve import transform_config
 from polymodal.errors import ConfigError
 from polymodal.models import build_model
+from polymodal.models.alignment import AlignmentConfig
+from polymodal.models.registry import model_config
 from polymodal.recipes import list_recipes, load_recipe
 
 
@@ -53,14 +55,66 @@ def test_override_errors(override: str, message: str) -> None:
 def test_from_dict_checks_keys_and_types() -> None:
     with pytest.raises(ConfigError, match=r"train\.bach_size.*did you mean batch_size"):
         Recipe.from_dict({"arch": "alignment", "model": {}, "train": {"bach_size": 3}})
-    with pytest.raises(ConfigError, match=r"field 'arch'.*alignment, fusion"):
-        Recipe.from_dict({"arch": "clip", "model": {}})
     with pytest.raises(ConfigError, match="missing \"arch\""):
         Recipe.from_dict({"model": {}})
     with pytest.raises(ConfigError, match="steps or epochs, not both"):
         from_dict(TrainConfig, {"steps": 3, "epochs": 1.0})
     with pytest.raises(ConfigError, match=r"train\.lr.*expected float, got str"):
         Recipe.from_dict({"arch": "alignment", "model": {}, "train": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match=r"field 'encoders': missing"):
+        from_dict(AlignmentConfig, {"dim": 8})
+
+
+def test_archs_come_from_the_model_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # config/recipes know no arch (they sit below the models): an unknown arch is caught by the models'
+    # registry, when the model (or just its config) is built, and by the CLI before a run starts.
+    r = Recipe.from_dict({"arch": "clip", "model": {}})
+    for check in (model_config, build_model):
+        with pytest.raises(ConfigError, match=r"field 'arch'.*unknown arch 'clip'.*alignment, fusion"):
+            check(r.arch, r.model)
+    bad = tmp_path / "bad_arch.json"
+    bad.write_text(json.dumps({"arch": "clip", "model": {}}))
+    assert polymodal_main(["train", str(bad), "--print-recipe"]) == 1
+    assert "unknown arch 'clip'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"field 'dimm'.*did you mean dim"):
+        model_config("alignment", {**load_recipe("clip_tiny").model, "dimm": 3})
+    assert model_config("alignment", load_recipe("clip_tiny").model).dim == 128
+
+
+def test_typed_overrides_keep_their_type_and_sections_are_replaced_once() -> None:
+    r = load_recipe("clip_tiny")
+    third = 1 / 3
+    r2 = apply_overrides(r, [("train.lr", third), ("data.split", "null"), ("model.encoders.text.layers", 3),
+                             ("+model.anchor", None), ("train.weight_decay", 0), "train.betas=0.8,0.9"])
+    assert r2.train.lr == third and r2.data.split == "null" and r2.model["encoders"]["text"]["layers"] == 3
+    assert r2.model["anchor"] is None and "anchor" not in r.model
+    assert r2.train.weight_decay == 0.0 and isinstance(r2.train.weight_decay, float)
+    assert r2.train.betas == [0.8, 0.9] and r2.train.steps == r.train.steps
+    # one replace per section: an intermediate state (steps and epochs both set) is never checked
+    r3 = apply_overrides(r, ["train.epochs=2", "train.steps=null"])
+    assert r3.train.epochs == 2.0 and r3.train.steps is None
+    with pytest.raises(ConfigError, match="steps or epochs, not both"):
+        apply_overrides(r, ["train.epochs=2"])
+    with pytest.raises(ConfigError, match=r"train\.steps.*expected int or null, got float 1\.5"):
+        apply_overrides(r, [("train.steps", 1.5)])
+    with pytest.raises(ConfigError, match=r"model\.dim.*expected int, got bool"):
+        apply_overrides(r, [("model.dim", True)])
+    with pytest.raises(ConfigError, match=r"train\.lr.*must be > 0"):
+        apply_overrides(r, [("train.lr", -1.0)])
+    assert apply_overrides(r, []) is r
+
+
+def test_removed_train_modality_dropout_is_a_clear_error() -> None:
+    def recipe(train: dict[str, object]) -> Recipe:
+        return Recipe.from_dict({"arch": "fusion", "model": {}, "train": train})
+
+    with pytest.raises(ConfigError, match=r"field 'train\.modality_dropout': removed.*model\.modality_dropout"):
+        recipe({"modality_dropout": 0.3})
+    with pytest.raises(ConfigError, match=r"train\.modality_dropout.*model\.modality_dropout"):
+        apply_overrides(load_recipe("fusion_early"), ["train.modality_dropout=0.3"])
+    # a run dir saved before the removal holds the old default, 0: it still loads (and resumes)
+    assert recipe({"modality_dropout": 0.0, "steps": 3}).train.steps == 3
+    assert "modality_dropout" not in recipe({}).to_dict()["train"]
 
 
 def test_unknown_recipe_and_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -83,13 +137,16 @@ def test_cli_flags_map_onto_the_recipe(capsys: pytest.CaptureFixture[str]) -> No
     r = resolve_recipe(args)
     assert r.model["locked"] == ["text"] and r.train.minutes == 2.0 and r.train.steps is None
     assert r.train.lr == 0.01
+    r = resolve_recipe(_parser().parse_args(["clip_tiny", "--minutes", str(1 / 3)]))
+    assert r.train.minutes == 1 / 3
     r = resolve_recipe(_parser().parse_args(["clip_tiny", "--epochs", "3"]))
     assert r.train.epochs == 3.0 and r.train.steps is None
     assert polymodal_main(["train", "siglip_tiny", "--print-recipe", "--steps", "7"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["train"]["steps"] == 7 and printed["model"]["loss"] == "siglip"
     assert polymodal_main(["train", "--list"]) == 0
-    assert "imagebind_tiny" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "imagebind_tiny" in listed and "fusion_late_shapes" in listed and "_fusion" not in listed
 
 
 @pytest.mark.parametrize("name", ["clip_tiny", "siglip_tiny", "audioclip_tiny", "imagebind_tiny"])
@@ -121,3 +178,10 @@ def test_transform_conflict_with_encoder_is_an_error() -> None:
         transform_config(needs, {"image": {"size": 64}})
     audio = transform_config({"audio": {"n_mels": 40, "max_frames": 101}}, {})
     assert audio["audio"]["n_mels"] == 40 and audio["audio"]["max_seconds"] == pytest.approx(1.0)
+
+
+def test_every_arch_has_a_builder_and_a_config() -> None:
+    """An arch is registered twice under one name (builder and config): a half-registered arch fails here."""
+    from polymodal.models import ARCHS, MODEL_CONFIGS
+
+    assert ARCHS.names() == MODEL_CONFIGS.names() and ARCHS.names()

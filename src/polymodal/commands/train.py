@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..config import Recipe
+from ..config import Override, Recipe
 from ..errors import ConfigError
 from ..recipes import list_recipes, load_recipe
 
@@ -68,18 +68,23 @@ def resolve_recipe(args: argparse.Namespace) -> Recipe:
         recipe = Recipe.from_dict(read_run_config(args.out)["recipe"], source=str(Path(args.out) / "config.json"))
     else:
         raise ConfigError("give a recipe name or path (see --list)", field="recipe")
-    overrides = list(args.overrides)
+    # --set is text to parse; the flags are already typed values, so they go in as (key, value) pairs.
+    overrides: list[Override] = list(args.overrides)
     locks = [m.strip() for item in args.lock for m in item.split(",") if m.strip()]
     if locks:
         current = list(recipe.model.get("locked", []))
-        overrides.append("+model.locked=" + json.dumps(sorted(set(current) | set(locks))))
+        overrides.append(("+model.locked", sorted(set(current) | set(locks))))
     if args.steps is not None:
-        overrides += [f"train.steps={args.steps}", "train.epochs=null"]
+        overrides += [("train.steps", args.steps), ("train.epochs", None)]
     if args.epochs is not None:
-        overrides += [f"train.epochs={args.epochs}", "train.steps=null"]
+        overrides += [("train.epochs", args.epochs), ("train.steps", None)]
     if args.minutes is not None:
-        overrides += [f"train.minutes={args.minutes}", "train.steps=null", "train.epochs=null"]
-    return recipe.with_overrides(overrides) if overrides else recipe
+        overrides += [("train.minutes", args.minutes), ("train.steps", None), ("train.epochs", None)]
+    recipe = recipe.with_overrides(overrides) if overrides else recipe
+    from ..models.registry import model_config
+
+    model_config(recipe.arch, recipe.model)  # the arch and its model section, checked before any run starts
+    return recipe
 
 
 def main(argv: list[str] | None = None) -> int:

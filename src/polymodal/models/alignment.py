@@ -6,9 +6,11 @@ pairs), ImageBind (everything bound to an anchor) and LiT (a locked tower) are c
   by every pair; the trainer calls `clamp_logit_scale` after each step (OpenCLIP's [0, ln 100]).
 - Missing modalities are normal: an encoder runs only on the rows that have its modality, and a pair is
   scored over the rows that have both (a pair with fewer than 2 such rows is skipped). The loss is the
-  mean over the scored pairs.
+  mean over the scored pairs. The batch's masks are read once, by `features`, into a (B, M) presence
+  matrix that travels with the (B, M, D) embeddings (`Features`) through merging, gathering and the loss.
 - ``gather=True`` computes the distributed local loss: every rank's features are all-gathered with
   gradient, each rank scores its own rows against the global batch (see `polymodal.losses.contrastive`).
+- Built from a recipe's ``model`` section by `build_alignment_model` through `AlignmentConfig`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,14 +30,66 @@ from ..encoders import ENCODERS, Encoder, create_encoder
 from ..errors import ConfigError, InvalidInput
 from ..losses.contrastive import clip_loss, siglip_loss
 from ..losses.distributed import feature_group, gather_no_grad, gather_sizes, gather_with_grad, world_info
-from .registry import ARCHS
-
-Features = dict[str, tuple[torch.Tensor, torch.Tensor]]  # modality -> (emb (N_m, D), rows (N_m,))
+from .registry import ARCHS, load_config, register_model_config
 
 MAX_LOGIT_SCALE = math.log(100.0)
 CLIP_INIT_SCALE = math.log(1 / 0.07)
 SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = math.log(10.0), -10.0
 LOSSES, PAIRINGS, PROJECTIONS = ("clip", "siglip"), ("all", "anchor"), ("linear", "none")
+
+
+class Features(NamedTuple):
+    """A batch's embeddings, modalities in model order: ``emb`` (B, M, D), zeros where a row lacks the
+    modality, and ``present`` (B, M) bool, which rows have it."""
+
+    emb: torch.Tensor
+    present: torch.Tensor
+
+
+@register_model_config("alignment")
+@dataclass(frozen=True)
+class AlignmentConfig:
+    """The ``model`` section of an ``arch: "alignment"`` recipe (docs/alignment.md)."""
+
+    encoders: dict[str, dict[str, Any]]  # {modality: {"name": <encoder>, **kwargs}}: the encoder registry checks
+    arch: str = "alignment"
+    dim: int = 128
+    loss: str = "clip"
+    pairing: str = "all"
+    anchor: str | None = None
+    locked: list[str] = field(default_factory=list)
+    projections: str | dict[str, str] = "linear"  # one kind for all, or {modality: kind} (default linear)
+    init_logit_scale: float | None = None  # None: ln(1/0.07) for CLIP, ln 10 for SigLIP
+    init_logit_bias: float | None = None  # SigLIP only; None: -10
+
+    def __post_init__(self) -> None:
+        if self.arch != "alignment":
+            raise ConfigError(f"arch must be 'alignment', got {self.arch!r}", field="arch")
+        if not self.encoders:
+            raise ConfigError("encoders must be a non-empty object {modality: {name, ...}}", field="encoders")
+        check_alignment(tuple(sorted(self.encoders)), self.dim, self.projections, self.loss, self.pairing,
+                        self.anchor, self.locked)
+
+
+def check_alignment(mods: tuple[str, ...], dim: int, projections: str | Mapping[str, str], loss: str,
+                    pairing: str, anchor: str | None, locked: Iterable[str]) -> list[tuple[str, str]]:
+    """The checks an alignment model's settings must pass (shared by the config and the model); returns the
+    modality pairs the loss scores."""
+    _check_choice(loss, LOSSES, "loss")
+    _check_choice(pairing, PAIRINGS, "pairing")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        raise ConfigError(f"dim must be a positive int, got {dim!r}", field="dim")
+    if not mods:
+        raise ConfigError("an alignment model needs at least one encoder", field="encoders")
+    if not isinstance(projections, str) and set(projections) - set(mods):
+        raise ConfigError(f"projections for unknown modalities {sorted(set(projections) - set(mods))}",
+                          field="projections")
+    for m in mods:
+        _proj_kind(projections, m)
+    for m in locked:
+        if m not in mods:
+            raise ConfigError(f"cannot lock {m!r}: no such encoder (have {list(mods)})", field="locked")
+    return _pairs(mods, pairing, anchor)
 
 
 class AlignmentModel(nn.Module):
@@ -43,23 +98,15 @@ class AlignmentModel(nn.Module):
                  anchor: str | None = None, locked: Iterable[str] = (), init_logit_scale: float | None = None,
                  init_logit_bias: float | None = None):
         super().__init__()
-        _check_choice(loss, LOSSES, "loss")
-        _check_choice(pairing, PAIRINGS, "pairing")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-            raise ConfigError(f"dim must be a positive int, got {dim!r}", field="dim")
         mods = sorted(encoders)
-        if not mods:
-            raise ConfigError("an alignment model needs at least one encoder", field="encoders")
+        locked = tuple(sorted(set(locked)))
+        self.pairs = check_alignment(tuple(mods), dim, projections, loss, pairing, anchor, locked)
         for m in mods:
             if m not in MODALITIES or encoders[m].modality != m:
                 raise ConfigError(f"key {m!r} holds a {encoders[m].modality!r} encoder; keys must be the "
                                   f"encoder's modality, one of {MODALITIES}", field=f"encoders.{m}")
         self.modalities: tuple[str, ...] = tuple(mods)
         self.dim, self.loss_name, self.pairing, self.anchor = dim, loss, pairing, anchor
-        self.pairs = _pairs(self.modalities, pairing, anchor)
-        if not isinstance(projections, str) and set(projections) - set(mods):
-            raise ConfigError(f"projections for unknown modalities {sorted(set(projections) - set(mods))}",
-                              field="projections")
         self.encoders = nn.ModuleDict({m: encoders[m] for m in mods})
         self.projections = nn.ModuleDict({m: _projection(encoders[m], _proj_kind(projections, m), dim)
                                           for m in mods})
@@ -72,10 +119,8 @@ class AlignmentModel(nn.Module):
             bias = SIGLIP_INIT_BIAS if init_logit_bias is None else float(init_logit_bias)
             self.logit_bias = nn.Parameter(torch.tensor(bias))
         self.config: dict[str, Any] = {}  # set by build_alignment_model: the dict it was built from
-        self.locked = tuple(sorted(set(locked)))
+        self.locked = locked
         for m in self.locked:
-            if m not in self.encoders:
-                raise ConfigError(f"cannot lock {m!r}: no such encoder (have {mods})", field="locked")
             self.encoders[m].requires_grad_(False)
         self.train()
 
@@ -119,17 +164,23 @@ class AlignmentModel(nn.Module):
         return F.normalize(out.to(torch.promote_types(out.dtype, torch.float32)), dim=-1)
 
     def features(self, batch: Batch) -> Features:
-        """modality -> (normalised embeddings (N_m, D), LongTensor of the batch rows they belong to).
-        Each encoder runs only on the rows that have its modality."""
-        out: Features = {}
-        for m in self.modalities:
-            if m not in batch.data:
-                continue
-            rows = batch.mask[m].nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            out[m] = (self.encode(m, _select_rows(batch.part(m), rows, m)), rows)
-        return out
+        """The batch's `Features`. The one place the batch's masks are read: a modality the batch lacks is
+        absent in every row. Each encoder runs only on the rows that have its modality."""
+        device = self.logit_scale.device
+        # At least float32 for the loss, even when the towers run in bf16 under autocast.
+        dtype = torch.promote_types(self.logit_scale.dtype, torch.float32)
+        n = len(batch)
+        absent = torch.zeros(n, dtype=torch.bool, device=device)
+        present = torch.stack([batch.mask[m].to(device=device, dtype=torch.bool) if m in batch.data else absent
+                               for m in self.modalities], dim=1)
+        cols = []
+        for j, m in enumerate(self.modalities):
+            col = torch.zeros(n, self.dim, device=device, dtype=dtype)
+            rows = present[:, j].nonzero().squeeze(1)
+            if rows.numel():
+                col = col.index_copy(0, rows, self.encode(m, _select_rows(batch.part(m), rows, m)).to(dtype))
+            cols.append(col)
+        return Features(torch.stack(cols, dim=1), present)
 
     @torch.no_grad()
     def embed_batch(self, batch: Batch, modality: str) -> torch.Tensor:
@@ -145,14 +196,15 @@ class AlignmentModel(nn.Module):
     # ------------------------------------------------------------------ loss
     def forward(self, batch: Batch, gather: bool = False, group: Any = None
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.loss_from_features(self.features(batch), len(batch), gather=gather, group=group)
+        return self.loss_from_features(self.features(batch), gather=gather, group=group)
 
-    def loss_from_features(self, feats: Features, batch_size: int, gather: bool = False, group: Any = None
+    def loss_from_features(self, feats: Features, gather: bool = False, group: Any = None
                            ) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss, logs) over the modality pairs. With ``gather`` every rank must call this together;
         pairs are then chosen from the global batch, so all ranks score the same pairs. The gather runs
         on ``group`` (default: `feature_group()`, kept apart from DDP's gradient all-reduce)."""
-        dense, present = self._dense(feats, batch_size)
+        dense, present = feats
+        batch_size = dense.shape[0]
         if gather and group is None:
             group = feature_group()
         rank, world = world_info(group) if gather else (0, 1)
@@ -205,34 +257,11 @@ class AlignmentModel(nn.Module):
             logs[f"pairs/{m1}-{m2}"] = float(n)
         return losses, logs
 
-    def _dense(self, feats: Features, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, M, D) embeddings (zeros where absent) and (B, M) presence, modalities in model order."""
-        device = self.logit_scale.device
-        # At least float32 for the loss, even when the towers ran in bf16 under autocast.
-        dtype = torch.promote_types(self.logit_scale.dtype, torch.float32)
-        cols, present = [], torch.zeros(batch_size, len(self.modalities), dtype=torch.bool, device=device)
-        for j, m in enumerate(self.modalities):
-            col = torch.zeros(batch_size, self.dim, device=device, dtype=dtype)
-            if m in feats:
-                emb, rows = feats[m]
-                col = col.index_copy(0, rows.to(device), emb.to(dtype))
-                present[rows.to(device), j] = True
-            cols.append(col)
-        return torch.stack(cols, dim=1), present
 
-
-def merge_features(parts: Sequence[tuple[Features, int]]) -> tuple[Features, int]:
-    """Concatenate the features of consecutive micro-batches (each with its batch size) into the
-    features of one batch, offsetting rows; for contrastive gradient accumulation."""
-    out: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    offset = 0
-    for feats, size in parts:
-        for m, (emb, rows) in feats.items():
-            out.setdefault(m, ([], []))
-            out[m][0].append(emb)
-            out[m][1].append(rows + offset)
-        offset += size
-    return {m: (torch.cat(e), torch.cat(r)) for m, (e, r) in out.items()}, offset
+def merge_features(parts: Sequence[Features]) -> Features:
+    """The features of consecutive micro-batches as those of one batch (their rows in order); for
+    contrastive gradient accumulation."""
+    return Features(torch.cat([p.emb for p in parts]), torch.cat([p.present for p in parts]))
 
 
 def _select_rows(part: dict[str, torch.Tensor], rows: torch.Tensor, m: str) -> dict[str, torch.Tensor]:
@@ -282,35 +311,20 @@ def _projection(enc: Encoder, kind: str, dim: int) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------- from config
 
-_CONFIG_KEYS = ("arch", "dim", "loss", "pairing", "anchor", "locked", "encoders", "projections",
-                "init_logit_scale", "init_logit_bias")
-
-
 @ARCHS.register("alignment")
 def build_alignment_model(cfg: Mapping[str, Any]) -> AlignmentModel:
-    """Build from a plain dict: ``{"arch": "alignment", "dim": 128, "loss": "clip", "pairing": "all",
-    "anchor": null, "locked": [], "projections": "linear" | {modality: "linear" | "none"},
+    """Build from a plain dict (a recipe's ``model`` section), checked as an `AlignmentConfig`:
+    ``{"arch": "alignment", "dim": 128, "loss": "clip", "pairing": "all", "anchor": null, "locked": [],
+    "projections": "linear" | {modality: "linear" | "none"},
     "encoders": {"text": {"name": "text_transformer", **kwargs}, ...}}``. The dict is kept as
     ``model.config`` so a checkpoint can rebuild the model exactly."""
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"expected a JSON object, got {type(cfg).__name__}", field="model")
-    unknown = sorted(set(cfg) - set(_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown keys {unknown}; expected some of {list(_CONFIG_KEYS)}", field="model")
-    if cfg.get("arch") != "alignment":
-        raise ConfigError(f"arch must be 'alignment', got {cfg.get('arch')!r}", field="arch")
-    specs = cfg.get("encoders")
-    if not isinstance(specs, Mapping) or not specs:
-        raise ConfigError("encoders must be a non-empty object {modality: {name, ...}}", field="encoders")
-    locked = cfg.get("locked", [])
-    if isinstance(locked, str) or not isinstance(locked, list | tuple):
-        raise ConfigError(f"locked must be a list of modalities, got {locked!r}", field="locked")
-    encoders = {m: build_encoder(m, spec) for m, spec in specs.items()}
-    model = AlignmentModel(
-        encoders, cfg.get("dim", 128), projections=cfg.get("projections", "linear"),
-        loss=cfg.get("loss", "clip"), pairing=cfg.get("pairing", "all"), anchor=cfg.get("anchor"),
-        locked=locked, init_logit_scale=cfg.get("init_logit_scale"), init_logit_bias=cfg.get("init_logit_bias"))
+    c = load_config(AlignmentConfig, cfg)
+    encoders = {m: build_encoder(m, spec) for m, spec in c.encoders.items()}
+    model = AlignmentModel(encoders, c.dim, projections=c.projections, loss=c.loss, pairing=c.pairing,
+                           anchor=c.anchor, locked=c.locked, init_logit_scale=c.init_logit_scale,
+                           init_logit_bias=c.init_logit_bias)
     model.config = copy.deepcopy(dict(cfg))
+    model.config.setdefault("arch", c.arch)
     return model
 
 

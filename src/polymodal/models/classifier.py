@@ -10,15 +10,18 @@
   nothing when the fusion already produces logits (late fusion).
 - ``modality_dropout``: in training, each present modality of each sample is dropped (masked) with this
   probability, but a sample never loses all of its modalities (one of them, chosen at random, is kept).
+  This is the library's only modality dropout (``train.modality_dropout`` was removed).
 
-Missing modalities travel as masks; an encoder runs on the whole batch (missing rows are zeros in a
-``Batch``) and the fusion ignores the rows the mask marks missing.
+One mask per forward. Presence is decided once, in `FusionClassifier._inputs`: ``batch.mask`` (or the
+``mask`` argument, which replaces it), and a modality given without a mask is present in every row. After
+modality dropout that same mask goes to the encoders (which run on the whole batch) and to the fusion, and the
+fusion is where missing rows are masked out (``torch.where`` before any layer, see `polymodal.fusion.base`).
 
-For the trainer (``arch: fusion``): `build_fusion_model(cfg)` builds a `FusionModel` — the classifier plus
-where its labels live (``label_field``, a dotted metadata key, and an optional ``classes`` list mapping
-string labels to indices), ``forward(batch) -> (loss, logs)``, ``predict(batch) -> logits`` and
-``.config`` (the resolved dict a checkpoint is rebuilt from); ``init_from`` starts its encoders from an
-alignment run's.
+For the trainer (``arch: fusion``): `build_fusion_model(cfg)` builds a `FusionModel` from a `FusionModelConfig`
+— the classifier plus where its labels live (``label_field``, a dotted metadata key, and an optional
+``classes`` list mapping string labels to indices), ``forward(batch) -> (loss, logs)``,
+``predict(batch) -> logits`` and ``.config`` (the resolved dict a checkpoint is rebuilt from); ``init_from``
+starts its encoders from an alignment run's.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from ..data.sample import Batch
 from ..errors import ConfigError, InvalidInput
 from ..fusion import FUSIONS, Fusion, create_fusion
 from .alignment import build_encoder  # one encoder factory for every arch
+from .fusion_config import FusionModelConfig
 from .loading import load_model
-from .registry import ARCHS
+from .registry import ARCHS, load_config
 
 Inputs = Batch | Mapping[str, torch.Tensor]
+Parts = dict[str, dict[str, torch.Tensor]]  # modality -> encoder input without its mask, or {"values": features}
 
 
 class FusionClassifier(nn.Module):
@@ -65,25 +70,14 @@ class FusionClassifier(nn.Module):
     def forward(self, inputs: Inputs, mask: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits (B, num_classes). ``inputs``: a ``Batch`` (its masks are used unless ``mask`` is given) or
         ``{modality: tensor}`` (features, or encoder inputs for modalities that have an encoder)."""
-        features, masks, pad = self.encode(inputs, mask)
-        if self.training and self.modality_dropout > 0:
-            masks = drop_modalities(masks, self.fusion.modalities, self.modality_dropout, _batch_size(features, masks))
-        kwargs = {"pad_mask": pad} if pad and self.fusion.accepts_sequences else {}
-        return self.head(self.fusion(features, masks, **kwargs))
+        logits: torch.Tensor = self.head(self.fuse(inputs, mask))
+        return logits
 
-    def encode(self, inputs: Inputs, mask: Mapping[str, torch.Tensor] | None = None
-               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Run the encoders: (features, presence masks, sequence padding masks) for the fusion's modalities."""
-        if isinstance(inputs, Batch):
-            parts = {m: inputs.part(m) for m in self.fusion.modalities if m in inputs.data}
-            masks = dict(inputs.mask if mask is None else mask)
-        else:
-            unknown = sorted(set(inputs) - set(self.fusion.modalities))
-            if unknown:
-                raise InvalidInput(f"unknown modality {unknown[0]!r} (model takes {list(self.fusion.modalities)})",
-                                   field="inputs")
-            masks = dict(mask or {})
-            parts = {m: {"values": x, **({"mask": masks[m]} if m in masks else {})} for m, x in inputs.items()}
+    def fuse(self, inputs: Inputs, mask: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The fusion's output (B, fusion.out_dim), before the head (modality dropout in training)."""
+        parts, masks = self._inputs(inputs, mask)
+        if self.training and self.modality_dropout > 0:
+            masks = drop_modalities(masks, self.fusion.modalities, self.modality_dropout, _batch_size(masks))
         features: dict[str, torch.Tensor] = {}
         pad: dict[str, torch.Tensor] = {}
         for m, part in parts.items():
@@ -91,19 +85,37 @@ class FusionClassifier(nn.Module):
                 features[m] = part["values"]
                 continue
             enc = self.encoders[m]
-            if "mask" not in part:
-                part = {**part, "mask": torch.ones(part["values"].shape[0], dtype=torch.bool,
-                                                   device=part["values"].device)}
+            part = {**part, "mask": masks[m]}
             seq_fn = getattr(enc, "forward_sequence", None)
             if self.fusion.accepts_sequences and callable(seq_fn):
                 # optional encoder hook: (B, L, D) states + (B, L) padding mask, for mid-level fusion
                 features[m], pad[m] = seq_fn(part)
             else:
                 features[m] = enc(part)
-        masks = {m: v for m, v in masks.items() if m in self.fusion.dims}
-        for m, x in features.items():  # a feature without a mask is present in every row
-            masks.setdefault(m, torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
-        return features, masks, pad
+        kwargs = {"pad_mask": pad} if pad and self.fusion.accepts_sequences else {}
+        fused: torch.Tensor = self.fusion(features, masks, **kwargs)
+        return fused
+
+    def _inputs(self, inputs: Inputs, mask: Mapping[str, torch.Tensor] | None) -> tuple[Parts, dict[str, torch.Tensor]]:
+        """(input per given modality of the fusion, presence mask per modality): the one place where a
+        modality given without a mask becomes present in every row."""
+        if isinstance(inputs, Batch):
+            parts = {m: {k: v for k, v in inputs.part(m).items() if k != "mask"}
+                     for m in self.fusion.modalities if m in inputs.data}
+            given = inputs.mask if mask is None else mask
+        else:
+            unknown = sorted(set(inputs) - set(self.fusion.modalities))
+            if unknown:
+                raise InvalidInput(f"unknown modality {unknown[0]!r} (model takes {list(self.fusion.modalities)})",
+                                   field="inputs")
+            parts = {m: {"values": x} for m, x in inputs.items()}
+            given = mask or {}
+        masks = {m: v.to(torch.bool) for m, v in given.items() if m in self.fusion.dims}
+        for m, part in parts.items():
+            if m not in masks:
+                x = part["values"]
+                masks[m] = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return parts, masks
 
     def loss_terms(self, inputs: Inputs, labels: torch.Tensor,
                    mask: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -141,8 +153,8 @@ def drop_modalities(mask: Mapping[str, torch.Tensor], modalities: tuple[str, ...
     return out
 
 
-def _batch_size(features: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> int:
-    for t in list(features.values()) + list(masks.values()):
+def _batch_size(masks: Mapping[str, torch.Tensor]) -> int:
+    for t in masks.values():
         return int(t.shape[0])
     raise InvalidInput("no features and no masks: cannot tell the batch size", field="inputs")
 
@@ -254,7 +266,8 @@ class FusionModel(nn.Module):
         was = self.training
         self.eval()
         try:
-            return self.classifier(batch, mask)
+            logits: torch.Tensor = self.classifier(batch, mask)
+            return logits
         finally:
             self.train(was)
 
@@ -264,9 +277,7 @@ class FusionModel(nn.Module):
         was = self.training
         self.eval()
         try:
-            features, masks, pad = self.classifier.encode(batch, mask)
-            kwargs = {"pad_mask": pad} if pad and self.classifier.fusion.accepts_sequences else {}
-            return self.classifier.fusion(features, masks, **kwargs)
+            return self.classifier.fuse(batch, mask)
         finally:
             self.train(was)
 
@@ -277,13 +288,9 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-_CONFIG_KEYS = ("arch", "num_classes", "label_field", "classes", "encoders", "fusion", "modality_dropout",
-                "init_from")
-
-
 @ARCHS.register("fusion")
 def build_fusion_model(cfg: Mapping[str, Any]) -> FusionModel:
-    """Build from a plain dict (a recipe's ``model`` section)::
+    """Build from a plain dict (a recipe's ``model`` section), checked as a `FusionModelConfig`::
 
         {"arch": "fusion", "num_classes": 10, "label_field": "label", "classes": null,
          "encoders": {"image": {"name": "image_cnn", ...}, "audio": {"name": "audio_cnn", ...}},
@@ -294,54 +301,40 @@ def build_fusion_model(cfg: Mapping[str, Any]) -> FusionModel:
     every modality the run has); an encoder spec given for them must equal the run's. ``model.config`` is
     the resolved dict: the run's encoder specs filled in and ``init_from.weights_in_checkpoint: true``, so
     rebuilding a trained run never reads the alignment run again (its weights are in the checkpoint)."""
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"expected a JSON object, got {type(cfg).__name__}", field="model")
-    unknown = sorted(set(cfg) - set(_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown keys {unknown}; expected some of {list(_CONFIG_KEYS)}", field="model")
-    if cfg.get("arch") != "fusion":
-        raise ConfigError(f"arch must be 'fusion', got {cfg.get('arch')!r}", field="arch")
-    resolved = copy.deepcopy(dict(cfg))
-    classes, num_classes = _classes(resolved)
-    label_field = resolved.setdefault("label_field", "label")
-    if not isinstance(label_field, str) or not label_field:
-        raise ConfigError(f"must be a dotted metadata key, got {label_field!r}", field="label_field")
-    specs = resolved.get("encoders") or {}
-    if not isinstance(specs, Mapping):
-        raise ConfigError("encoders must be an object {modality: {name, ...}}", field="encoders")
-    init, donor = _init_source(resolved, dict(specs))
-    if not resolved["encoders"]:
-        raise ConfigError("a fusion model needs at least one encoder", field="encoders")
-    encoders = {m: build_encoder(m, spec) for m, spec in sorted(resolved["encoders"].items())}
-    if donor is not None and init is not None:
-        for m in init["modalities"]:
+    c = load_config(FusionModelConfig, cfg)
+    specs, init_mods, donor = _encoder_specs(c)
+    encoders = {m: build_encoder(m, spec) for m, spec in sorted(specs.items())}
+    if donor is not None:
+        for m in init_mods:
             encoders[m].load_state_dict(donor.encoders[m].state_dict())
-    fusion = _build_fusion(resolved.get("fusion"), {m: int(e.output_dim) for m, e in encoders.items()}, num_classes)
-    clf = FusionClassifier(encoders, fusion, num_classes=num_classes,
-                           modality_dropout=float(resolved.setdefault("modality_dropout", 0.0)))
-    frozen = init["modalities"] if init is not None and init.get("freeze", False) else []
-    model = FusionModel(clf, label_field, classes, frozen)
-    model.config = resolved
+    n_classes = c.n_classes
+    assert n_classes is not None  # checked by FusionModelConfig
+    fusion = _build_fusion(c.fusion, {m: int(e.output_dim) for m, e in encoders.items()}, n_classes)
+    clf = FusionClassifier(encoders, fusion, num_classes=n_classes, modality_dropout=c.modality_dropout)
+    frozen = init_mods if c.init_from is not None and c.init_from.freeze else []
+    model = FusionModel(clf, c.label_field, c.classes, frozen)
+    model.config = _resolved(cfg, c, specs, init_mods if donor is not None else None)
     return model
 
 
-def _classes(cfg: dict[str, Any]) -> tuple[list[str] | None, int]:
-    classes, n = cfg.get("classes"), cfg.get("num_classes")
-    if classes is not None and (not isinstance(classes, list) or not classes
-                                or not all(isinstance(c, str) for c in classes) or len(set(classes)) < len(classes)):
-        raise ConfigError("must be a non-empty list of distinct class names", field="classes")
-    if n is None and classes is not None:
-        n = cfg["num_classes"] = len(classes)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ConfigError(f"must be an int >= 2 (or give classes), got {n!r}", field="num_classes")
-    if classes is not None and len(classes) != n:
-        raise ConfigError(f"{len(classes)} classes listed but num_classes is {n}", field="num_classes")
-    return classes, n
+def _resolved(cfg: Mapping[str, Any], c: FusionModelConfig, specs: dict[str, Any],
+              init_mods: list[str] | None) -> dict[str, Any]:
+    """The config a checkpoint is rebuilt from: ``cfg`` with the defaults the build relied on written out,
+    the encoder specs taken from ``init_from``'s run, and that run marked as read (``init_mods`` not None)."""
+    out = copy.deepcopy(dict(cfg))
+    out.setdefault("arch", c.arch)
+    if c.num_classes is None:
+        out["num_classes"] = c.n_classes
+    out.setdefault("label_field", c.label_field)
+    out["encoders"] = copy.deepcopy(specs)
+    if init_mods is not None:
+        out["init_from"]["modalities"] = init_mods
+        out["init_from"]["weights_in_checkpoint"] = True
+    out.setdefault("modality_dropout", c.modality_dropout)
+    return out
 
 
-def _build_fusion(spec: Any, dims: dict[str, int], num_classes: int) -> Fusion:
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise ConfigError('expected {"name": <fusion>, ...kwargs}', field="fusion")
+def _build_fusion(spec: Mapping[str, Any], dims: dict[str, int], num_classes: int) -> Fusion:
     name = spec["name"]
     if name not in FUSIONS:
         raise ConfigError(f"unknown fusion {name!r} (known: {', '.join(FUSIONS.names())})", field="fusion.name")
@@ -354,38 +347,27 @@ def _build_fusion(spec: Any, dims: dict[str, int], num_classes: int) -> Fusion:
         raise ConfigError(f"bad arguments for fusion {name!r}: {exc}", field="fusion") from None
 
 
-def _init_source(cfg: dict[str, Any], specs: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
-    """Resolve ``init_from`` in place: fill the run's encoder specs into ``cfg["encoders"]``. Returns
-    (init dict or None, the loaded alignment model or None when the weights are in the checkpoint)."""
-    cfg["encoders"] = specs
-    init = cfg.get("init_from")
+def _encoder_specs(c: FusionModelConfig) -> tuple[dict[str, Any], list[str], Any]:
+    """(encoder specs with ``init_from``'s filled in from its run, the modalities it initialises, the loaded
+    alignment model, or None when there is none or its weights are in this model's checkpoint)."""
+    specs = copy.deepcopy(c.encoders)
+    init = c.init_from
     if init is None:
-        return None, None
-    if not isinstance(init, dict) or not isinstance(init.get("run"), str):
-        raise ConfigError('expected {"run": <alignment run dir>, "freeze": bool, "modalities": [...]}',
-                          field="init_from")
-    extra = sorted(set(init) - {"run", "freeze", "modalities", "weights_in_checkpoint"})
-    if extra:
-        raise ConfigError(f"unknown keys {extra}", field="init_from")
-    if init.get("weights_in_checkpoint"):
-        missing = [m for m in init.get("modalities", []) if m not in specs]
-        if missing:
-            raise ConfigError(f"no encoder spec for {missing} in a resolved config", field="init_from")
-        return init, None
-    donor, _, run_cfg = load_model(init["run"])
+        return specs, [], None
+    if init.weights_in_checkpoint:
+        return specs, sorted(init.modalities or []), None
+    donor, _, run_cfg = load_model(init.run)
     if run_cfg.get("arch") != "alignment":
         raise ConfigError(f"init_from needs an alignment run, got a {run_cfg.get('arch')!r} run",
-                          field="init_from.run", source=init["run"])
+                          field="init_from.run", source=init.run)
     have = run_cfg["model"]["encoders"]
-    mods = init.get("modalities", sorted(have))
+    mods = init.modalities if init.modalities is not None else sorted(have)
     for m in mods:
         if m not in have:
             raise ConfigError(f"the run has no {m!r} encoder (it has {sorted(have)})", field="init_from.modalities",
-                              source=init["run"])
+                              source=init.run)
         if m in specs and specs[m] != have[m]:
             raise ConfigError(f"differs from the run's encoder {have[m]}; omit it to take the run's",
-                              field=f"encoders.{m}", source=init["run"])
+                              field=f"encoders.{m}", source=init.run)
         specs[m] = copy.deepcopy(have[m])
-    init["modalities"] = sorted(mods)
-    init["weights_in_checkpoint"] = True
-    return init, donor
+    return specs, sorted(mods), donor

@@ -1,14 +1,24 @@
 """Named recipes: complete model + data + training configs as JSON files in this folder.
 
 ``load_recipe("clip_tiny")`` loads a packaged recipe; ``load_recipe("path/to/my.json")`` loads a file.
-Packaged: clip_tiny, siglip_tiny, audioclip_tiny, imagebind_tiny, lit_minilm (see docs/training.md)."""
+Packaged: clip_tiny, siglip_tiny, audioclip_tiny, imagebind_tiny, lit_minilm and the fusion_* recipes (see
+docs/training.md and docs/fusion.md).
+
+A recipe may extend others: ``{"extends": "fusion_early", "model": {"fusion": {"name": "late"}}}`` is the
+base recipe's JSON with this file's keys deep-merged over it (objects merge key by key; lists, scalars and null
+replace). ``extends`` names a packaged recipe, or a ``.json`` path relative to the extending file; a list of
+bases is merged left to right. ``name`` is never inherited (a file's name is its own, else its file name).
+Files whose name starts with ``_`` are bases only: loadable by name, but not listed.
+"""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from ..config import Recipe
 from ..errors import ConfigError
@@ -17,14 +27,15 @@ RECIPE_DIR = Path(__file__).resolve().parent
 
 
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
+    """The runnable packaged recipes (bases, named ``_*``, are left out)."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.json") if not p.stem.startswith("_"))
 
 
 def recipe_path(name: str | os.PathLike[str]) -> Path:
     """The file of a packaged recipe name, or ``name`` itself when it is a path to a JSON file."""
     text = str(name)
     path = Path(text)
-    if path.suffix == ".json" or os.sep in text or "/" in text:
+    if _is_path(text):
         if not path.is_file():
             raise ConfigError("recipe file not found", source=text)
         return path
@@ -38,17 +49,68 @@ def recipe_path(name: str | os.PathLike[str]) -> Path:
                       field="recipe")
 
 
+def _is_path(text: str) -> bool:
+    return text.endswith(".json") or os.sep in text or "/" in text
+
+
+def recipe_json(name: str | os.PathLike[str]) -> dict[str, Any]:
+    """The recipe's JSON object with every ``extends`` resolved (not yet validated)."""
+    return _resolve(recipe_path(name), ())
+
+
 def load_recipe(name: str | os.PathLike[str]) -> Recipe:
-    """Load and validate a recipe by packaged name or file path."""
+    """Load and validate a recipe by packaged name or file path (``extends`` resolved)."""
     path = recipe_path(name)
+    obj = _resolve(path, ())
+    obj.setdefault("name", path.stem)
+    return Recipe.from_dict(obj, source=str(path))
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"invalid JSON ({exc})", source=str(path)) from None
-    recipe = Recipe.from_dict(obj, source=str(path))
-    if not recipe.name:
-        recipe = Recipe.from_dict({**obj, "name": path.stem}, source=str(path))
-    return recipe
+    if not isinstance(obj, dict):
+        raise ConfigError("a recipe must be a JSON object", source=str(path))
+    return obj
 
 
-__all__ = ["RECIPE_DIR", "list_recipes", "load_recipe", "recipe_path"]
+def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """``path``'s JSON merged over its bases'; ``chain`` is the files extending it (to catch cycles)."""
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain[chain.index(path):], path))
+        raise ConfigError(f"recipes extend each other in a cycle: {cycle}", field="extends", source=str(chain[-1]))
+    obj = _read(path)
+    bases = obj.pop("extends", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError("expected a recipe name or path, or a list of them", field="extends", source=str(path))
+    merged: dict[str, Any] = {}
+    for base in bases:
+        try:
+            base_path = path.parent / base if _is_path(base) else recipe_path(base)
+            if not base_path.is_file():
+                raise ConfigError("recipe file not found", source=str(base_path))
+        except ConfigError as err:
+            raise ConfigError(f"cannot extend {base!r}: {err.message}", field="extends", source=str(path)) from None
+        inherited = _resolve(base_path, (*chain, path))
+        inherited.pop("name", None)  # a name is never inherited
+        merged = deep_merge(merged, inherited)
+    return deep_merge(merged, obj)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: objects merge key by key; anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+__all__ = ["RECIPE_DIR", "deep_merge", "list_recipes", "load_recipe", "recipe_json", "recipe_path"]

@@ -1,9 +1,10 @@
 """The training data path: open + check the data dir, hold it in memory, build the transform the model
 needs, and turn a step's indices into Batches.
 
-Randomness here never touches the global RNGs: augmentation and modality dropout draw from generators
-seeded by (seed, epoch, sample index), so a sample is transformed the same way whatever the number of
-processes, the accumulation factor, or whether the run was resumed."""
+Randomness here never touches the global RNGs: augmentation draws from generators seeded by (seed, epoch,
+sample index), so a sample is transformed the same way whatever the number of processes, the accumulation
+factor, or whether the run was resumed. Modality dropout is not done here: it is a model setting
+(``model.modality_dropout`` of a fusion model, see docs/fusion.md)."""
 
 from __future__ import annotations
 
@@ -78,11 +79,10 @@ def is_random(tf: SampleTransform) -> bool:
 # ------------------------------------------------------------------------------------------- batches
 
 class _Prepared:
-    """Transform + modality dropout per sample, seeded by (seed, epoch, key); optional tensor cache."""
+    """The transform per sample, seeded by (seed, epoch, key); optional tensor cache."""
 
-    def __init__(self, transform: SampleTransform, seed: int, modalities: Sequence[str],
-                 modality_dropout: float = 0.0, cache: bool = True):
-        self.seed, self.modality_dropout = seed, modality_dropout
+    def __init__(self, transform: SampleTransform, seed: int, modalities: Sequence[str], cache: bool = True):
+        self.seed = seed
         self.modalities = tuple(modalities)
         self.random = is_random(transform)
         self._gen = torch.Generator()
@@ -106,17 +106,8 @@ class _Prepared:
             self._cache[key] = out
         return out
 
-    def _dropout(self, tensors: dict[str, torch.Tensor], key: int, epoch: int) -> dict[str, torch.Tensor]:
-        if self.modality_dropout <= 0 or len(tensors) < 2:
-            return tensors
-        rng = np.random.default_rng(self._rng_seed(epoch, key, 1))
-        if rng.random() >= self.modality_dropout:
-            return tensors
-        drop = sorted(tensors)[int(rng.integers(len(tensors)))]
-        return {m: v for m, v in tensors.items() if m != drop}
-
     def collate(self, samples: Sequence[Sample], keys: Sequence[int], epoch: int) -> Batch:
-        per = [self._dropout(self._tensors(s, k, epoch), k, epoch) for s, k in zip(samples, keys, strict=True)]
+        per = [self._tensors(s, k, epoch) for s, k in zip(samples, keys, strict=True)]
         it = iter(per)
         # collate calls the transform once per sample, in order: hand it the prepared tensors
         return collate(samples, lambda _s: next(it))
@@ -126,8 +117,8 @@ class MemoryData(_Prepared):
     """Samples held in memory; ``batch(indices, epoch)`` collates them (the sample index is the key)."""
 
     def __init__(self, samples: list[Sample], transform: SampleTransform, seed: int,
-                 modalities: Sequence[str], modality_dropout: float = 0.0, cache: bool = True):
-        super().__init__(transform, seed, modalities, modality_dropout, cache)
+                 modalities: Sequence[str], cache: bool = True):
+        super().__init__(transform, seed, modalities, cache)
         self.samples = samples
 
     def __len__(self) -> int:
@@ -149,9 +140,8 @@ class StreamData(_Prepared):
     in-memory path, the batches depend on the number of processes."""
 
     def __init__(self, ds: Dataset, transform: SampleTransform, seed: int, modalities: Sequence[str],
-                 rank: int, world: int, per_rank: int, steps_per_epoch: int, buffer: int = 10_000,
-                 modality_dropout: float = 0.0):
-        super().__init__(transform, seed, modalities, modality_dropout, cache=False)
+                 rank: int, world: int, per_rank: int, steps_per_epoch: int, buffer: int = 10_000):
+        super().__init__(transform, seed, modalities, cache=False)
         self.ds, self.rank, self.world, self.per_rank = ds, rank, world, per_rank
         self.steps_per_epoch, self.buffer = steps_per_epoch, buffer
         self._next: tuple[int, int] | None = None  # (epoch, step in epoch) the iterator is positioned at

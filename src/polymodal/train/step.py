@@ -25,9 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.sample import Batch
-from ..models.alignment import merge_features
-
-Features = dict[str, tuple[torch.Tensor, torch.Tensor]]
+from ..models.alignment import Features, merge_features
 
 
 class StepModule(nn.Module):
@@ -41,20 +39,23 @@ class StepModule(nn.Module):
         self.gather = gather
         self.alignment = hasattr(model, "features") and hasattr(model, "loss_from_features")
 
-    def forward(self, batch: Batch, cached: Sequence[tuple[Features, int]] | None = None,
+    def forward(self, batch: Batch, cached: Sequence[Features] | None = None,
                 index: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         m: Any = self.model
+        out: tuple[torch.Tensor, dict[str, float]]
         if cached is None:
-            return m(batch, gather=self.gather) if self.alignment else m(batch)
+            out = m(batch, gather=self.gather) if self.alignment else m(batch)
+            return out
         parts = list(cached)
-        parts[index] = (m.features(batch), len(batch))
-        feats, total = merge_features(parts)
-        return m.loss_from_features(feats, total, gather=self.gather)
+        parts[index] = m.features(batch)
+        out = m.loss_from_features(merge_features(parts), gather=self.gather)
+        return out
 
     def local_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """This process's loss without any collective (validation on one rank)."""
         m: Any = self.model
-        return m(batch, gather=False) if self.alignment else m(batch)
+        out: tuple[torch.Tensor, dict[str, float]] = m(batch, gather=False) if self.alignment else m(batch)
+        return out
 
 
 def loss_only_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -110,7 +111,7 @@ def _contrastive_accumulation(wrapped: nn.Module, core: StepModule, micro: Seque
         for mb in micro:
             snaps.append(_rng_snapshot(device))
             with autocast():
-                cached.append((model.features(mb), len(mb)))
+                cached.append(model.features(mb))
     end = _rng_snapshot(device)
     loss_params = loss_only_parameters(model)
     k = len(micro)

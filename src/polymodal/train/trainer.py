@@ -93,8 +93,8 @@ class Trainer:
         self.core = StepModule(self.model, gather=self.env.distributed)
         self.wrapped: torch.nn.Module = self.core
         if self.env.distributed:
-            # a tower sits idle in a step only when some samples lack its modality (or it is dropped)
-            unused = not self.data.complete or self.cfg.modality_dropout > 0
+            # a tower sits idle in a step only when some samples lack its modality
+            unused = not self.data.complete
             self.wrapped = DDP(self.core, device_ids=None, find_unused_parameters=unused)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.env.is_main, truncate_after=self.step)
 
@@ -107,12 +107,12 @@ class Trainer:
         if dc.stream or (dc.stream is None and n > dc.stream_above):
             return StreamData(ds, transform, self.cfg.seed, mods, self.env.rank, self.env.world,
                               self.cfg.batch_size // self.env.world, self.sampler.steps_per_epoch,
-                              dc.shuffle_buffer, self.cfg.modality_dropout)
+                              dc.shuffle_buffer)
         samples = load_samples(ds)
         if len(samples) != n:  # bad items skipped (on_error="skip"): index what was read
             self.sampler = StepSampler(len(samples), self.cfg.batch_size, self.env.world, self.env.rank,
                                        self.cfg.accum_freq, self.cfg.seed)
-        return MemoryData(samples, transform, self.cfg.seed, mods, self.cfg.modality_dropout)
+        return MemoryData(samples, transform, self.cfg.seed, mods)
 
     def _step_batches(self) -> list[Batch]:
         if isinstance(self.data, StreamData):
