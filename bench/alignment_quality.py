@@ -141,7 +141,7 @@ def budgets(names: list[str], steps: str = "", minutes: str = "", small: bool = 
 
 def budget_args(budget: dict[str, Any]) -> list[str]:
     """The `polymodal train` flags for a budget."""
-    return ["--steps", str(budget["steps"])] if "steps" in budget else ["--minutes", f"{budget['minutes']:g}"]
+    return ["--steps", str(budget["steps"])] if "steps" in budget else ["--minutes", repr(float(budget["minutes"]))]
 
 
 def train_run(recipe: str, data: Path, out: Path, budget: dict[str, Any], threads: int, reuse: bool

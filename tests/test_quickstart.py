@@ -161,6 +161,15 @@ def test_training_bar_estimates_the_time_left(capsys):
     assert f"(steps 2-{1 + Progress.ESTIMATE_STEPS}): about " in err and "on this machine for the 34 steps left" in err
     assert "<" in err  # tqdm's bar shows the time left
     assert Progress(total=None, initial=0, enabled=False).estimate is None
+    quiet = Progress(total=40, initial=0, enabled=False, announce=True)  # --no-progress: the line still comes
+    for i in range(1 + Progress.ESTIMATE_STEPS):
+        quiet.update(1.0, 8 * (i + 1))
+    err = capsys.readouterr().err
+    assert quiet.estimate is not None and err.strip() == quiet.estimate
+    silent = Progress(total=40, initial=0, enabled=False, announce=False)  # other ranks of a DDP run say nothing
+    for i in range(1 + Progress.ESTIMATE_STEPS):
+        silent.update(1.0, 8 * (i + 1))
+    assert capsys.readouterr().err == "" and silent.estimate is None
     assert [format_duration(s) for s in (42, 480, 3900)] == ["42 s", "8 min", "1 h 05 min"]
 
 

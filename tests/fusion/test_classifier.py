@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -279,9 +281,10 @@ def test_fusion_config_errors_name_the_field(change, field):
 def test_model_config_is_the_resolved_recipe_section():
     recipe = load_recipe("fusion_late_shapes")
     model = build_model("fusion", recipe.model)
-    # the layout run dirs hold: the recipe's keys, then what the build filled in (arch, num_classes from classes)
-    assert model.config == {**recipe.model, "arch": "fusion", "num_classes": 8}
-    assert list(model.config) == [*recipe.model, "arch", "num_classes"]
+    # what run dirs hold: the recipe's keys plus every default the build relied on, written out (num_classes
+    # resolved from classes), so a later change of a default cannot change how a saved run rebuilds
+    assert model.config == {"arch": "fusion", "init_from": None, **recipe.model, "num_classes": 8}
+    json.dumps(model.config)  # plain JSON
     assert model.classifier.modality_dropout == 0.3 and model.num_classes == 8
     again = build_model("fusion", model.config)  # a run dir's config rebuilds the same model
     assert again.config == model.config

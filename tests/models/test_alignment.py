@@ -285,9 +285,12 @@ def test_config_errors_name_the_field(change: dict, field: str) -> None:
     assert info.value.field == field
 
 
-def test_build_keeps_config() -> None:
+def test_build_keeps_config_with_defaults_written_out() -> None:
     model = _build()
-    assert model.config == TINY_CFG and model.config is not TINY_CFG
+    defaults = {"dim": 128, "loss": "clip", "pairing": "all", "anchor": None, "locked": [], "projections": "linear",
+                "init_logit_scale": None, "init_logit_bias": None}
+    assert model.config == {"arch": "alignment", **defaults, **TINY_CFG} and model.config is not TINY_CFG
+    assert build_alignment_model(model.config).config == model.config  # a run's config rebuilds the same model
     assert model.modalities == ("audio", "image", "text")
     assert model.preprocess()["text"]["max_len"] == 8
 

@@ -14,6 +14,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import load_file
 from torch import nn
 
+from polymodal import rundir
+from polymodal._io import json_bytes, read_json_object
 from polymodal.errors import ConfigError
 from polymodal.models import build_model
 from polymodal.recipes import load_recipe
@@ -109,22 +111,22 @@ def test_optimizer_state_round_trip(name: str, tmp_path: Path) -> None:
         step(a, opt_a)
     tensors, meta = ck.flatten_optimizer(opt_a)
     path = tmp_path / "s.safetensors"
-    path.write_bytes(ck.tensors_to_bytes(tensors))
-    meta = ck.read_json_object(_write_json(tmp_path / "s.json", meta))
+    path.write_bytes(rundir.tensors_to_bytes(tensors))
+    meta = read_json_object(_write_json(tmp_path / "s.json", meta))
     b = copy.deepcopy(a)
     opt_b = build_optimizer(b, name, 0.01, 0.1)
-    ck.restore_optimizer(opt_b, ck.read_tensors(path), meta, "test")
+    ck.restore_optimizer(opt_b, rundir.read_tensors(path), meta, "test")
     step(a, opt_a)
     step(b, opt_b)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
     other = build_optimizer(nn.Linear(2, 2), name, 0.01, 0.1)
     with pytest.raises(ConfigError, match="optimizer parameters differ"):
-        ck.restore_optimizer(other, ck.read_tensors(path), meta, "test")
+        ck.restore_optimizer(other, rundir.read_tensors(path), meta, "test")
 
 
 def _write_json(path: Path, obj: object) -> Path:
-    path.write_bytes(ck.json_bytes(obj))
+    path.write_bytes(json_bytes(obj))
     return path
 
 
@@ -138,7 +140,7 @@ def test_rng_state_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(9)
     np.random.seed(9)
     random.seed(9)
-    ck.set_rng_state(st_load(ck.tensors_to_bytes(tensors)), ck.read_json_object(_write_json(tmp_path / "r.json", meta)))
+    ck.set_rng_state(st_load(rundir.tensors_to_bytes(tensors)), read_json_object(_write_json(tmp_path / "r.json", meta)))
     got = (torch.rand(3), np.random.rand(3), [random.random(), random.gauss(0, 1)])
     assert torch.equal(want[0], got[0]) and np.array_equal(want[1], got[1]) and want[2] == got[2]
 
@@ -148,14 +150,14 @@ def test_checkpoint_dirs_prune_and_link(tmp_path: Path) -> None:
     for step in (1, 2, 3):
         with torch.no_grad():
             model.logit_scale.fill_(float(step))
-        ck.write_checkpoint(tmp_path, step, model.state_dict(), {"format": ck.RUN_FORMAT, "step": step}, keep=2)
+        ck.write_checkpoint(tmp_path, step, model.state_dict(), {"format": rundir.RUN_FORMAT, "step": step}, keep=2)
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["latest", "step_00000002", "step_00000003"]
-    assert ck.latest_checkpoint(tmp_path) == tmp_path / "checkpoints/step_00000003"
+    assert rundir.latest_checkpoint(tmp_path) == tmp_path / "checkpoints/step_00000003"
     assert float(load_file(str(tmp_path / "model.safetensors"))["logit_scale"]) == 3.0
-    assert ck.read_json_object(tmp_path / "config.json")["step"] == 3
+    assert read_json_object(tmp_path / "config.json")["step"] == 3
     with pytest.raises(ConfigError, match=r"shape of lin\.weight"):
         bigger = Tiny()
         bigger.lin = nn.Linear(4, 5)
         bigger.norm = nn.LayerNorm(5)
-        ck.load_model_state(bigger, tmp_path / "model.safetensors")
+        rundir.load_model_state(bigger, tmp_path / "model.safetensors")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..data.sample import MODALITIES
+from ..data.synth import DATASETS, make_dataset
 from ..errors import InvalidInput, NotFound, PolymodalError
 
 _FORMATS_HELP = ("PATH may be a generated data set dir (manifest.json + split shard dirs), a WebDataset shard "
@@ -111,14 +111,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_make(args: argparse.Namespace) -> int:
     _positive(args, "n", "shard_size", *(["workers"] if args.workers is not None else []))
-    langs = _csv(args.lang, "--lang", ("en", "zh"))
+    langs = _csv(args.lang, "--lang", ("en", "zh")) or ["en"]
     modalities = _csv(args.modalities, "--modalities", MODALITIES)
-    synth = importlib.import_module("polymodal.data.synth")
-    names = list(getattr(synth, "DATASETS", []))
-    if args.name not in names or not hasattr(synth, "make_dataset"):
-        raise NotFound(f"unknown data set '{args.name}'; available: {', '.join(names) or '(none)'}", field="NAME")
+    if args.name not in DATASETS:
+        raise NotFound(f"unknown data set '{args.name}'; available: {', '.join(DATASETS)}", field="NAME")
     optional = {"modalities": modalities} if modalities is not None else {}  # default: all the set has
-    manifest = synth.make_dataset(args.name, args.out, n=args.n, seed=args.seed, langs=langs,
+    manifest = make_dataset(args.name, args.out, n=args.n, seed=args.seed, langs=langs,
                                   shard_size=args.shard_size, workers=args.workers,
                                   progress=not args.no_progress, **optional)
     from ..data.formats.dataset import open_dataset

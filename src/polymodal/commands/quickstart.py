@@ -159,16 +159,17 @@ def _train_step(steps: Steps, args: argparse.Namespace, name: str, recipe: str, 
 
     base = load_recipe(recipe)
     batch = min(base.train.batch_size, _n_train(data))  # tiny data sets: one batch must fit the train split
-    length = ([f"train.steps={budget['steps']}", "train.minutes=null"] if "steps" in budget
-              else ["train.steps=null", f"train.minutes={budget['minutes']:g}"])
-    overrides = ["train.epochs=null", *length, f"train.batch_size={batch}", f"train.seed={args.seed}",
-                 "train.log_every=2"]
+    # typed (key, value) overrides, never a float through text; lists (not tuples) so the step marker's JSON
+    # reads back equal
+    overrides: list[list[Any]] = [["train.epochs", None], ["train.steps", budget.get("steps")],
+                                  ["train.minutes", budget.get("minutes")], ["train.batch_size", batch],
+                                  ["train.seed", args.seed], ["train.log_every", 2]]
     params = {"recipe": recipe, "budget": budget, "overrides": overrides, "data": data_token}
     started = steps.dir / f"{name}.started.json"
 
     def work() -> dict[str, Any]:
+        from ..rundir import latest_checkpoint
         from ..train import train
-        from ..train.checkpoint import latest_checkpoint
         from ..train.monitor import format_duration
 
         resume = (not steps.fresh and run.exists() and latest_checkpoint(run) is not None and started.is_file()
@@ -177,7 +178,7 @@ def _train_step(steps: Steps, args: argparse.Namespace, name: str, recipe: str, 
             _reset(run)
             steps.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(started, json.dumps(params).encode("utf-8"))
-        result = train(base.with_overrides(overrides), data, run, resume=resume, progress=not args.no_progress)
+        result = train(base.with_overrides((k, v) for k, v in overrides), data, run, resume=resume, progress=not args.no_progress)
         print(f"    {recipe}: {result.step} steps in {format_duration(result.elapsed_s)} "
               f"({result.elapsed_s / max(result.step, 1):.2f} s/step; stopped by {result.stopped_by})",
               file=sys.stderr, flush=True)

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..api import load
+from ..api import load, search
 from ..data import codec
 from ..errors import InvalidInput, NotFound
-from ..index import Collection, search_with_model
 
 _FILTER = re.compile(r"^\s*([^=!<>\s]+)\s*(>=|<=|!=|=|>|<)\s*(.*?)\s*$")
 _OPS = {"=": "eq", "!=": "ne", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
@@ -138,15 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     if media and not args.model:
         raise InvalidInput(f"--model is needed to embed {', '.join(media)}", field="--model")
     model = load(args.model) if media else None
-    coll = Collection.open(args.collection, readonly=True)
-    try:
-        res = search_with_model(coll, model, **inputs, weights=parse_weights(args.weights), k=args.k,
-                                filter=parse_filters(args.filter), params={"exact": True} if args.exact else None)
-    finally:
-        coll.close()
+    filters = parse_filters(args.filter)
+    res = search(args.collection, model, **inputs, weights=parse_weights(args.weights), k=args.k, filter=filters,
+                 params={"exact": True} if args.exact else None)
     hits = res.hits(0)
     if args.json:
-        print(json.dumps({"inputs": sorted(inputs), "k": args.k, "filter": parse_filters(args.filter), "hits": hits}))
+        print(json.dumps({"inputs": sorted(inputs), "k": args.k, "filter": filters, "hits": hits}))
     else:
         print(f"{'rank':>4}  {'id':>8}  {'score':>8}  item")
         for r, h in enumerate(hits, 1):

@@ -63,7 +63,7 @@ def resolve_recipe(args: argparse.Namespace) -> Recipe:
     if args.recipe is not None:
         recipe = load_recipe(args.recipe)
     elif args.resume and args.out:
-        from ..train.checkpoint import read_run_config
+        from ..rundir import read_run_config
 
         recipe = Recipe.from_dict(read_run_config(args.out)["recipe"], source=str(Path(args.out) / "config.json"))
     else:

@@ -15,7 +15,6 @@ pairs), ImageBind (everything bound to an anchor) and LiT (a locked tower) are c
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import to_dict
 from ..data.sample import MODALITIES, TIME_AXIS, Batch
 from ..encoders import ENCODERS, Encoder, create_encoder
 from ..errors import ConfigError, InvalidInput
@@ -316,15 +316,15 @@ def build_alignment_model(cfg: Mapping[str, Any]) -> AlignmentModel:
     """Build from a plain dict (a recipe's ``model`` section), checked as an `AlignmentConfig`:
     ``{"arch": "alignment", "dim": 128, "loss": "clip", "pairing": "all", "anchor": null, "locked": [],
     "projections": "linear" | {modality: "linear" | "none"},
-    "encoders": {"text": {"name": "text_transformer", **kwargs}, ...}}``. The dict is kept as
-    ``model.config`` so a checkpoint can rebuild the model exactly."""
+    "encoders": {"text": {"name": "text_transformer", **kwargs}, ...}}``. The checked config, defaults
+    written out, is kept as ``model.config`` (plain JSON) so a checkpoint rebuilds the model exactly even if
+    a default changes later."""
     c = load_config(AlignmentConfig, cfg)
     encoders = {m: build_encoder(m, spec) for m, spec in c.encoders.items()}
     model = AlignmentModel(encoders, c.dim, projections=c.projections, loss=c.loss, pairing=c.pairing,
                            anchor=c.anchor, locked=c.locked, init_logit_scale=c.init_logit_scale,
                            init_logit_bias=c.init_logit_bias)
-    model.config = copy.deepcopy(dict(cfg))
-    model.config.setdefault("arch", c.arch)
+    model.config = to_dict(c)
     return model
 
 

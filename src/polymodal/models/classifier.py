@@ -27,6 +27,7 @@ starts its encoders from an alignment run's.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import to_dict
 from ..data.sample import Batch
 from ..errors import ConfigError, InvalidInput
 from ..fusion import FUSIONS, Fusion, create_fusion
@@ -313,24 +315,18 @@ def build_fusion_model(cfg: Mapping[str, Any]) -> FusionModel:
     clf = FusionClassifier(encoders, fusion, num_classes=n_classes, modality_dropout=c.modality_dropout)
     frozen = init_mods if c.init_from is not None and c.init_from.freeze else []
     model = FusionModel(clf, c.label_field, c.classes, frozen)
-    model.config = _resolved(cfg, c, specs, init_mods if donor is not None else None)
+    model.config = _resolved(c, specs, init_mods if donor is not None else None)
     return model
 
 
-def _resolved(cfg: Mapping[str, Any], c: FusionModelConfig, specs: dict[str, Any],
-              init_mods: list[str] | None) -> dict[str, Any]:
-    """The config a checkpoint is rebuilt from: ``cfg`` with the defaults the build relied on written out,
-    the encoder specs taken from ``init_from``'s run, and that run marked as read (``init_mods`` not None)."""
-    out = copy.deepcopy(dict(cfg))
-    out.setdefault("arch", c.arch)
-    if c.num_classes is None:
-        out["num_classes"] = c.n_classes
-    out.setdefault("label_field", c.label_field)
-    out["encoders"] = copy.deepcopy(specs)
-    if init_mods is not None:
-        out["init_from"]["modalities"] = init_mods
-        out["init_from"]["weights_in_checkpoint"] = True
-    out.setdefault("modality_dropout", c.modality_dropout)
+def _resolved(c: FusionModelConfig, specs: dict[str, Any], init_mods: list[str] | None) -> dict[str, Any]:
+    """The config a checkpoint is rebuilt from, as plain JSON: every default written out, the class count
+    resolved, the encoder specs taken from ``init_from``'s run, and that run marked as read (``init_mods`` not
+    None: its weights are in this model's checkpoint)."""
+    init = c.init_from
+    if init is not None and init_mods is not None:
+        init = dataclasses.replace(init, modalities=init_mods, weights_in_checkpoint=True)
+    out: dict[str, Any] = to_dict(dataclasses.replace(c, num_classes=c.n_classes, encoders=specs, init_from=init))
     return out
 
 

@@ -27,28 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write_bytes, json_bytes, read_json_object
+from .._io import atomic_write_bytes, json_bytes
 from ..errors import ConfigError
-from ..rundir import (
-    CONFIG,
-    MODEL,
-    RUN_FORMAT,
-    RUN_VERSION,
-    STATE_J,
-    STATE_T,
-    checkpoint_name,
-    latest_checkpoint,
-    load_model_state,
-    read_run_config,
-    read_tensors,
-    tensors_to_bytes,
-)
-
-# The read side (names, weights, run config) is `polymodal.rundir`; re-exported for the trainer's callers.
-__all__ = ["CONFIG", "MODEL", "RUN_FORMAT", "RUN_VERSION", "STATE_J", "STATE_T", "checkpoint_name",
-           "flatten_optimizer", "latest_checkpoint", "load_model_state", "read_json_object", "read_run_config",
-           "read_tensors", "restore_optimizer", "rng_state", "set_rng_state", "tensors_to_bytes", "write_checkpoint"]
-
+from ..rundir import CONFIG, MODEL, STATE_J, STATE_T, checkpoint_name, tensors_to_bytes
 
 # --------------------------------------------------------------------------------- optimizer state
 

@@ -85,7 +85,7 @@ class Progress:
 
     ESTIMATE_STEPS = 5
 
-    def __init__(self, total: int | None, initial: int, enabled: bool):
+    def __init__(self, total: int | None, initial: int, enabled: bool, announce: bool | None = None):
         self._bar: Any = None
         self._t = time.perf_counter()
         self._seen: int | None = None
@@ -93,6 +93,7 @@ class Progress:
         self._first: float | None = None  # clock at the end of this process's first step
         self._first_step = initial
         self.estimate: str | None = None
+        self._announce = enabled if announce is None else announce  # the estimate line, bar or not
         if enabled:
             from tqdm import tqdm
 
@@ -107,6 +108,7 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}", refresh=False)
             self._bar.update(1)
+        if self._announce:
             self._estimate(now)
         return rate
 
@@ -121,8 +123,12 @@ class Progress:
         left = self.total - self.step
         self.estimate = (f"train: {per_step:.2f} s/step (steps {self._first_step + 1}-{self.step}): about "
                          f"{format_duration(per_step * left)} on this machine for the {left} steps left")
-        if left > 0:
+        if left <= 0:
+            return
+        if self._bar is not None:
             self._bar.write(self.estimate, file=sys.stderr)
+        else:
+            print(self.estimate, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

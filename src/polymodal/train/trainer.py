@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .. import rundir
+from .._io import read_json_object
 from .._version import __version__
 from ..config import Recipe
 from ..data.sample import Batch
@@ -144,14 +146,14 @@ class Trainer:
 
     def _run_config(self) -> dict[str, Any]:
         model_cfg = getattr(self.model, "config", None) or {**self.recipe.model, "arch": self.recipe.arch}
-        return {"format": ck.RUN_FORMAT, "version": ck.RUN_VERSION, "polymodal_version": __version__,
+        return {"format": rundir.RUN_FORMAT, "version": rundir.RUN_VERSION, "polymodal_version": __version__,
                 "arch": self.recipe.arch, "model": model_cfg, "transform": self.transform_cfg,
                 "recipe": self.recipe.to_dict(), "world_size": self.env.world}
 
     def _prepare_run_dir(self) -> None:
-        existing = ck.latest_checkpoint(self.run_dir)
+        existing = rundir.latest_checkpoint(self.run_dir)
         if not self.resume:
-            if existing is not None or (self.run_dir / ck.CONFIG).exists():
+            if existing is not None or (self.run_dir / rundir.CONFIG).exists():
                 raise ConfigError("the run directory already holds a run; pass --resume to continue it or "
                                   "choose a new --out", source=str(self.run_dir))
             if self.env.is_main:
@@ -163,15 +165,15 @@ class Trainer:
         self._load_checkpoint(existing)
 
     def _load_checkpoint(self, path: Path) -> None:
-        saved = ck.read_run_config(path)
+        saved = rundir.read_run_config(path)
         for key in ("arch", "model", "transform"):
             diff = _first_diff(saved.get(key), self.run_config[key], key)
             if diff:
                 raise ConfigError(f"cannot resume: the checkpoint was trained with a different {diff}",
                                   source=str(path))
-        ck.load_model_state(self.model, path / ck.MODEL)
-        tensors = ck.read_tensors(path / ck.STATE_T)
-        state = ck.read_json_object(path / ck.STATE_J)
+        rundir.load_model_state(self.model, path / rundir.MODEL)
+        tensors = rundir.read_tensors(path / rundir.STATE_T)
+        state = read_json_object(path / rundir.STATE_J)
         ck.restore_optimizer(self.optimizer, tensors, state["optimizer"], str(path))
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
         self.elapsed_before = float(state["elapsed_s"])
@@ -208,7 +210,8 @@ class Trainer:
     def _loop(self) -> TrainResult:
         self._t0 = time.perf_counter()
         budget = self.cfg.minutes * 60 if self.cfg.minutes is not None else None
-        progress = Progress(self.total_steps, self.step, self.env.is_main and self.show_progress)
+        progress = Progress(self.total_steps, self.step, self.env.is_main and self.show_progress,
+                            announce=self.env.is_main)
         loss_value: float | None = None
         stopped_by = "steps"
         window = (time.perf_counter(), self.samples_seen)
@@ -238,7 +241,7 @@ class Trainer:
                 self._save()
         progress.close()
         val = self._validate() if stopped_by != "stop_after" else None
-        if self.last_ckpt is None or self.last_ckpt.name != ck.checkpoint_name(self.step):
+        if self.last_ckpt is None or self.last_ckpt.name != rundir.checkpoint_name(self.step):
             self._save()
         elapsed = self._elapsed()
         return TrainResult(str(self.run_dir), self.step, self.samples_seen, loss_value, val, elapsed,
@@ -328,7 +331,7 @@ class Trainer:
             self.last_ckpt = ck.write_checkpoint(self.run_dir, self.step, self.model.state_dict(), config,
                                                  tensors, state, keep=self.cfg.keep_checkpoints)
         else:
-            self.last_ckpt = self.run_dir / "checkpoints" / ck.checkpoint_name(self.step)
+            self.last_ckpt = self.run_dir / "checkpoints" / rundir.checkpoint_name(self.step)
         barrier(self.env)
 
 
