@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	# PASSIVE: idle OpenMP threads sleep instead of spinning (spinning halves throughput on 2 busy cores)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m polymodal quickstart
+	# (polymodal sets OMP_WAIT_POLICY=PASSIVE itself before torch loads, unless the environment sets it)
+	$(PY) -m polymodal quickstart
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

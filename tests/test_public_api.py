@@ -19,6 +19,7 @@ def test_public_names_are_exactly_all():
     assert public == set(pm.__all__) - {"__version__"}
     assert "__version__" in pm.__all__ and isinstance(pm.__version__, str)
     assert sorted(pm.__all__, key=str.lower) == sorted(set(pm.__all__), key=str.lower), "duplicates in __all__"
+    assert dir(pm) == sorted(pm.__all__)  # what tab completion offers
 
 
 def test_importing_the_package_stays_light():

@@ -1,10 +1,12 @@
-"""Small file helpers every layer shares: atomic writes and reading a JSON object (or a clear error).
+"""Small helpers every layer shares: atomic writes, reading a JSON object (or a clear error), merging JSON
+objects.
 
 Private: the public API does not re-export these; they live here so that no layer reaches into another
 layer's internals for them."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -38,20 +40,33 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
-def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A JSON object from ``path``; NotFound / InvalidInput naming the file otherwise."""
+def read_json_object(path: str | os.PathLike[str], error: type[InvalidInput] = InvalidInput,
+                     expected: str = "expected a JSON object") -> dict[str, Any]:
+    """A JSON object from ``path``. A missing file is NotFound; unreadable JSON or another JSON value is
+    ``error`` (InvalidInput, or a subclass such as ConfigError for recipes), naming the file."""
     path = Path(path)
     if not path.is_file():
         raise NotFound("no such file", source=str(path))
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"invalid JSON ({exc})", source=str(path)) from None
+        raise error(f"invalid JSON ({exc})", source=str(path)) from None
     if not isinstance(obj, dict):
-        raise InvalidInput("expected a JSON object", source=str(path))
+        raise error(expected, source=str(path))
     return obj
 
 
 def json_bytes(obj: Any) -> bytes:
     """Stable, strict JSON (sorted keys, no NaN) as UTF-8 bytes with a trailing newline."""
     return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: objects merge key by key; anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

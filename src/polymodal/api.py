@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from .errors import InvalidInput
-from .models import EmbeddingModel, load_model
+from .models import AlignmentModel, EmbeddingModel, load_model, resolve_run
+from .rundir import read_run_config
 
 if TYPE_CHECKING:  # the index needs the [index] extra; imported on use
     from .index import Collection, SearchResult
@@ -21,10 +22,12 @@ if TYPE_CHECKING:  # the index needs the [index] extra; imported on use
 
 def load(run: str | os.PathLike[str], device: str | torch.device = "cpu") -> EmbeddingModel:
     """Load a trained alignment run for embedding (see `EmbeddingModel.embed`)."""
-    model, transform, cfg = load_model(run, device)
-    if cfg["arch"] != "alignment":
-        raise InvalidInput(f"run is a {cfg['arch']!r} model; embedding needs an 'alignment' run", field="arch",
+    arch = read_run_config(resolve_run(run))["arch"]  # refuse another arch before building anything
+    if arch != "alignment":
+        raise InvalidInput(f"run is a {arch!r} model; embedding needs an 'alignment' run", field="arch",
                            source=str(run))
+    model, transform, cfg = load_model(run, device)
+    assert isinstance(model, AlignmentModel)  # what the "alignment" arch builds
     return EmbeddingModel(model, transform, cfg, torch.device(device))
 
 

@@ -41,6 +41,11 @@ class MissingExtra(PolymodalError, ImportError):
     """An optional dependency group is not installed."""
 
 
+class ModelOutputError(PolymodalError):
+    """A model broke its own contract (e.g. embeddings that are not L2-normalised): a fault of the model, not
+    of the caller's input (the service answers 500, not 422)."""
+
+
 class TrainingError(PolymodalError):
     """Training had to stop (the loss or the gradients became NaN/inf)."""
 

@@ -8,7 +8,6 @@ a frozen tower gets no gradients and stays deterministic in training mode)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -17,15 +16,12 @@ import pytest
 import torch
 from tinyckpt import WORDS, TinyCheckpoints
 
-from polymodal.encoders import ENCODERS, Encoder, create_encoder
-from polymodal.encoders import audio as _audio  # noqa: F401  (registers)
-from polymodal.encoders import image as _image  # noqa: F401
-from polymodal.encoders import text as _text  # noqa: F401
-from polymodal.encoders import video as _video  # noqa: F401
+from polymodal.encoders import (  # importing the package registers every encoder
+    ENCODERS,
+    Encoder,
+    create_encoder,
+)
 from polymodal.errors import ConfigError, InvalidInput
-
-with contextlib.suppress(ImportError):  # pretrained towers register only when their extra is installed
-    import polymodal.encoders.pretrained  # noqa: F401
 
 B = 4
 LENGTHS = [5, 2, 7, 1]  # real positions per row for variable-length modalities

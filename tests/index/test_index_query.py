@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from polymodal.errors import InvalidInput
+from polymodal.errors import InvalidInput, ModelOutputError
 from polymodal.index import Collection, embed_query, fuse, search_query, search_with_model
 from polymodal.index.query import query_vector
 
@@ -169,6 +169,6 @@ def test_search_query_errors_name_the_input(tmp_path: Path, embeddings: dict, we
 def test_a_model_breaking_the_unit_contract_is_refused(tmp_path: Path) -> None:
     with Collection.create(tmp_path / "c", dim=DIM, index="flat") as c:
         c.add([1], key_vec(1)[None])
-        with pytest.raises(InvalidInput, match="norm 2") as err:
+        with pytest.raises(ModelOutputError, match="norm 2") as err:  # the model's fault, not the caller's
             search_with_model(c, TableModel(scale=2.0), text="1", k=1)
-        assert err.value.field == "text"
+        assert err.value.field == "text" and not isinstance(err.value, InvalidInput)

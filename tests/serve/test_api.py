@@ -144,6 +144,16 @@ def test_model_crash_is_a_json_500(client: Client):
     assert "boom" not in body["message"]
 
 
+def test_a_model_with_unnormalised_embeddings_is_a_500_not_the_clients_fault(client: Client):
+    class Unnormalised(FakeModel):
+        def embed(self, **kw):
+            return 2.0 * super().embed(**kw)
+
+    c = client(Unnormalised())
+    body = err(c.post("/v1/search", json={"text": "red circle", "k": 1}), 500)
+    assert body["type"] != "InvalidInput"
+
+
 # ------------------------------------------------------------------------------------------ search
 
 def test_search_text_image_audio_vector(client: Client):

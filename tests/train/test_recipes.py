@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.config import Recipe
+from polymodal.config import Recipe, deep_merge
 from polymodal.errors import ConfigError
-from polymodal.recipes import RECIPE_DIR, deep_merge, list_recipes, load_recipe, recipe_json
+from polymodal.recipes import RECIPE_DIR, list_recipes, load_recipe, recipe_json
 
 CAPTURED = json.loads((Path(__file__).parent / "recipes_resolved.json").read_text())
 

@@ -22,9 +22,7 @@ from ..data.formats import open_dataset
 from ..errors import InvalidInput
 from ..index import Collection, MediaStore
 from ..index.faiss_index import NAMED_KINDS
-from ..index.records import item_metadata
-
-PREFERENCE = ("image", "video", "audio", "text")   # a sample's default modality when --modality is not given
+from ..index.records import EMBED_PREFERENCE, item_metadata
 
 
 def _open_dataset(path: str, split: str | None) -> Any:
@@ -36,7 +34,7 @@ def _open_dataset(path: str, split: str | None) -> Any:
 def _pick_modality(sample: Any, wanted: str | None, supported: tuple[str, ...]) -> str | None:
     if wanted is not None:
         return wanted if getattr(sample, wanted) is not None else None
-    return next((m for m in PREFERENCE if m in supported and getattr(sample, m) is not None), None)
+    return next((m for m in EMBED_PREFERENCE if m in supported and getattr(sample, m) is not None), None)
 
 
 def _value(sample: Any, modality: str) -> Any:
@@ -155,7 +153,7 @@ def _index_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", required=True, help="trained run folder (anything polymodal.load accepts)")
     b.add_argument("--data", required=True, help="data set folder / .jsonl / shards")
     b.add_argument("--split", help="one split of a generated data set (default: all)")
-    b.add_argument("--modality", choices=PREFERENCE,
+    b.add_argument("--modality", choices=EMBED_PREFERENCE,
                    help="embed this modality (samples without it are skipped); default: per sample the first "
                         "of image, video, audio, text that it has")
     b.add_argument("--collection", required=True, help="output collection folder")
@@ -166,8 +164,8 @@ def _index_parser() -> argparse.ArgumentParser:
     b.add_argument("--append", action="store_true", help="add to an existing collection (ids continue)")
     b.add_argument("--tune", type=float, metavar="RECALL", help="tune search parameters to this recall@10")
     b.add_argument("--no-media", dest="media", action="store_false",
-                   help="do not store thumbnails/audio for `polymodal serve` (needs the [serve] extra; default: "
-                        "store them when it is installed)")
+                   help="do not store thumbnails/audio beside the collection (default: store them, for the "
+                        "search page of `polymodal serve`)")
     b.add_argument("--json", action="store_true", help="print a JSON summary")
     i = sub.add_parser("info", help="print a collection's info as JSON")
     i.add_argument("collection")

@@ -23,6 +23,7 @@ from typing import Any
 
 from .._io import atomic_write_bytes
 from ..errors import InvalidInput
+from ..rundir import CONFIG, MODEL
 from ._steps import Steps
 from ._steps import reset as _reset
 from .quickstart_queries import queries_json, query_specs, run_queries
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     p.add_argument("--workers", type=int, help="data generation processes (default: min(2, cores))")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, the core count); on a "
-                   "machine busy with other work 1 is often faster, as is env OMP_WAIT_POLICY=PASSIVE")
+                   "machine busy with other work 1 is often faster")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (step lines still go to stderr)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     return p
@@ -185,7 +186,7 @@ def _train_step(steps: Steps, args: argparse.Namespace, name: str, recipe: str, 
         return {**result.to_dict(), "resumed": resume, "budget": budget}
 
     def done() -> bool:
-        return (run / "model.safetensors").is_file() and (run / "config.json").is_file()
+        return (run / MODEL).is_file() and (run / CONFIG).is_file()
 
     return steps.run(name, f"train {recipe} ({_budget_text(budget)})", params, work, done)
 

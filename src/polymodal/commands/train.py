@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from ..config import Override, Recipe
 from ..errors import ConfigError
 from ..recipes import list_recipes, load_recipe
+from ..rundir import CONFIG
 
 EPILOG = """\
 examples:
@@ -65,7 +65,7 @@ def resolve_recipe(args: argparse.Namespace) -> Recipe:
     elif args.resume and args.out:
         from ..rundir import read_run_config
 
-        recipe = Recipe.from_dict(read_run_config(args.out)["recipe"], source=str(Path(args.out) / "config.json"))
+        recipe = Recipe.from_dict(read_run_config(args.out)["recipe"], source=str(Path(args.out) / CONFIG))
     else:
         raise ConfigError("give a recipe name or path (see --list)", field="recipe")
     # --set is text to parse; the flags are already typed values, so they go in as (key, value) pairs.
@@ -121,5 +121,5 @@ def main(argv: list[str] | None = None) -> int:
         loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
         val = "" if result.val_loss is None else f", val loss {result.val_loss:.4f}"
         print(f"trained {result.step} steps ({result.samples_seen} samples, {result.samples_per_s:.0f}/s), "
-              f"loss {loss}{val} -> {result.run_dir}", file=sys.stderr if args.json else sys.stdout)
+              f"loss {loss}{val} -> {result.run_dir}")
     return 0

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .._io import deep_merge
 from ..errors import ConfigError
 from .convert import from_dict, to_dict
 from .overrides import Override, apply_overrides
@@ -156,4 +157,4 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
 
 
 __all__ = ["OPTIMIZERS", "PRECISIONS", "DataConfig", "Override", "Recipe", "TrainConfig", "apply_overrides",
-           "from_dict", "to_dict"]
+           "deep_merge", "from_dict", "to_dict"]

@@ -44,7 +44,8 @@ def media_files(image: np.ndarray | None, audio: tuple[np.ndarray, int] | None, 
 
 
 class MediaStore:
-    """``<collection dir>/media/<id>.<kind>.<ext>``: thumbnails (PNG) and audio (FLAC) the server wrote."""
+    """``<collection dir>/media/<id>.<kind>.<ext>``: thumbnails (PNG) and audio (FLAC) polymodal wrote
+    (an index build, the quickstart, the service's upserts)."""
 
     FOLDER = "media"
 
@@ -71,7 +72,9 @@ class MediaStore:
         final = self.path(item_id, kind)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
-        os.replace(tmp, final)  # readers see the old file or the new one, never half of one
+        # Readers see the old file or the new one, never half of one. No fsync (unlike `_io.atomic_write_bytes`):
+        # a thumbnail is re-creatable from the item, and one fsync per item would dominate an index build.
+        os.replace(tmp, final)
 
     def put_media(self, item_id: int, image: np.ndarray | None = None, audio: tuple[np.ndarray, int] | None = None,
                   video: np.ndarray | None = None, thumb: int = 256) -> list[str]:

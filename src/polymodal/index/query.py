@@ -26,11 +26,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import InvalidInput
+from ..data.sample import MODALITIES
+from ..errors import InvalidInput, ModelOutputError
 from .collection import Collection
 from .searching import SearchResult
 
-MODALITIES = ("audio", "image", "text", "video")
 INPUTS = (*MODALITIES, "vector")
 UNIT_TOLERANCE = 1e-3  # |norm - 1| allowed of a model embedding (float32 rounding is ~1e-6)
 
@@ -86,12 +86,13 @@ def _unit(e: Any, field: str) -> np.ndarray:
 
 
 def _embedding(e: Any, field: str) -> np.ndarray:
-    """A model embedding, checked against the contract (finite, unit norm) but not rescaled."""
+    """A model embedding, checked against the contract (finite, unit norm) but not rescaled. A violation is the
+    model's fault (ModelOutputError), not the caller's: a raw vector of any norm goes in as 'vector'."""
     v = _one_row(e, field, np.float32)
     norm = float(np.linalg.norm(v))
     if not math.isfinite(norm) or abs(norm - 1.0) > UNIT_TOLERANCE:
-        raise InvalidInput(f"the {field} embedding has norm {norm:.6g}; model embeddings must be L2-normalised "
-                           "(give an unnormalised vector as 'vector')", field=field)
+        raise ModelOutputError(f"the model's {field} embedding has norm {norm:.6g}; model embeddings must be "
+                               "L2-normalised", field=field)
     return v
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from ..data.sample import Sample
 
 RESERVED = ("sample_id", "caption", "split", "modality", "source")
+# The modality an item with several inputs is embedded by (index build, the service's upserts): the first it has.
+EMBED_PREFERENCE = ("image", "video", "audio", "text")
 
 
 def _scalar(v: Any) -> bool:
@@ -34,4 +36,4 @@ def item_metadata(sample: Sample, modality: str, split: str | None) -> dict[str,
     return {k: v for k, v in meta.items() if v is not None}
 
 
-__all__ = ["flatten_metadata", "item_metadata"]
+__all__ = ["EMBED_PREFERENCE", "RESERVED", "flatten_metadata", "item_metadata"]

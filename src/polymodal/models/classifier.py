@@ -14,8 +14,9 @@
 
 One mask per forward. Presence is decided once, in `FusionClassifier._inputs`: ``batch.mask`` (or the
 ``mask`` argument, which replaces it), and a modality given without a mask is present in every row. After
-modality dropout that same mask goes to the encoders (which run on the whole batch) and to the fusion, and the
-fusion is where missing rows are masked out (``torch.where`` before any layer, see `polymodal.fusion.base`).
+modality dropout that same mask goes to the encoders (which run on the whole batch and, by the encoder contract,
+return zeros for absent rows) and to the fusion, which ignores absent rows whatever they hold (``torch.where``
+before any layer, see `polymodal.fusion.base`). The classifier itself never zeroes a row.
 
 For the trainer (``arch: fusion``): `build_fusion_model(cfg)` builds a `FusionModel` from a `FusionModelConfig`
 — the classifier plus where its labels live (``label_field``, a dotted metadata key, and an optional

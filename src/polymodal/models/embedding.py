@@ -8,18 +8,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..data.collate import collate
 from ..data.sample import Sample
 from ..data.transforms.compose import SampleTransform
 from ..errors import InvalidInput
+from .alignment import AlignmentModel
 
 
 class EmbeddingModel:
     """A trained alignment model plus its transform: raw inputs in, normalised embeddings out."""
 
-    def __init__(self, model: nn.Module, transform: SampleTransform, config: dict[str, Any],
+    def __init__(self, model: AlignmentModel, transform: SampleTransform, config: dict[str, Any],
                  device: torch.device | None = None):
         self.model = model.eval()
         self.transform = transform.eval()
@@ -28,11 +28,11 @@ class EmbeddingModel:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(self.model.modalities)  # type: ignore[arg-type]
+        return self.model.modalities
 
     @property
     def dim(self) -> int:
-        return int(self.model.dim)  # type: ignore[arg-type]
+        return self.model.dim
 
     def embed(self, text: Sequence[str] | str | None = None, image: Sequence[np.ndarray] | np.ndarray | None = None,
               audio: Sequence[tuple[np.ndarray, int]] | None = None,
@@ -57,12 +57,10 @@ class EmbeddingModel:
         with torch.no_grad():
             for start in range(0, len(samples), batch_size):
                 batch = collate(samples[start:start + batch_size], self.transform).to(self.device)
-                emb = self.model.embed_batch(batch, modality)  # type: ignore[operator]
+                emb = self.model.embed_batch(batch, modality)
                 out.append(emb.float().cpu().numpy())
-        vecs = np.concatenate(out).astype(np.float32, copy=False)
-        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        normed: np.ndarray = vecs / np.maximum(norms, 1e-12)
-        return normed
+        # rows are unit vectors already: AlignmentModel.encode normalises in float32 (the one normalisation)
+        return np.concatenate(out).astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
         return f"EmbeddingModel(modalities={self.modalities}, dim={self.dim})"

@@ -13,13 +13,12 @@ Files whose name starts with ``_`` are bases only: loadable by name, but not lis
 
 from __future__ import annotations
 
-import copy
 import difflib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from .._io import deep_merge, read_json_object
 from ..config import Recipe
 from ..errors import ConfigError
 
@@ -67,13 +66,7 @@ def load_recipe(name: str | os.PathLike[str]) -> Recipe:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"invalid JSON ({exc})", source=str(path)) from None
-    if not isinstance(obj, dict):
-        raise ConfigError("a recipe must be a JSON object", source=str(path))
-    return obj
+    return read_json_object(path, ConfigError, "a recipe must be a JSON object")
 
 
 def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
@@ -102,15 +95,4 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     return deep_merge(merged, obj)
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` merged into a copy of ``base``: objects merge key by key; anything else replaces."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-__all__ = ["RECIPE_DIR", "deep_merge", "list_recipes", "load_recipe", "recipe_json", "recipe_path"]
+__all__ = ["RECIPE_DIR", "list_recipes", "load_recipe", "recipe_json", "recipe_path"]

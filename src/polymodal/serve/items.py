@@ -4,20 +4,17 @@ gives an item's vector, and the write step (upsert + stored media + save) under 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInput
 from ..index.media import media_files
+from ..index.records import EMBED_PREFERENCE
 from .media import audio_from_b64, image_from_b64, video_from_b64
 from .schemas import ItemIn, VideoIn
+from .service import ServeSettings
 from .store import Handle
-
-if TYPE_CHECKING:
-    from .service import ServeSettings
-
-EMBED_ORDER = ("image", "video", "audio", "text")  # an item with several raw inputs is embedded by the first
 
 
 def decode_one(modality: str, value: Any, settings: ServeSettings, field: str) -> Any:
@@ -69,7 +66,7 @@ def embed_choices(items: Sequence[ItemIn], decoded: list[dict[str, Any]]) -> dic
                 raise InvalidInput(f"embed={item.embed!r} but the item has no {item.embed}", field=f"items[{i}].embed")
             plan.setdefault(item.embed, []).append(i)
         elif "vector" not in inputs:
-            first = next((m for m in EMBED_ORDER if m in inputs), None)
+            first = next((m for m in EMBED_PREFERENCE if m in inputs), None)
             if first is None:
                 raise InvalidInput("an item needs a vector or at least one of text, image, audio, video",
                                    field=f"items[{i}]")

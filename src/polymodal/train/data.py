@@ -1,5 +1,5 @@
-"""The training data path: open + check the data dir, hold it in memory, build the transform the model
-needs, and turn a step's indices into Batches.
+"""The training data path: open + check the data dir, hold it in memory (or stream it), apply the model's
+transform (built by `polymodal.data.transforms.resolve`), and turn a step's indices into Batches.
 
 Randomness here never touches the global RNGs: augmentation draws from generators seeded by (seed, epoch,
 sample index), so a sample is transformed the same way whatever the number of processes, the accumulation

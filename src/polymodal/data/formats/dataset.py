@@ -10,7 +10,6 @@ Iteration decodes one sample at a time (constant memory) and re-reads the files 
 
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..._io import read_json_object
 from ...errors import InvalidInput, NotFound
 from ..sample import Sample
 from .common import ErrorPolicy
@@ -45,14 +45,7 @@ def detect_format(path: Path) -> str:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    mpath = path / "manifest.json"
-    try:
-        obj = json.loads(mpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"invalid JSON ({exc})", source=str(mpath)) from None
-    if not isinstance(obj, dict):
-        raise InvalidInput("expected a JSON object", source=str(mpath))
-    return obj
+    return read_json_object(path / "manifest.json")
 
 
 def _split_table(path: Path, manifest: dict[str, Any]) -> dict[str, tuple[Path, int | None]]:

@@ -3,10 +3,10 @@ encoder's ``preprocess()`` requires. Training and evaluation build a model's `Sa
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
+from ..._io import deep_merge
 from ...errors import ConfigError
 from ..sample import MODALITIES
 from .compose import SampleTransform
@@ -20,7 +20,7 @@ def transform_config(needs: Mapping[str, Mapping[str, Any]], recipe: Mapping[str
     for m in MODALITIES:
         if m not in needs:
             cfg[m] = None
-    _merge(cfg, copy.deepcopy(dict(recipe)))
+    cfg = deep_merge(cfg, dict(recipe))
     for m, need in needs.items():
         for path, value in _requirements(m, need, cfg):
             _require(cfg, recipe, path, value)
@@ -86,14 +86,6 @@ def _audio_requirements(need: Mapping[str, Any], cfg: dict[str, Any]) -> list[tu
         current = cfg["audio"].get("max_seconds")
         out.append((("audio", "max_seconds"), limit if current is None else min(float(current), limit)))
     return out
-
-
-def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
 
 
 def _require(cfg: dict[str, Any], recipe: Mapping[str, Any], path: tuple[str, ...], value: Any) -> None:
