@@ -32,7 +32,7 @@ def from_dict(cls: type[T], obj: Any, path: str = "") -> T:
     ``cls.REMOVED`` (``{key: (old default, message)}``) is an error with that message unless it holds the old
     default, which is ignored."""
     if not isinstance(obj, dict):
-        raise ConfigError(f"expected an object, got {_jtype(obj)}", field=path or cls.__name__)
+        raise ConfigError(f"expected an object, got {json_type(obj)}", field=path or cls.__name__)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     removed: dict[str, tuple[Any, str]] = getattr(cls, "REMOVED", {})
@@ -45,39 +45,39 @@ def from_dict(cls: type[T], obj: Any, path: str = "") -> T:
                 continue
             raise ConfigError(message, field=full)
         if key not in fields:
-            raise ConfigError(f"unknown key{_suggest(key, list(fields))}", field=full)
-        kwargs[key] = _coerce(value, hints[key], full)
+            raise ConfigError(f"unknown key{suggest(key, list(fields))}", field=full)
+        kwargs[key] = coerce(value, hints[key], full)
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError("missing (required)", field=f"{path}.{name}" if path else name)
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    sections = [h for h in _options(hint) if dataclasses.is_dataclass(h)]  # e.g. InitFrom | None
-    if sections and (isinstance(value, dict) or not _matches(value, hint)):
+def coerce(value: Any, hint: Any, path: str) -> Any:
+    sections = [h for h in hint_options(hint) if dataclasses.is_dataclass(h)]  # e.g. InitFrom | None
+    if sections and (isinstance(value, dict) or not matches(value, hint)):
         return from_dict(typing.cast(type, sections[0]), value, path)
-    if not _matches(value, hint):
-        raise ConfigError(f"expected {_hint_name(hint)}, got {_jtype(value)} {json.dumps(value)}", field=path)
-    if value is not None and _base(hint) is float:
+    if not matches(value, hint):
+        raise ConfigError(f"expected {hint_name(hint)}, got {json_type(value)} {json.dumps(value)}", field=path)
+    if value is not None and base_type(hint) is float:
         return float(value)
     return value
 
 
-def _options(hint: Any) -> tuple[Any, ...]:
+def hint_options(hint: Any) -> tuple[Any, ...]:
     origin = typing.get_origin(hint)
     if origin is Union or origin is types.UnionType:
         return typing.get_args(hint)
     return (hint,)
 
 
-def _base(hint: Any) -> Any:
-    opts = [h for h in _options(hint) if h is not type(None)]
+def base_type(hint: Any) -> Any:
+    opts = [h for h in hint_options(hint) if h is not type(None)]
     return typing.get_origin(opts[0]) or opts[0] if len(opts) == 1 else None
 
 
-def _matches(value: Any, hint: Any) -> bool:
-    for opt in _options(hint):
+def matches(value: Any, hint: Any) -> bool:
+    for opt in hint_options(hint):
         base = typing.get_origin(opt) or opt
         if opt is Any or (opt is type(None) and value is None):
             return True
@@ -91,28 +91,28 @@ def _matches(value: Any, hint: Any) -> bool:
             return True
         if base is list and isinstance(value, list):
             args = typing.get_args(opt)
-            return not args or all(_matches(v, args[0]) for v in value)
+            return not args or all(matches(v, args[0]) for v in value)
         if base is dict and isinstance(value, dict):
             return True
     return False
 
 
-def _hint_name(hint: Any) -> str:
+def hint_name(hint: Any) -> str:
     names = []
-    for opt in _options(hint):
+    for opt in hint_options(hint):
         base = typing.get_origin(opt) or opt
         names.append("null" if opt is type(None) else getattr(base, "__name__", str(base)))
     return " or ".join(names)
 
 
-def _jtype(value: Any) -> str:
+def json_type(value: Any) -> str:
     for t, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (list, "list"), (dict, "object")):
         if isinstance(value, t):
             return name
     return "null" if value is None else type(value).__name__
 
 
-def _suggest(key: str, candidates: list[str]) -> str:
+def suggest(key: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.5)
     if close:
         return f" (did you mean {', '.join(close)}?)"

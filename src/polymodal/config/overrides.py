@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
-from .convert import _base, _coerce, _hint_name, _jtype, _matches, _suggest, to_dict
+from .convert import base_type, coerce, hint_name, json_type, matches, suggest, to_dict
 
 C = TypeVar("C")  # a config dataclass (a Recipe, or any frozen config)
 
@@ -69,7 +69,7 @@ def _apply(node: Any, changes: list[_Change], i: int) -> Any:
             _set_free(out, c, i)
         return out
     c = changes[0]
-    raise ConfigError(f"'{'.'.join(c.parts[:i])}' is a {_jtype(node)}, not an object", field=c.full)
+    raise ConfigError(f"'{'.'.join(c.parts[:i])}' is a {json_type(node)}, not an object", field=c.full)
 
 
 def _apply_dataclass(node: Any, changes: list[_Change], i: int) -> Any:
@@ -80,7 +80,7 @@ def _apply_dataclass(node: Any, changes: list[_Change], i: int) -> Any:
     updates: dict[str, Any] = {}
     for name, runs in _runs(changes, i).items():
         if name not in names:
-            message = removed[name][1] if name in removed else f"unknown key{_suggest(name, names)}"
+            message = removed[name][1] if name in removed else f"unknown key{suggest(name, names)}"
             raise ConfigError(message, field=runs[0][0].at(i))
         value = getattr(node, name)
         for run in runs:
@@ -112,11 +112,11 @@ def _set_free(obj: dict[str, Any], c: _Change, i: int) -> None:
     for j in range(i, len(c.parts)):
         part = c.parts[j]
         if not isinstance(node, dict):
-            raise ConfigError(f"'{'.'.join(c.parts[:j])}' is a {_jtype(node)}, not an object", field=c.full)
+            raise ConfigError(f"'{'.'.join(c.parts[:j])}' is a {json_type(node)}, not an object", field=c.full)
         if part not in node:
             if not (c.add and c.leaf(j)):
                 how = " (prefix the key with + to add a new one)" if c.leaf(j) else ""
-                raise ConfigError(f"unknown key{_suggest(part, list(node))}{how}", field=c.at(j))
+                raise ConfigError(f"unknown key{suggest(part, list(node))}{how}", field=c.at(j))
             node[part] = _value(c, None)
             return
         if c.leaf(j):
@@ -131,7 +131,7 @@ def _value(c: _Change, hint: Any) -> Any:
     if c.raw:
         return _json_or_str(c.value) if hint is None else _parse_typed(c.value, hint, c.full)
     value = to_dict(c.value)
-    return copy.deepcopy(value if hint is None else _coerce(value, hint, c.full))
+    return copy.deepcopy(value if hint is None else coerce(value, hint, c.full))
 
 
 def _json_or_str(raw: str) -> Any:
@@ -154,13 +154,13 @@ def _as_list(raw: str) -> Any:
 
 
 def _parse_typed(raw: str, hint: Any, path: str) -> Any:
-    base = _base(hint)
+    base = base_type(hint)
     if base is str and raw.strip().lower() not in ("null", "none"):
         value: Any = raw
     elif base is list:
         value = _as_list(raw)
     else:
         value = _json_or_str(raw)
-    if not _matches(value, hint):
-        raise ConfigError(f"expected {_hint_name(hint)}, got {raw!r}", field=path)
+    if not matches(value, hint):
+        raise ConfigError(f"expected {hint_name(hint)}, got {raw!r}", field=path)
     return float(value) if base is float and value is not None else value
