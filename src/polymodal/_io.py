@@ -10,8 +10,10 @@ import copy
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import InvalidInput, NotFound
 
@@ -22,22 +24,32 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``: readers see the old file or
-    the new one, never a half-written one."""
+@contextmanager
+def atomic_writer(path: str | os.PathLike[str], fsync: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a temp file in the same folder, flushed (and fsynced unless
+    ``fsync=False``), then renamed over ``path`` when the block ends without an error; on an error the temp
+    file is removed and ``path`` is untouched. Readers see the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
-            fh.write(data)
+            yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = True) -> None:
+    """`atomic_writer` for bytes in hand. ``fsync=False`` for many small files that can be re-created (one
+    fsync each would dominate, e.g. media beside a data set or a collection)."""
+    with atomic_writer(path, fsync) as fh:
+        fh.write(data)
 
 
 def read_json_object(path: str | os.PathLike[str], error: type[InvalidInput] = InvalidInput,

@@ -7,13 +7,13 @@ as a path."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .._io import atomic_write_bytes
 from ..data.codec import encode_audio, encode_image
 
 MEDIA_KINDS = {"image": ("png", "image/png"), "audio": ("flac", "audio/flac")}
@@ -69,12 +69,8 @@ class MediaStore:
 
     def put(self, item_id: int, kind: str, data: bytes) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.path(item_id, kind)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        # Readers see the old file or the new one, never half of one. No fsync (unlike `_io.atomic_write_bytes`):
-        # a thumbnail is re-creatable from the item, and one fsync per item would dominate an index build.
-        os.replace(tmp, final)
+        # No fsync: a thumbnail is re-creatable from the item, and one fsync per item would dominate an index build.
+        atomic_write_bytes(self.path(item_id, kind), data, fsync=False)
 
     def put_media(self, item_id: int, image: np.ndarray | None = None, audio: tuple[np.ndarray, int] | None = None,
                   video: np.ndarray | None = None, thumb: int = 256) -> list[str]:

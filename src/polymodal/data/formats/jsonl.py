@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..._io import atomic_write_bytes, atomic_writer
 from ...errors import InvalidInput, NotFound
 from ..codec import decode_audio, decode_image, decode_video
 from ..sample import Sample
 from .common import ErrorPolicy
-from .folder import VIDEO_SUFFIX, replace_bytes, sample_files
+from .folder import VIDEO_SUFFIX, sample_files
 
 FIELDS = ("id", "text", "image", "audio", "video", "video_frames", "metadata")
 MEDIA = ("image", "audio", "video")
@@ -115,30 +115,21 @@ def write_jsonl(samples: Iterable[Sample], path: str | os.PathLike[str], media_d
 
     Streams: lines go to a temp file that is fsynced and renamed over ``path`` only when all samples are
     written, so a reader never sees a half-written manifest (media files are replaced atomically but not
-    fsynced, see `replace_bytes`). Same samples -> same bytes."""
+    fsynced, see `write_folder`). Same samples -> same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     (path.parent / media_dir).mkdir(exist_ok=True)
     kind = {".png": "image", ".flac": "audio", VIDEO_SUFFIX: "video"}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     seen: set[str] = set()
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for s in samples:
-                if s.id in seen:
-                    raise InvalidInput(f"duplicate sample id '{s.id}'", field="id", source=str(path))
-                seen.add(s.id)
-                media = {}
-                for suffix, data in sample_files(s).items():
-                    replace_bytes(path.parent / media_dir / f"{s.id}{suffix}", data)
-                    media[kind[suffix]] = f"{media_dir}/{s.id}{suffix}"
-                line = json.dumps(sample_record(s, media), ensure_ascii=False, sort_keys=False, allow_nan=False)
-                fh.write(line.encode("utf-8") + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as fh:
+        for s in samples:
+            if s.id in seen:
+                raise InvalidInput(f"duplicate sample id '{s.id}'", field="id", source=str(path))
+            seen.add(s.id)
+            media = {}
+            for suffix, data in sample_files(s).items():
+                atomic_write_bytes(path.parent / media_dir / f"{s.id}{suffix}", data, fsync=False)
+                media[kind[suffix]] = f"{media_dir}/{s.id}{suffix}"
+            line = json.dumps(sample_record(s, media), ensure_ascii=False, sort_keys=False, allow_nan=False)
+            fh.write(line.encode("utf-8") + b"\n")
     return len(seen)
