@@ -151,8 +151,6 @@ def test_fuse_normalises_each_input_of_any_norm() -> None:
     ({"vector": np.ones(3)}, None, "vector", "dimension"),
     ({"vector": np.zeros(DIM)}, None, "vector", "zero"),
     ({"vector": np.full(DIM, np.nan)}, None, "vector", "not finite"),
-    ({"text": 2 * key_vec(1)}, None, "text", "L2-normalised"),
-    ({"image": np.full(DIM, np.inf)}, None, "image", "L2-normalised"),
     ({"text": np.stack([key_vec(1), key_vec(2)])}, None, "text", "shape"),
     ({"text": key_vec(1)}, {"text": 0}, "weights", "zero"),
     ({"text": key_vec(1), "vector": -key_vec(1)}, None, "weights", "cancel"),
@@ -164,6 +162,19 @@ def test_search_query_errors_name_the_input(tmp_path: Path, embeddings: dict, we
         with pytest.raises(InvalidInput, match=match) as err:
             search_query(c, embeddings, weights, k=1)
         assert err.value.field == field
+
+
+@pytest.mark.parametrize(("embeddings", "field"), [({"text": 2 * key_vec(1)}, "text"),
+                                                   ({"image": np.full(DIM, np.inf)}, "image")])
+def test_embeddings_breaking_the_unit_contract_are_the_models_fault(tmp_path: Path, embeddings: dict,
+                                                                     field: str) -> None:
+    """search_query takes model output (the service hands it what its batcher returned): a non-unit embedding
+    is a ModelOutputError naming the input, not an InvalidInput blaming the caller."""
+    with Collection.create(tmp_path / "c", dim=DIM, index="flat") as c:
+        c.add([1], key_vec(1)[None])
+        with pytest.raises(ModelOutputError, match="L2-normalised") as err:
+            search_query(c, embeddings, None, k=1)
+        assert err.value.field == field and not isinstance(err.value, InvalidInput)
 
 
 def test_a_model_breaking_the_unit_contract_is_refused(tmp_path: Path) -> None:
