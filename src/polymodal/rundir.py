@@ -7,10 +7,15 @@ writes runs with `polymodal.train.checkpoint`, which builds on these names. Noth
     RUN/model.safetensors         the latest weights
     RUN/checkpoints/latest        name of the newest complete checkpoint, e.g. "step_00000300"
     RUN/checkpoints/step_00000300/{config.json, model.safetensors, train_state.safetensors, train_state.json}
+
+A ``config.json`` records the sha256 of the files beside it (``"sha256": {file name: hex digest}``); reading a
+recorded file checks it, so flipped or truncated bytes are an error naming the file, never other weights.
+Run dirs written before checksums existed have none and load unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,23 +33,56 @@ from .errors import ConfigError, InvalidInput, NotFound
 RUN_FORMAT = "polymodal-run"
 RUN_VERSION = 1
 CONFIG, MODEL, STATE_T, STATE_J = "config.json", "model.safetensors", "train_state.safetensors", "train_state.json"
+CHECKSUMS = "sha256"  # config.json key: {file name: sha256 hex digest} of the files beside it
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def recorded_checksum(path: Path) -> str | None:
+    """The sha256 that the ``config.json`` beside ``path`` records for it (None: no config, or none recorded)."""
+    cfg_path = path.parent / CONFIG
+    if path.name == CONFIG or not cfg_path.is_file():
+        return None
+    sums = read_json_object(cfg_path).get(CHECKSUMS)
+    value = sums.get(path.name) if isinstance(sums, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def read_verified(path: Path, sha256: str | None) -> bytes:
+    """The bytes of ``path``, checked against ``sha256`` when given (a mismatch is InvalidInput naming the file)."""
+    if not path.is_file():
+        raise NotFound("no such file", source=str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the file ({exc})", source=str(path)) from None
+    if sha256 is not None:
+        got = sha256_hex(data)
+        if got != sha256:
+            raise InvalidInput(f"checksum mismatch: the file's sha256 is {got[:16]}... but {CONFIG} records "
+                               f"{sha256[:16]}... (the file is corrupt, truncated or was changed after saving)",
+                               source=str(path))
+    return data
 
 
 def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
     # Clone: tied weights share storage, which safetensors refuses; loading copies into each tie anyway.
     return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise NotFound("no such file", source=str(path))
+def read_tensors(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, its bytes checked against ``sha256`` when given."""
+    data = read_verified(path, sha256)
     try:
-        return st_load(path.read_bytes())
+        return st_load(data)
     except (SafetensorError, ValueError, OSError) as exc:
         raise InvalidInput(f"not a readable safetensors file ({exc})", source=str(path)) from None
 
 def load_model_state(model: nn.Module, path: Path) -> None:
-    """Load weights strictly; a key or shape mismatch is a ConfigError naming the first differences."""
-    state = read_tensors(path)
+    """Load weights strictly, checked against the checksum the ``config.json`` beside them records; a key or
+    shape mismatch is a ConfigError naming the first differences."""
+    state = read_tensors(path, recorded_checksum(path))
     check_model_state(model, state, str(path))
     model.load_state_dict(state, strict=True)
 
@@ -74,6 +112,25 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
         return None
     path = root / pointer.read_text(encoding="utf-8").strip()
     return path if (path / MODEL).is_file() else None
+
+def checkpoint_candidates(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoints to resume from, in the order to try them: the one ``checkpoints/latest`` names (whether
+    or not it still exists), then every other ``step_*`` folder, newest first."""
+    root = Path(run_dir) / "checkpoints"
+    out: list[Path] = []
+    pointer = root / "latest"
+    if pointer.is_file():
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if name.startswith("step_") and "/" not in name and os.sep not in name:
+            out.append(root / name)
+    steps = sorted((p for p in root.glob("step_*") if p.is_dir() and checkpoint_step(p) is not None),
+                   key=lambda p: checkpoint_step(p) or 0, reverse=True)
+    return out + [p for p in steps if p not in out]
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint folder named by `checkpoint_name` (None for any other name)."""
+    digits = path.name.removeprefix("step_")
+    return int(digits) if path.name.startswith("step_") and digits.isdigit() else None
 
 def read_run_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """config.json of a run dir or checkpoint dir, checked for the run format."""

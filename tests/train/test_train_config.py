@@ -74,7 +74,7 @@ def test_archs_come_from_the_model_registry(tmp_path: Path, capsys: pytest.Captu
             check(r.arch, r.model)
     bad = tmp_path / "bad_arch.json"
     bad.write_text(json.dumps({"arch": "clip", "model": {}}))
-    assert polymodal_main(["train", str(bad), "--print-recipe"]) == 1
+    assert polymodal_main(["train", str(bad), "--print-recipe"]) == 2  # an invalid recipe: a usage error
     assert "unknown arch 'clip'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"field 'dimm'.*did you mean dim"):
         model_config("alignment", {**load_recipe("clip_tiny").model, "dimm": 3})
@@ -120,11 +120,11 @@ def test_removed_train_modality_dropout_is_a_clear_error() -> None:
 def test_unknown_recipe_and_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown recipe 'clip_tiyn' \(did you mean clip_tiny"):
         load_recipe("clip_tiyn")
-    assert polymodal_main(["train", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 1
+    assert polymodal_main(["train", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown recipe 'nope'" in err[0]
     assert polymodal_main(["train", "clip_tiny", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
-                           "--set", "train.lr=fast"]) == 1
+                           "--set", "train.lr=fast"]) == 2
     assert "train.lr" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

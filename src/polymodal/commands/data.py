@@ -92,6 +92,12 @@ def _open(args: argparse.Namespace) -> Any:
     return open_dataset(args.path, split=args.split, on_error=args.on_error, expect_sample_rate=args.sample_rate)
 
 
+def _warn_skipped(ds: Any) -> None:
+    line = ds.policy.warning()
+    if line is not None:
+        print(f"polymodal data: warning: {line}", file=sys.stderr)
+
+
 def _print_inspect(info: dict[str, Any], extra: dict[str, Any] | None, as_json: bool) -> None:
     from ..data.inspect import format_summary
 
@@ -104,8 +110,11 @@ def _print_inspect(info: dict[str, Any], extra: dict[str, Any] | None, as_json: 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..data.inspect import inspect_dataset
 
-    info = inspect_dataset(_open(args), progress=not args.no_progress)
+    ds = _open(args)
+    info = inspect_dataset(ds, progress=not args.no_progress)
     _print_inspect(info, None, args.json)
+    if args.json:  # the text summary lists them; with JSON on stdout, the console still says so
+        _warn_skipped(ds)
     return 0
 
 
@@ -142,6 +151,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         n = write_jsonl(ds, args.out)
     print(f"wrote {n} samples to {args.out} ({args.to}); {ds.policy.summary()}")
+    _warn_skipped(ds)
     return 0
 
 

@@ -23,6 +23,7 @@ A dataclass section is changed with `dataclasses.replace`, once per section, so 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -49,8 +50,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _choice(self.on_error, ("raise", "skip"), "data.on_error")
-        if self.shuffle_buffer < 1 or self.stream_above < 1:
-            raise ConfigError("shuffle_buffer and stream_above must be >= 1", field="data.shuffle_buffer")
+        _at_least(self.shuffle_buffer, 1, "data.shuffle_buffer")
+        _at_least(self.stream_above, 1, "data.stream_above")
 
 
 @dataclass(frozen=True)
@@ -88,23 +89,23 @@ class TrainConfig:
         _choice(self.optimizer, OPTIMIZERS, "train.optimizer")
         _choice(self.precision, PRECISIONS, "train.precision")
         for name in ("batch_size", "accum_freq", "log_every", "keep_checkpoints", "val_max_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", field=f"train.{name}")
-        for name in ("warmup_steps", "ckpt_every", "val_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=f"train.{name}")
-        if not self.lr > 0:
-            raise ConfigError(f"must be > 0, got {self.lr}", field="train.lr")
-        if self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("weight_decay must be >= 0 and min_lr_ratio in [0, 1]", field="train.weight_decay")
+            _at_least(getattr(self, name), 1, f"train.{name}")
+        for name in ("warmup_steps", "ckpt_every", "val_every", "seed"):
+            _at_least(getattr(self, name), 0, f"train.{name}")
+        for name in ("lr", "eps"):
+            _positive(getattr(self, name), f"train.{name}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"must be >= 0 and finite, got {self.weight_decay}", field="train.weight_decay")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"must be in [0, 1], got {self.min_lr_ratio}", field="train.min_lr_ratio")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"expected two values in [0, 1), got {self.betas}", field="train.betas")
+            raise ConfigError(f"must be two values in [0, 1), got {self.betas}", field="train.betas")
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("give steps or epochs, not both", field="train.steps")
         for name in ("steps", "epochs", "minutes", "grad_clip"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"must be > 0 (or null), got {value}", field=f"train.{name}")
+            if value is not None:
+                _positive(value, f"train.{name}", " (or null)")
 
     @property
     def has_length(self) -> bool:
@@ -149,6 +150,16 @@ class Recipe:
 
     def with_overrides(self, overrides: Iterable[Override]) -> Recipe:
         return apply_overrides(self, overrides)
+
+
+def _at_least(value: int, low: int, name: str) -> None:
+    if value < low:
+        raise ConfigError(f"must be >= {low}, got {value}", field=name)
+
+
+def _positive(value: float, name: str, alt: str = "") -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"must be > 0 and finite{alt}, got {value}", field=name)
 
 
 def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:

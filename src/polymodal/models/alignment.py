@@ -30,7 +30,7 @@ from ..encoders import ENCODERS, Encoder, create_encoder
 from ..errors import ConfigError, InvalidInput
 from ..losses.contrastive import clip_loss, siglip_loss
 from ..losses.distributed import feature_group, gather_no_grad, gather_sizes, gather_with_grad, world_info
-from .registry import ARCHS, load_config, register_model_config
+from .registry import ARCHS, check_spec, load_config, register_model_config
 
 MAX_LOGIT_SCALE = math.log(100.0)
 CLIP_INIT_SCALE = math.log(1 / 0.07)
@@ -67,6 +67,12 @@ class AlignmentConfig:
             raise ConfigError(f"arch must be 'alignment', got {self.arch!r}", field="arch")
         if not self.encoders:
             raise ConfigError("encoders must be a non-empty object {modality: {name, ...}}", field="encoders")
+        for m, spec in self.encoders.items():
+            check_spec(spec, f"encoders.{m}")
+        for name in ("init_logit_scale", "init_logit_bias"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"must be a finite number (or null), got {value}", field=name)
         check_alignment(tuple(sorted(self.encoders)), self.dim, self.projections, self.loss, self.pairing,
                         self.anchor, self.locked)
 

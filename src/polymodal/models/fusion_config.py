@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from .registry import register_model_config
+from .registry import check_spec, register_model_config
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class FusionModelConfig:
             raise ConfigError('expected {"name": <fusion>, ...kwargs}', field="fusion")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ConfigError(f"must be in [0, 1), got {self.modality_dropout}", field="modality_dropout")
+        for m, spec in self.encoders.items():
+            check_spec(spec, f"encoders.{m}")
+        check_spec(self.fusion, "fusion")
         init = self.init_from
         if init is None and not self.encoders:
             raise ConfigError("a fusion model needs at least one encoder", field="encoders")

@@ -3,7 +3,7 @@
 A run directory::
 
     RUN/config.json               what rebuilds the model: arch, model cfg, transform (incl. tokenizer), recipe
-    RUN/model.safetensors         the latest weights (a hard link to the newest checkpoint's file)
+    RUN/model.safetensors         the latest weights (a copy of the newest checkpoint's file)
     RUN/metrics.jsonl             one JSON line per logged step
     RUN/checkpoints/latest        name of the newest complete checkpoint, e.g. "step_00000300"
     RUN/checkpoints/step_00000300/
@@ -12,15 +12,21 @@ A run directory::
         train_state.json          step, samples seen, elapsed time, optimizer groups, non-tensor RNG state
 
 A checkpoint is written into a temporary folder and renamed into place, then ``latest`` is replaced
-atomically: a crash mid-write leaves the previous checkpoint intact and ``latest`` pointing at it.
+atomically: a crash mid-write leaves the previous checkpoint intact and ``latest`` pointing at it. Each
+``config.json`` records the sha256 of the files beside it (`polymodal.rundir.CHECKSUMS`). The top-level files
+are independent copies written atomically (never hard links: damage to one must leave the other intact), the
+weights before the config that records their checksum. `read_checkpoint` reads a checkpoint back and checks
+every file, so a resume can skip a damaged checkpoint for an older one that verifies.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +34,21 @@ import numpy as np
 import torch
 
 from .._io import atomic_write_bytes, json_bytes
-from ..errors import ConfigError
-from ..rundir import CONFIG, MODEL, STATE_J, STATE_T, checkpoint_name, tensors_to_bytes
+from ..errors import ConfigError, InvalidInput
+from ..rundir import (
+    CHECKSUMS,
+    CONFIG,
+    MODEL,
+    STATE_J,
+    STATE_T,
+    checkpoint_name,
+    checkpoint_step,
+    read_run_config,
+    read_tensors,
+    read_verified,
+    sha256_hex,
+    tensors_to_bytes,
+)
 
 # --------------------------------------------------------------------------------- optimizer state
 
@@ -99,8 +118,9 @@ def set_rng_state(tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> 
 def write_checkpoint(run_dir: str | os.PathLike[str], step: int, model_state: Mapping[str, torch.Tensor],
                      config: dict[str, Any], state_tensors: Mapping[str, torch.Tensor] | None = None,
                      state_json: dict[str, Any] | None = None, keep: int = 1) -> Path:
-    """Write a complete checkpoint for ``step``, point ``latest`` and the top-level files at it, and
-    remove older checkpoints beyond ``keep``. Returns the checkpoint folder."""
+    """Write a complete checkpoint for ``step`` (its ``config.json`` recording every other file's sha256),
+    point ``latest`` and the top-level copies at it, and remove older checkpoints beyond ``keep``. Returns
+    the checkpoint folder."""
     run = Path(run_dir)
     root = run / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -108,38 +128,65 @@ def write_checkpoint(run_dir: str | os.PathLike[str], step: int, model_state: Ma
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    files = {CONFIG: json_bytes(config), MODEL: tensors_to_bytes(model_state)}
+    files = {MODEL: tensors_to_bytes(model_state)}
     if state_tensors is not None and state_json is not None:
         files[STATE_T] = tensors_to_bytes(state_tensors)
         files[STATE_J] = json_bytes(state_json)
+    files[CONFIG] = json_bytes({**config, CHECKSUMS: {name: sha256_hex(data) for name, data in files.items()}})
     for name, data in files.items():
         atomic_write_bytes(tmp / name, data)
-        os.chmod(tmp / name, 0o644)  # temp files are created 0600; a run is meant to be shared and read
+        os.chmod(tmp / name, 0o644)  # a run is meant to be shared and read
     if final.exists():  # a checkpoint of the same step from an earlier, interrupted run
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_bytes(root / "latest", (final.name + "\n").encode())
-    for name in (CONFIG, MODEL):
-        _link_into(final / name, run / name)
-    _prune(root, keep, final.name)
+    for name in (MODEL, CONFIG):  # the weights first: the config records their checksum
+        atomic_write_bytes(run / name, files[name])
+    _prune(root, keep, step)
     return final
 
 
-def _link_into(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same file as ``src`` (hard link, else copy), replacing it atomically."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _prune(root: Path, keep: int, newest: str) -> None:
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != newest)
-    for old in done[: max(0, len(done) - (keep - 1))]:
+def _prune(root: Path, keep: int, newest: int) -> None:
+    """Keep the checkpoint of step ``newest`` and the ``keep - 1`` before it. Checkpoints of later steps belong
+    to a timeline the run left (it resumed from an older checkpoint because they did not verify): removed, so a
+    damaged one never takes the place of a good one."""
+    found = sorted((s, p) for p in root.glob("step_*") if p.is_dir() and (s := checkpoint_step(p)) is not None)
+    older = [p for s, p in found if s < newest]
+    abandoned = [p for s, p in found if s > newest]
+    for old in abandoned + older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass
+class Checkpoint:
+    """A checkpoint read back whole, every file checked against the checksums its config records."""
+
+    path: Path
+    config: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    state_tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+
+STATE_KEYS = ("step", "samples_seen", "elapsed_s", "world", "optimizer", "rng")
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read and verify a checkpoint folder. Any damage (a missing, truncated or changed file, a checksum
+    mismatch, unreadable JSON, a train state without its keys) is InvalidInput or NotFound naming the file."""
+    if not path.is_dir():
+        raise InvalidInput("no such checkpoint folder", source=str(path))
+    config = read_run_config(path)
+    sums = config.get(CHECKSUMS)
+    sums = sums if isinstance(sums, dict) else {}
+    model_state = read_tensors(path / MODEL, sums.get(MODEL))
+    state_tensors = read_tensors(path / STATE_T, sums.get(STATE_T))
+    state_path = path / STATE_J
+    try:
+        state = json.loads(read_verified(state_path, sums.get(STATE_J)).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"invalid JSON ({exc})", source=str(state_path)) from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise InvalidInput(f"not a train state: missing {missing}", source=str(state_path))
+    return Checkpoint(path, config, model_state, state_tensors, state)

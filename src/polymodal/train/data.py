@@ -9,12 +9,14 @@ factor, or whether the run was resumed. Modality dropout is not done here: it is
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..data.collate import collate
+from ..data.formats.common import skipped_line
 from ..data.formats.dataset import Dataset, open_dataset
 from ..data.sample import MODALITIES, Batch, Sample
 from ..data.transforms.compose import SampleTransform
@@ -55,6 +57,30 @@ def _modalities(ds: Dataset) -> list[str]:
         if i + 1 >= PEEK:
             break
     return [m for m in MODALITIES if m in seen]
+
+
+class SkippedItems:
+    """Bad data items a run skipped (``data.on_error="skip"``), in the order met, each once: reported on the
+    console as they are found and in the run's result."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, str] = {}  # name -> error (naming the file)
+        self._warned = 0
+
+    def note(self, items: Iterable[tuple[str, str]]) -> None:
+        for name, err in items:
+            self.items.setdefault(name, err)
+
+    def warning(self, first: int = 3) -> str | None:
+        """The console line for the items noted since the last call (None: no new ones)."""
+        new = list(self.items.values())[self._warned:]
+        self._warned = len(self.items)
+        return skipped_line(len(new), new[:first]) if new else None
+
+    def report(self, first: int = 5) -> dict[str, Any]:
+        """JSON: ``{"count": n, "first": [names], "errors": [messages]}`` (the first few)."""
+        names = list(self.items)
+        return {"count": len(names), "first": names[:first], "errors": [self.items[n] for n in names[:first]]}
 
 
 def load_samples(ds: Dataset, limit: int | None = None) -> list[Sample]:
@@ -147,6 +173,7 @@ class StreamData(_Prepared):
         self._next: tuple[int, int] | None = None  # (epoch, step in epoch) the iterator is positioned at
         self._it: Iterator[tuple[int, Sample]] = iter(())
         self.complete = False  # unknown without reading everything: let DDP look for idle towers
+        self.skipped: dict[str, str] = {}  # bad items this rank skipped so far (on_error="skip"): name -> error
 
     def _open(self, epoch: int) -> Iterator[tuple[int, Sample]]:
         rng = np.random.default_rng([self.seed, epoch, self.rank, 0x57])
@@ -170,6 +197,8 @@ class StreamData(_Prepared):
             for _ in range(k * self.per_rank):  # resume mid-epoch: replay up to this step
                 next(self._it, None)
         got = [item for _, item in zip(range(self.per_rank), self._it, strict=False)]
+        for name, err in self.ds.policy.skipped:  # the current pass's; kept across passes
+            self.skipped.setdefault(name, err)
         if len(got) < self.per_rank:
             raise InvalidInput(f"rank {self.rank} ran out of samples in epoch {epoch} (skipped bad items?)",
                                source=str(self.ds.path))

@@ -76,20 +76,29 @@ def _step(line: str) -> int:
 
 
 class Progress:
-    """tqdm bar on stderr (rank 0) with the loss and samples/s, and the time left when the run has a step
-    count (tqdm's ETA); returns the current samples/s.
+    """tqdm bar on stderr (rank 0) with the loss and samples/s; returns the current samples/s.
+
+    With a step count the bar counts steps (tqdm's ETA gives the time left). A time-budget run (``budget_s``
+    and no step count) has the budget as its total instead: the bar shows the percentage of the budget spent,
+    ``elapsed/budget`` and the ETA (the budget left: the run stops when it is spent), plus the step and loss.
+    ``elapsed`` (passed in by the trainer, which owns the clock and counts time before a resume) drives it.
 
     Once `ESTIMATE_STEPS` steps after the first (which pays one-off costs: allocation, lazy init) are timed,
     one line says how long the remaining steps should take on this machine, e.g. ``train: 0.55 s/step
-    (steps 2-6): about 8 min on this machine for the 894 steps left``."""
+    (steps 2-6): about 8 min on this machine for the 894 steps left`` (with a budget: how many more steps fit
+    in it)."""
 
     ESTIMATE_STEPS = 5
+    BUDGET_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {budget}"
 
-    def __init__(self, total: int | None, initial: int, enabled: bool, announce: bool | None = None):
+    def __init__(self, total: int | None, initial: int, enabled: bool, announce: bool | None = None,
+                 budget_s: float | None = None, elapsed: float = 0.0):
         self._bar: Any = None
         self._t = time.perf_counter()
         self._seen: int | None = None
         self.total, self.step = total, initial
+        self.budget = budget_s if total is None else None  # a step count, when there is one, drives the bar
+        self.elapsed = elapsed
         self._first: float | None = None  # clock at the end of this process's first step
         self._first_step = initial
         self.estimate: str | None = None
@@ -97,15 +106,40 @@ class Progress:
         if enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr,
-                             dynamic_ncols=True)
+            if self.budget is not None:
+                self._bar = _budget_bar(total=self.budget, initial=min(elapsed, self.budget), desc="train",
+                                        unit="s", file=sys.stderr, dynamic_ncols=True, bar_format=self.BUDGET_FORMAT)
+                self._bar.budget = self._budget_text(None, None)
+                self._bar.refresh()
+            else:
+                self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr,
+                                 dynamic_ncols=True)
 
-    def update(self, loss: float, samples_seen: int) -> float:
+    def _budget_text(self, loss: float | None, rate: float | None) -> str:
+        from tqdm import tqdm
+
+        assert self.budget is not None
+        spent = min(self.elapsed, self.budget)
+        text = (f"{tqdm.format_interval(spent)}/{tqdm.format_interval(self.budget)}, "
+                f"ETA {tqdm.format_interval(self.budget - spent)}, step {self.step}")
+        if loss is not None:
+            text += f", loss {loss:.4f}"
+        if rate is not None:
+            text += f", samples/s {rate:.0f}"
+        return text
+
+    def update(self, loss: float, samples_seen: int, elapsed: float | None = None) -> float:
         now = time.perf_counter()
         rate = 0.0 if self._seen is None else (samples_seen - self._seen) / max(now - self._t, 1e-9)
         self._t, self._seen = now, samples_seen
         self.step += 1
-        if self._bar is not None:
+        if elapsed is not None:
+            self.elapsed = elapsed
+        if self._bar is not None and self.budget is not None:
+            self._bar.n = min(self.elapsed, self.budget)
+            self._bar.budget = self._budget_text(loss, rate)
+            self._bar.refresh()
+        elif self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}", refresh=False)
             self._bar.update(1)
         if self._announce:
@@ -117,12 +151,18 @@ class Progress:
             self._first, self._first_step = now, self.step
             return
         timed = self.step - self._first_step
-        if self.estimate is not None or timed < self.ESTIMATE_STEPS or self.total is None:
+        if self.estimate is not None or timed < self.ESTIMATE_STEPS or (self.total is None and self.budget is None):
             return
         per_step = (now - self._first) / timed
-        left = self.total - self.step
-        self.estimate = (f"train: {per_step:.2f} s/step (steps {self._first_step + 1}-{self.step}): about "
-                         f"{format_duration(per_step * left)} on this machine for the {left} steps left")
+        head = f"train: {per_step:.2f} s/step (steps {self._first_step + 1}-{self.step}): about "
+        if self.total is not None:
+            left = self.total - self.step
+            self.estimate = f"{head}{format_duration(per_step * left)} on this machine for the {left} steps left"
+        else:
+            assert self.budget is not None
+            left = int(max(self.budget - self.elapsed, 0.0) / per_step)
+            self.estimate = (f"{head}{left} more steps fit in the {format_duration(self.budget)} budget on this "
+                             "machine")
         if left <= 0:
             return
         if self._bar is not None:
@@ -133,6 +173,21 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def _budget_bar(**kwargs: Any) -> Any:
+    """A tqdm bar whose format may use ``{budget}``: the text in its ``budget`` attribute (tqdm would put a
+    postfix after a comma)."""
+    from tqdm import tqdm
+
+    class BudgetBar(tqdm):  # type: ignore[misc]
+        budget = ""
+
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            return {**super().format_dict, "budget": self.budget}
+
+    return BudgetBar(**kwargs)
 
 
 def format_duration(seconds: float) -> str:

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import rundir
-from .._io import read_json_object
 from .._version import __version__
 from ..config import Recipe
 from ..data.sample import Batch
 from ..data.transforms.compose import SampleTransform
 from ..data.transforms.resolve import transform_config
-from ..errors import ConfigError, NotFound, TrainingError
+from ..errors import ConfigError, InvalidInput, NotFound, TrainingError
 from ..models import build_model
 from . import checkpoint as ck
-from .data import MemoryData, StreamData, load_samples, open_checked
+from .data import MemoryData, SkippedItems, StreamData, load_samples, open_checked
 from .distributed import DistEnv, StepSampler, all_mean, barrier, cleanup, gather_objects, init_distributed
 from .monitor import MetricsLog, Progress, reduce_logs, seed_everything
 from .optim import build_optimizer
@@ -50,6 +49,8 @@ class TrainResult:
     samples_per_s: float
     checkpoint: str | None
     stopped_by: str  # "steps" | "minutes" | "stop_after"
+    # bad data items skipped (data.on_error="skip"): {"count": n, "first": [names], "errors": [messages]}
+    skipped: dict[str, Any] = field(default_factory=lambda: {"count": 0, "first": [], "errors": []})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,12 +65,15 @@ class Trainer:
         if not recipe.train.has_length:
             raise ConfigError("the recipe sets no run length: give train.steps, train.epochs or train.minutes",
                               field="train.steps")
+        if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 1):
+            raise ConfigError(f"must be >= 1 (steps done before stopping), got {stop_after}", field="stop_after")
         self.recipe, self.cfg = recipe, recipe.train
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
         self.resume, self.device_name, self.show_progress, self.stop_after = resume, device, progress, stop_after
         self.step = self.samples_seen = 0
         self.elapsed_before = 0.0
         self.last_ckpt: Path | None = None
+        self.skipped = SkippedItems()
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -99,6 +103,16 @@ class Trainer:
             unused = not self.data.complete
             self.wrapped = DDP(self.core, device_ids=None, find_unused_parameters=unused)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.env.is_main, truncate_after=self.step)
+        self._warn_skipped()
+
+    def _warn_skipped(self) -> None:
+        """One console line for the bad items skipped since the last warning (count, first files, why)."""
+        data = getattr(self, "data", None)
+        if isinstance(data, StreamData):
+            self.skipped.note(data.skipped.items())
+        line = self.skipped.warning()
+        if line is not None and self.env.is_main:
+            print(f"polymodal train: warning: {line}", file=sys.stderr, flush=True)
 
     def _train_data(self, transform: SampleTransform, mods: list[str]) -> MemoryData | StreamData:
         dc = self.recipe.data
@@ -111,6 +125,7 @@ class Trainer:
                               self.cfg.batch_size // self.env.world, self.sampler.steps_per_epoch,
                               dc.shuffle_buffer)
         samples = load_samples(ds)
+        self.skipped.note(ds.policy.skipped)
         if len(samples) != n:  # bad items skipped (on_error="skip"): index what was read
             self.sampler = StepSampler(len(samples), self.cfg.batch_size, self.env.world, self.env.rank,
                                        self.cfg.accum_freq, self.cfg.seed)
@@ -135,6 +150,7 @@ class Trainer:
         if split == self.recipe.data.split or not ds.splits:
             return None  # no separate validation split in this data
         samples = load_samples(ds, self.cfg.val_max_samples)
+        self.skipped.note(ds.policy.skipped)
         return MemoryData(samples, transform.eval(), self.cfg.seed, mods) if len(samples) >= 2 else None
 
     def _total_steps(self) -> int | None:
@@ -151,29 +167,46 @@ class Trainer:
                 "recipe": self.recipe.to_dict(), "world_size": self.env.world}
 
     def _prepare_run_dir(self) -> None:
-        existing = rundir.latest_checkpoint(self.run_dir)
+        candidates = rundir.checkpoint_candidates(self.run_dir)
         if not self.resume:
-            if existing is not None or (self.run_dir / rundir.CONFIG).exists():
+            if candidates or (self.run_dir / rundir.CONFIG).exists():
                 raise ConfigError("the run directory already holds a run; pass --resume to continue it or "
                                   "choose a new --out", source=str(self.run_dir))
             if self.env.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             barrier(self.env)
             return
-        if existing is None:
+        if not candidates:
             raise NotFound("nothing to resume: no checkpoint under checkpoints/", source=str(self.run_dir))
-        self._load_checkpoint(existing)
+        self._load_checkpoint(self._newest_good_checkpoint(candidates))
 
-    def _load_checkpoint(self, path: Path) -> None:
-        saved = rundir.read_run_config(path)
+    def _newest_good_checkpoint(self, candidates: list[Path]) -> ck.Checkpoint:
+        """The first of ``candidates`` that reads back and verifies; each one skipped is a warning saying why."""
+        skipped: list[str] = []
+        for path in candidates:
+            try:
+                found = ck.read_checkpoint(path)
+            except (InvalidInput, NotFound) as err:
+                skipped.append(f"{path.name} ({err})")
+                if self.env.is_main:
+                    print(f"polymodal train: warning: skipping checkpoint {path.name}: {err}", file=sys.stderr)
+                continue
+            if skipped and self.env.is_main:
+                print(f"polymodal train: resuming from {path.name}, the newest checkpoint that verifies",
+                      file=sys.stderr)
+            return found
+        raise InvalidInput("nothing to resume: no checkpoint under checkpoints/ verifies: " + "; ".join(skipped),
+                           source=str(self.run_dir))
+
+    def _load_checkpoint(self, loaded: ck.Checkpoint) -> None:
+        path, saved, state, tensors = loaded.path, loaded.config, loaded.state, loaded.state_tensors
         for key in ("arch", "model", "transform"):
             diff = _first_diff(saved.get(key), self.run_config[key], key)
             if diff:
                 raise ConfigError(f"cannot resume: the checkpoint was trained with a different {diff}",
                                   source=str(path))
-        rundir.load_model_state(self.model, path / rundir.MODEL)
-        tensors = rundir.read_tensors(path / rundir.STATE_T)
-        state = read_json_object(path / rundir.STATE_J)
+        rundir.check_model_state(self.model, loaded.model_state, str(path / rundir.MODEL))
+        self.model.load_state_dict(loaded.model_state, strict=True)
         ck.restore_optimizer(self.optimizer, tensors, state["optimizer"], str(path))
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
         self.elapsed_before = float(state["elapsed_s"])
@@ -211,7 +244,7 @@ class Trainer:
         self._t0 = time.perf_counter()
         budget = self.cfg.minutes * 60 if self.cfg.minutes is not None else None
         progress = Progress(self.total_steps, self.step, self.env.is_main and self.show_progress,
-                            announce=self.env.is_main)
+                            announce=self.env.is_main, budget_s=budget, elapsed=self.elapsed_before)
         loss_value: float | None = None
         stopped_by = "steps"
         window = (time.perf_counter(), self.samples_seen)
@@ -229,7 +262,7 @@ class Trainer:
             loss_value = float(loss)
             self.step += 1
             self.samples_seen += self.cfg.batch_size
-            speed = progress.update(loss_value, self.samples_seen)
+            speed = progress.update(loss_value, self.samples_seen, self._elapsed())
             if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                 now = time.perf_counter()
                 rate = (self.samples_seen - window[1]) / max(now - window[0], 1e-9)
@@ -240,13 +273,14 @@ class Trainer:
             if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
                 self._save()
         progress.close()
+        self._warn_skipped()  # what streaming met during the run
         val = self._validate() if stopped_by != "stop_after" else None
         if self.last_ckpt is None or self.last_ckpt.name != rundir.checkpoint_name(self.step):
             self._save()
         elapsed = self._elapsed()
         return TrainResult(str(self.run_dir), self.step, self.samples_seen, loss_value, val, elapsed,
                            self.samples_seen / max(elapsed, 1e-9), str(self.last_ckpt) if self.last_ckpt else None,
-                           stopped_by)
+                           stopped_by, self.skipped.report())
 
     def _shared_elapsed(self) -> float:
         """Rank 0's clock, so every rank takes the same time-based decisions (rate, stopping)."""

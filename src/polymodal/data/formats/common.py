@@ -36,9 +36,22 @@ class ErrorPolicy:
             return
         yield item
 
+    def warning(self, first: int = 3) -> str | None:
+        """One console line with the count and the first errors (each names its file), or None."""
+        if not self.skipped:
+            return None
+        return skipped_line(len(self.skipped), [e for _, e in self.skipped[:first]])
+
     def summary(self, first: int = 5) -> str:
         if not self.skipped:
             return "skipped 0 items"
         names = ", ".join(n for n, _ in self.skipped[:first])
         more = "" if len(self.skipped) <= first else f", ... (+{len(self.skipped) - first} more)"
         return f"skipped {len(self.skipped)} item(s): {names}{more}"
+
+
+def skipped_line(count: int, errors: list[str]) -> str:
+    """``skipped N bad item(s) (on_error=skip): err1; err2 (+K more)`` on one line."""
+    shown = "; ".join(" ".join(e.split()) for e in errors)
+    more = f" (+{count - len(errors)} more)" if count > len(errors) else ""
+    return f"skipped {count} bad item(s) (on_error=skip): {shown}{more}"
