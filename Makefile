@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS := dev,speech,data,index,serve,hf
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,25 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(VENV)/bin/pytest -q --durations=15
+
+# The browser test (tests/serve/test_browser.py) drives Debian's Chromium through chromedriver. When they are
+# missing, install them from the system's apt repositories (sudo unless root; env passes DEBIAN_FRONTEND through
+# sudo). Never a browser downloaded from anywhere else. Without apt-get, say what is needed and stop.
+browser:
+	@if { command -v chromium || command -v chromium-browser; } >/dev/null && command -v chromedriver >/dev/null; then \
+	  :; \
+	elif command -v apt-get >/dev/null; then \
+	  echo "make: installing Debian's chromium + chromium-driver for the browser test (apt-get)"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	else \
+	  echo "make: the browser test needs chromium and chromedriver, and there is no apt-get here to install them;" \
+	       "install both (Debian: apt-get install chromium chromium-driver), then run make test again" >&2; \
+	  exit 1; \
+	fi
 
 test: lint typecheck unit
 
@@ -36,4 +53,4 @@ bench: $(STAMP)
 	for f in bench/*.py; do $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache src/*.egg-info

@@ -9,7 +9,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import re
+import shlex
 import shutil
+import subprocess
+import sys
 from html import escape
 from pathlib import Path
 
@@ -84,8 +89,9 @@ def test_first_run_writes_the_report(first):
     dirs = summary["retrieval"]["directions"]
     assert {"text->image", "image->text", "audio->image", "image->audio", "text->audio", "audio->text"} <= set(dirs)
     assert set(summary["robustness"]["models"]) == {"late", "attention"}
-    assert summary["serve_command"] == (f"polymodal serve --model {out / 'runs' / 'audioclip'} "
-                                        f"--collection {out / 'collection'}")
+    assert shlex.split(summary["serve_command"]) == [*quickstart.polymodal_command(), "serve", "--model",
+                                                     str(out / "runs" / "audioclip"), "--collection",
+                                                     str(out / "collection")]
     for name in CACHED:
         assert (out / "steps" / f"{name}.json").is_file()
     # fixed step budgets, announced up front; the steps actually trained and the wall times in the summary
@@ -97,6 +103,26 @@ def test_first_run_writes_the_report(first):
     assert all(0 < t["train_s"] <= t["wall_s"] for t in trained.values())
     assert summary["training"]["step"] == 3 and json.loads((out / "summary.json").read_text())["trained"] == trained
     assert "audioclip_tiny 3 steps -&gt; 3 steps in" in doc  # the report's budget line
+    # the step table lists every step, the report itself included, in order, with its time
+    steps_table = doc.split("<h2>Steps</h2>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td class='num'>([^<]*)</td></tr>", steps_table)
+    assert [name for name, _, _ in rows] == [s["name"] for s in summary["steps"]] and rows[-1][0] == "report"
+    assert rows[-1][1] == "ran" and float(rows[-1][2]) >= 0
+
+
+def test_the_printed_serve_command_runs_without_polymodal_on_path(first):
+    """`make demo` never activates the venv: the printed command must name the executable it ran with."""
+    out, summary, _ = first
+    words = shlex.split(summary["serve_command"])
+    i = words.index("serve")
+    assert words[i + 1:] == ["--model", str(out / "runs" / "audioclip"), "--collection", str(out / "collection")]
+    path = os.pathsep.join(p for p in ("/usr/bin", "/bin") if Path(p).is_dir())
+    assert shutil.which("polymodal", path=path) is None
+    env = {**os.environ, "PATH": path}
+    proc = subprocess.run([*words[:i], "serve", "--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "usage: polymodal serve" in proc.stdout, proc.stderr[-2000:]
+    assert words[:i] in ([str(Path(sys.executable).parent / "polymodal")],  # absolute, or relative to the cwd
+                         [os.path.relpath(Path(sys.executable).parent / "polymodal")])
 
 
 def test_second_run_reuses_every_finished_step(first, capsys):

@@ -181,3 +181,93 @@ def test_zeroshot_shapes_color_names_in_chinese(shapes_run: tuple[Path, Path],
     assert got["classes"][:3] == ["红色", "绿色", "蓝色"]
     samples = list(open_dataset(data, split="test"))
     assert got["image"]["n"] == len(samples)
+
+
+# ------------------------------------------------------------------------------- fusion runs, output, progress
+
+FUSION = {"arch": "fusion",
+          "model": {"num_classes": 10, "label_field": "label", "fusion": {"name": "late"},
+                    "encoders": {"image": {"name": "image_cnn", "image_size": 16, "channels": [8, 8]},
+                                 "audio": {"name": "audio_cnn", "n_mels": 16, "channels": [8, 8], "layers": 0}}},
+          "data": {"modalities": ["image", "audio"], "transform": {"audio": {"sample_rate": 22050}}},
+          "train": {"batch_size": 8, "lr": 0.01, "warmup_steps": 0, "steps": 2, "log_every": 1, "seed": 0,
+                    "ckpt_every": 0}}
+
+
+@pytest.fixture(scope="module")
+def fusion_run(digits_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data, _ = digits_run
+    run = tmp_path_factory.mktemp("eval_fusion") / "run"
+    train(Recipe.from_dict(FUSION), data, run, progress=False)
+    return run
+
+
+def test_classification_prints_tables_and_json_only_with_json(digits_run: tuple[Path, Path], fusion_run: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    data, _ = digits_run
+    args = [str(fusion_run), "--data", str(data), "--task", "classification", "--robustness", "--no-progress"]
+    got = _run_cli(capsys, *args)
+    assert eval_main(args) == 0
+    table = capsys.readouterr().out
+    assert "{" not in table and '"' not in table  # no JSON in the table form
+    lines = table.splitlines()
+    assert len(lines) < 25
+    clean = next(line for line in lines if line.startswith("clean "))
+    assert clean.split()[1:] == [f"{got['clean']['acc']:.3f}", f"{got['clean']['macro_f1']:.3f}"]
+    missing = next(line for line in lines if line.startswith("audio missing"))
+    assert missing.split()[2] == f"{got['removed']['audio']['acc']:.3f}"
+    audio = next(line for line in lines if line.startswith("audio ") and "missing" not in line)
+    assert audio.split()[1:] == [f"{a:.3f}" for a in got["noise"]["audio"]["acc"]] + \
+        [f"{got['noise']['audio']['relative_robustness']:.3f}"]
+    assert any(line.startswith("rel.rob: area under accuracy") for line in lines)
+
+
+def test_the_wrong_task_error_names_the_right_one(digits_run: tuple[Path, Path], fusion_run: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    data, run = digits_run
+    for task in ("retrieval", "zeroshot"):
+        with pytest.raises(InvalidInput, match="fusion classifier: evaluate it with --task classification"):
+            eval_main([str(fusion_run), "--data", str(data), "--task", task, "--no-progress"])
+    with pytest.raises(InvalidInput, match="--task retrieval or --task zeroshot"):
+        eval_main([str(run), "--data", str(data), "--task", "classification", "--no-progress"])
+    from polymodal.commands import main as cli
+
+    assert cli(["eval", str(fusion_run), "--data", str(data)]) == 1  # the default task: one line, no traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--task classification" in err[0]
+
+
+def test_eval_shows_progress_on_stderr(shapes_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    data, run = shapes_run
+    quiet = _run_cli(capsys, str(run), "--data", str(data), "--no-progress")
+    assert "encoding" not in capsys.readouterr().err
+    assert eval_main([str(run), "--data", str(data), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == quiet  # same numbers with the bars
+    n = quiet["n_items"]
+    assert f"polymodal eval: reading {n} samples of {data} [test]" in err
+    assert f"polymodal eval: loading the model {run}" in err
+    assert "encoding:" in err and f"{2 * n}/{2 * n}" in err  # one bar over the text and image inputs
+
+
+def test_chunked_encoding_equals_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from polymodal.eval import tasks
+
+    class Model:  # row i's embedding depends only on row i: chunking must not change anything
+        modalities = ("image", "text")
+        calls: list[int] = []
+
+        def embed(self, text: Any = None, image: Any = None) -> np.ndarray:
+            rows = [[len(t), 1.0] for t in text] if text is not None else [[float(x.sum()), 1.0] for x in image]
+            self.calls.append(len(rows))
+            x = np.asarray(rows, dtype=np.float32)
+            return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    from polymodal.data.sample import Sample
+
+    samples = [Sample(f"s{i}", text="x" * (i + 1), image=np.full((2, 2, 3), i, np.uint8)) for i in range(10)]
+    whole = tasks.evaluate_retrieval(Model(), samples)
+    monkeypatch.setattr(tasks, "ENCODE_CHUNK", 4)
+    Model.calls.clear()
+    assert tasks.evaluate_retrieval(Model(), samples, progress=True) == whole
+    assert Model.calls == [4, 4, 2, 4, 4, 2]

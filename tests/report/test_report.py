@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 import wave
 from html.parser import HTMLParser
 
@@ -210,3 +211,75 @@ def test_bar_chart_skips_missing_values():
     vals = [(a["data-group"], a["data-series"], float(a["data-value"])) for a in page.all("rect")
             if a.get("class") == "bar"]
     assert vals == [("a", "R@1", 0.5), ("b", "R@5", 0.25)]
+
+
+# ------------------------------------------------------------------------------------------- readability
+
+def _cells(doc: str) -> list[str]:
+    parse(doc)
+    return re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", doc)
+
+
+def _significant(number: str) -> int:
+    mantissa = number.lstrip("-").split("e")[0].replace(".", "").lstrip("0")
+    return len(mantissa)
+
+
+def test_numbers_are_written_as_people_write_them():
+    res = results()
+    res["meta"] = {"minutes": 8.0, "steps": 8, "train seconds": 112.586, "samples/s": 1234.5678, "final loss": 0.050341,
+                   "lr": 2.5e-05, "ratio": np.float32(0.5), "count": np.int64(3)}
+    res["steps"] = [{"name": "train", "status": "ran", "seconds": 1121.37}, {"name": "data", "status": "reused",
+                                                                           "seconds": 0.0, "took": 31.96}]
+    cells = _cells(render_report(res))
+    for want in ("8", "113", "1235", "0.0503", "2.5e-05", "0.5", "3", "1121", "0", "reused (took 32 s)"):
+        assert want in cells, want
+    assert not [c for c in cells if re.fullmatch(r"-?\d+\.\d*0", c)], "trailing zeros"  # 8.000, 0.0, 1121.40
+    decimals = [c for c in cells if re.fullmatch(r"-?\d+\.\d+(e-?\d+)?", c)]
+    assert decimals and not [c for c in decimals if _significant(c) > 3], "too many digits"  # 112.586, 0.81250
+    # recall and accuracy keep three significant digits
+    assert "0.812" in cells and "0.333" in cells
+
+
+def test_a_single_point_is_a_marker_in_the_chart_and_the_legend():
+    svg = line_chart([Series("train loss", [2, 4, 6, 8], [4.0, 3.0, 2.0, 1.0]),
+                      Series("validation loss", [8], [1.5], dashed=True, markers=True)],
+                     title="t", x_label="step", y_label="loss")
+    page = parse(svg)
+    swatches = {a["data-name"]: t for t, a in page.tags if a.get("class") == "legend-swatch"}
+    assert swatches == {"train loss": "line", "validation loss": "circle"}
+    lines = [a["data-name"] for a in page.all("polyline") if a.get("class") == "series"]
+    assert lines == ["train loss"]  # no one-point "line"
+    assert len([a for a in page.all("circle") if a.get("class") == "point"]) == 1
+
+
+def _robustness(image_curve: list[float], image_removed: float) -> dict:
+    return {"levels": [0.0, 0.5, 1.0], "models": {
+        "late": {"clean": {"acc": 1.0}, "removed": {"audio": {"acc": 0.6}, "image": {"acc": image_removed}},
+                 "noise": {"audio": {"acc": [1.0, 0.7, 0.4], "relative_robustness": 0.7},
+                           "image": {"acc": image_curve, "relative_robustness": 1.0}}},
+        "attention": {"clean": {"acc": 1.0}, "removed": {"audio": {"acc": 0.5}, "image": {"acc": image_removed}},
+                      "noise": {"audio": {"acc": [1.0, 0.5, 0.3], "relative_robustness": 0.575,
+                                          "effective_robustness": -0.3},
+                                "image": {"acc": image_curve, "relative_robustness": 1.0,
+                                          "effective_robustness": 0.0}}}}}
+
+
+def test_a_flat_noise_curve_is_explained():
+    doc = render_report({"title": "t", "robustness": _robustness([1.0, 1.0, 0.995], image_removed=1.0)})
+    page = parse(doc)
+    notes = [a for a in page.all("p") if a.get("class") == "muted flat-note"]
+    assert [a["data-sweep"] for a in notes] == ["image"]  # the audio curves fall: nothing to explain
+    text = " ".join("".join(page.text).split())
+    assert "Accuracy vs image noise is flat" in text
+    assert "with the image removed they still score 1" in text  # they do not need it: audio carries the label
+    partial = render_report({"title": "t", "robustness": _robustness([1.0, 1.0, 1.0], image_removed=0.4)})
+    assert "removing the image costs accuracy" in " ".join("".join(parse(partial).text).split())
+
+
+def test_effective_robustness_says_what_its_number_means():
+    text = " ".join("".join(parse(render_report({"title": "t", "robustness": _robustness(
+        [1.0, 0.9, 0.8], 0.9)})).text).split())
+    assert "summed over the 3 noise levels" in text and "0 for late fusion itself" in text
+    assert "on the accuracy scale (0-1)" in text  # relative robustness
+    assert "eff. robustness (sum over 3 levels)" in text  # the table header

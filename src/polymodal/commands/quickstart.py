@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -336,11 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     steps = Steps(out, args.fresh, 6 if args.no_fusion else 10)
     run, coll_path = out / "runs" / "audioclip", out / "collection"
     state = _pipeline(args, steps, budgets, out, run, coll_path)
-    serve = f"polymodal serve --model {shlex.quote(str(run))} --collection {shlex.quote(str(coll_path))}"
+    serve = shlex.join([*polymodal_command(), "serve", "--model", str(run), "--collection", str(coll_path)])
     from ..report import write_report
 
     report = steps.run("report", "report.html", {}, lambda: {"path": str(write_report(
         _report(args, state, steps, serve), out / "report.html"))}, cache=False)["result"]["path"]
+    # written again now that the step table can list the report step too, with the time it took (~0.1 s)
+    write_report(_report(args, state, steps, serve), report)
     summary = {"report": report, "serve_command": serve, "run": str(run), "collection": str(coll_path),
                "seconds": round(time.perf_counter() - t0, 1), "steps": steps.log,
                "training": state["train"], "trained": state["trained"], "retrieval": state["retrieval"],
@@ -353,6 +356,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def polymodal_command() -> list[str]:
+    """The words that run polymodal with this interpreter, for commands printed to copy: the `polymodal` script
+    beside it (a virtualenv's bin/, which `make demo` never puts on PATH), else ``python -m polymodal``. Relative
+    to the working directory when inside it (``.venv/bin/polymodal``), like the other paths printed."""
+    exe = Path(sys.executable)
+    script = exe.parent / ("polymodal.exe" if os.name == "nt" else "polymodal")
+    return [_shorter(script)] if script.is_file() else [_shorter(exe), "-m", "polymodal"]
+
+
+def _shorter(path: Path) -> str:
+    try:
+        rel = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+    return rel if os.sep in rel else os.path.join(os.curdir, rel)  # a bare name would be looked up on PATH
+
+
 def _print_done(summary: dict[str, Any]) -> None:
     dirs = summary["retrieval"].get("directions", {})
     for d in ("text->image", "audio->image", "image->text"):
@@ -363,4 +383,4 @@ def _print_done(summary: dict[str, Any]) -> None:
     print(f"browse: {summary['serve_command']}")
 
 
-__all__ = ["main"]
+__all__ = ["main", "polymodal_command"]

@@ -1,5 +1,9 @@
 """Evaluation tasks over a data set and an embedding model (anything with ``.embed(**{modality: inputs})``
-returning normalised (N, D) float32 arrays and a ``.modalities`` tuple, e.g. ``polymodal.load(run)``)."""
+returning normalised (N, D) float32 arrays and a ``.modalities`` tuple, e.g. ``polymodal.load(run)``).
+
+With ``progress=True`` the encoding (nearly all of an evaluation's time) shows one tqdm bar with the time
+left on stderr; the inputs are then embedded in chunks of `ENCODE_CHUNK`, a multiple of
+`EmbeddingModel.embed`'s batch, so the embeddings are the same as from one call."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from itertools import permutations
 from typing import Any, Protocol
 
 import numpy as np
+from tqdm import tqdm
 
 from ..data.sample import Sample
 from ..errors import InvalidInput
@@ -39,13 +44,39 @@ def embed_modality(model: EmbeddingModel, samples: Sequence[Sample], modality: s
     return np.asarray(model.embed(**{modality: [model_input(s, modality) for s in samples]}), dtype=np.float32)
 
 
+ENCODE_CHUNK = 256  # 4 x EmbeddingModel.embed's default batch of 64: chunked embeddings equal one call's
+
+
+class _Encoder:
+    """``model.embed`` per modality; with a bar, in chunks that advance one bar over every input of a task."""
+
+    def __init__(self, model: EmbeddingModel, total: int, progress: bool):
+        self.model = model
+        self.bar = tqdm(total=total, desc="encoding", unit="item") if progress else None
+
+    def __call__(self, modality: str, inputs: Sequence[Any]) -> np.ndarray:
+        if self.bar is None:
+            return np.asarray(self.model.embed(**{modality: list(inputs)}), dtype=np.float32)
+        parts = []
+        for lo in range(0, len(inputs), ENCODE_CHUNK):
+            chunk = list(inputs[lo:lo + ENCODE_CHUNK])
+            parts.append(np.asarray(self.model.embed(**{modality: chunk}), dtype=np.float32))
+            self.bar.update(len(chunk))
+        return np.concatenate(parts) if parts else np.asarray(self.model.embed(**{modality: []}), dtype=np.float32)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _label_key(s: Sample) -> str | None:
     labels = s.metadata.get("labels")
     return json.dumps(labels, sort_keys=True, ensure_ascii=False) if labels else None
 
 
 def evaluate_retrieval(model: EmbeddingModel, samples: Sequence[Sample], *, ks: Sequence[int] = (1, 5, 10),
-                       all_captions: bool = False, modalities: Iterable[str] | None = None) -> dict[str, Any]:
+                       all_captions: bool = False, modalities: Iterable[str] | None = None,
+                       progress: bool = False) -> dict[str, Any]:
     """R@k, median/mean rank in every direction between the modalities the model and the data share.
 
     With ``all_captions`` every value of ``metadata['captions']`` (e.g. English and Chinese) becomes an
@@ -55,20 +86,20 @@ def evaluate_retrieval(model: EmbeddingModel, samples: Sequence[Sample], *, ks: 
     present = [m for m in model.modalities if m in wanted and any(getattr(s, m) is not None for s in samples)]
     if len(present) < 2:
         raise InvalidInput(f"need two modalities shared by the model and the data, found {present}", field="modalities")
-    items: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # m -> (embeddings, item index per row)
+    plan: dict[str, tuple[list[Any], list[int]]] = {}  # m -> (inputs, item index per row)
     texts: list[str] = []
     for m in present:
         idx = [i for i, s in enumerate(samples) if getattr(s, m) is not None]
         if m == "text" and all_captions:
             rows = [(i, c) for i in idx for c in _captions(samples[i])]
-            texts = [c for _, c in rows]
-            emb = np.asarray(model.embed(text=texts), dtype=np.float32)
-            items[m] = (emb, np.array([i for i, _ in rows]))
+            plan[m] = ([c for _, c in rows], [i for i, _ in rows])
         else:
-            sub = [samples[i] for i in idx]
-            if m == "text":
-                texts = [s.text or "" for s in sub]
-            items[m] = (embed_modality(model, sub, m), np.array(idx))
+            plan[m] = ([model_input(samples[i], m) for i in idx], idx)
+        if m == "text":
+            texts = [t or "" for t in plan[m][0]]
+    encode = _Encoder(model, sum(len(inputs) for inputs, _ in plan.values()), progress)
+    items = {m: (encode(m, inputs), np.array(rows)) for m, (inputs, rows) in plan.items()}
+    encode.close()
     keys = [_label_key(s) for s in samples]
     names = sorted({k for k in keys if k is not None})
     number = {k: n for n, k in enumerate(names)}
@@ -114,7 +145,7 @@ def label_value(meta: dict[str, Any], field: str) -> Any:
 def evaluate_zeroshot(model: EmbeddingModel, samples: Sequence[Sample], classnames: Sequence[str], *,
                       label_field: str = "label", label_names: Sequence[str] | None = None,
                       templates: Sequence[str] | None = None, lang: str = "en",
-                      modalities: Iterable[str] | None = None) -> dict[str, Any]:
+                      modalities: Iterable[str] | None = None, progress: bool = False) -> dict[str, Any]:
     """Classify every non-text modality of the samples by text prompts (prompt ensembles).
 
     Labels come from the (dotted) metadata field: an int is a class index; a string is looked up in
@@ -134,9 +165,11 @@ def evaluate_zeroshot(model: EmbeddingModel, samples: Sequence[Sample], classnam
     tmpl = list(templates or TEMPLATES.get(lang, TEMPLATES["en"]))
     classes = class_embeddings(lambda t: model.embed(text=t), classnames, tmpl)
     out: dict[str, Any] = {"classes": list(classnames), "templates": tmpl, "label_field": label_field}
-    for m in modalities or [m for m in model.modalities if m != "text"]:
-        sub = [s for s in samples if getattr(s, m) is not None and label(s) is not None]
-        if not sub:
-            continue
-        out[m] = zeroshot_metrics(embed_modality(model, sub, m), classes, [label(s) or 0 for s in sub])
+    subs = {m: [s for s in samples if getattr(s, m) is not None and label(s) is not None]
+            for m in modalities or [m for m in model.modalities if m != "text"]}
+    subs = {m: sub for m, sub in subs.items() if sub}
+    encode = _Encoder(model, sum(len(sub) for sub in subs.values()), progress)
+    for m, sub in subs.items():
+        out[m] = zeroshot_metrics(encode(m, [model_input(s, m) for s in sub]), classes, [label(s) or 0 for s in sub])
+    encode.close()
     return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import os
 import wave
 from collections.abc import Mapping, Sequence
@@ -89,14 +90,25 @@ def wav_data_uri(wave_f32: np.ndarray, sample_rate: int) -> str:
 
 # ------------------------------------------------------------------------------------------- pieces
 
-def _num(v: Any, digits: int = 3) -> str:
+def format_number(v: Any) -> str:
+    """A number as people write it: integers (and whole floats) plain, 100 and more rounded to a whole number,
+    smaller values to three significant digits (0.812, 12.5, 0.0503); anything else as text."""
     if isinstance(v, bool) or v is None:
-        return escape(str(v))
+        return str(v)
     if isinstance(v, int | np.integer):
         return str(int(v))
     if isinstance(v, float | np.floating):
-        return f"{float(v):.{digits}f}"
-    return escape(str(v))
+        x = float(v)
+        if not math.isfinite(x):
+            return str(x)
+        if x.is_integer() and abs(x) < 1e15:
+            return str(int(x))
+        return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+    return str(v)
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else escape(format_number(v))
 
 
 def _kv_table(rows: Mapping[str, Any]) -> str:
@@ -107,13 +119,13 @@ def _kv_table(rows: Mapping[str, Any]) -> str:
 def _steps(steps: Sequence[Mapping[str, Any]]) -> str:
     def status(s: Mapping[str, Any]) -> str:
         took = s.get("took")  # a reused step: how long it took when it ran
-        return escape(str(s.get("status", ""))) + (f" (took {_num(took, 1)} s)" if took is not None else "")
+        return escape(str(s.get("status", ""))) + (f" (took {_num(took)} s)" if took is not None else "")
 
     rows = "".join(f"<tr><td>{escape(str(s.get('name', '')))}</td><td>{status(s)}</td>"
-                   f"<td class='num'>{_num(s.get('seconds'), 1)}</td></tr>" for s in steps)
+                   f"<td class='num'>{_num(s.get('seconds'))}</td></tr>" for s in steps)
     total = sum(float(s.get("seconds") or 0.0) for s in steps)
     return (f"<table><tr><th>step</th><th>status</th><th>seconds</th></tr>{rows}"
-            f"<tr><th>total</th><th></th><th class='num'>{total:.1f}</th></tr></table>")
+            f"<tr><th>total</th><th></th><th class='num'>{_num(total)}</th></tr></table>")
 
 
 def _training(tr: Mapping[str, Any]) -> str:
@@ -131,7 +143,7 @@ def _retrieval(ret: Mapping[str, Any]) -> str:
     parts = ["<h2>Retrieval (test split)</h2>"]
     info = {k: ret[k] for k in ("n_items", "caption_duplicate_rate") if k in ret}
     if info:
-        parts.append(f"<p class='muted'>{escape(', '.join(f'{k}: {_num(v)}' for k, v in info.items()))}</p>")
+        parts.append(f"<p class='muted'>{', '.join(f'{escape(k)}: {_num(v)}' for k, v in info.items())}</p>")
     charts = [bar_chart(names, KS, [[dirs[d].get(k) for k in KS] for d in names],
                         title="Recall@K per direction (exact item)", y_label="recall")]
     if any(isinstance(dirs[d].get("attribute"), Mapping) for d in names):
@@ -142,7 +154,7 @@ def _retrieval(ret: Mapping[str, Any]) -> str:
     rows = []
     for d in names:
         r, a = dirs[d], dirs[d].get("attribute") or {}
-        cells = [_num(r.get(k)) for k in KS] + [_num(r.get("median_rank"), 1)] + [_num(a.get(k)) for k in KS]
+        cells = [_num(r.get(k)) for k in KS] + [_num(r.get("median_rank"))] + [_num(a.get(k)) for k in KS]
         rows.append(f"<tr><td>{escape(d)}</td>{''.join(f'<td class=num>{c}</td>' for c in cells)}</tr>")
     parts.append(f"<table><tr><th>direction</th>{head}</tr>{''.join(rows)}</table>")
     return "".join(parts)
@@ -176,19 +188,61 @@ def _query(q: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+FLAT = 0.01  # a noise curve whose accuracy moves less than this (one point) over all levels is flat
+
+
+def _robustness_intro(levels: Sequence[float]) -> str:
+    shown = ", ".join(format_number(v) for v in levels)
+    return ("<p class='muted'>Accuracy (0-1) with a modality removed, and under noise of increasing level "
+            f"({escape(shown)}; 0 = clean, 1 = strongest). <b>Relative robustness</b>: the area under the "
+            "accuracy-vs-noise curve over the levels, on the accuracy scale (0-1): a curve that never drops scores "
+            "its clean accuracy. <b>Effective robustness</b>: the accuracy a model keeps beyond late fusion's curve "
+            f"(shifted to start at the model's own clean accuracy), summed over the {len(levels)} noise levels, in "
+            "accuracy units (+0.1: one level 10 points better, or ten levels 1 point better); 0 for late fusion "
+            "itself, above 0 more robust than late fusion, below 0 less.</p>")
+
+
+def _accuracy(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _flat_note(sweep: str, models: Mapping[str, Mapping[str, Any]]) -> str:
+    """Why a sweep's chart is flat (every model's accuracy moves less than `FLAT`), or "" when it is not."""
+    curves = {name: [float(a) for a in (((r.get("noise") or {}).get(sweep) or {}).get("acc") or [])
+                     if isinstance(a, int | float) and math.isfinite(a)] for name, r in models.items()}
+    curves = {name: c for name, c in curves.items() if c}
+    if not curves or any(max(c) - min(c) >= FLAT for c in curves.values()):
+        return ""
+    lo, hi = min(min(c) for c in curves.values()), max(max(c) for c in curves.values())
+    span = format_number(lo) if format_number(lo) == format_number(hi) else f"{format_number(lo)}-{format_number(hi)}"
+    text = (f"Accuracy vs {sweep} noise is flat: no model's accuracy moves by {FLAT:g} or more from the clean "
+            f"level to the strongest noise (all stay at {span}).")
+    clean = {name: _accuracy((r.get("clean") or {}).get("acc")) for name, r in models.items()}
+    removed = {name: _accuracy(((r.get("removed") or {}).get(sweep) or {}).get("acc")) for name, r in models.items()}
+    if all(v is not None for v in (*removed.values(), *clean.values())):
+        if all(abs((removed[n] or 0.0) - (clean[n] or 0.0)) < FLAT for n in removed):
+            scores = sorted({format_number(v) for v in removed.values()})
+            score = scores[0] if len(scores) == 1 else ", ".join(f"{n} {format_number(v)}" for n, v in removed.items())
+            text += (f" The models do not need the {sweep}: with the {sweep} removed they still score {score}, "
+                     f"because the other modality carries the label, so noise on the {sweep} cannot hurt them.")
+        else:
+            drops = ", ".join(f"{n} {format_number(clean[n])} -> {format_number(removed[n])}" for n in removed)
+            text += (f" Yet removing the {sweep} costs accuracy ({drops}): even the strongest noise leaves "
+                     f"what the models use from the {sweep} intact.")
+    return f"<p class='muted flat-note' data-sweep='{escape(sweep)}'>{escape(text)}</p>"
+
+
 def _robustness(rob: Mapping[str, Any]) -> str:
     models: Mapping[str, Mapping[str, Any]] = rob.get("models") or {}
     if not models:
         return ""
     levels = list(rob.get("levels") or next(iter(models.values())).get("levels") or [])
-    parts = ["<h2>Robustness (fusion classifiers on digits)</h2>",
-             "<p class='muted'>Accuracy with a modality removed and under noise of increasing level; relative "
-             "robustness = area under the accuracy-vs-noise curve; effective robustness is measured against "
-             "late fusion.</p>"]
+    parts = ["<h2>Robustness (fusion classifiers on digits)</h2>", _robustness_intro(levels)]
     mods = sorted({m for r in models.values() for m in (r.get("removed") or {})})
     sweeps = sorted({s for r in models.values() for s in (r.get("noise") or {})})
     head = "".join(f"<th>{escape(m)} missing</th>" for m in mods)
-    head += "".join(f"<th>{escape(s)} noise: rel. / eff. robustness</th>" for s in sweeps)
+    head += "".join(f"<th>{escape(s)} noise: rel. robustness (0-1) / eff. robustness (sum over {len(levels)} "
+                    "levels)</th>" for s in sweeps)
     rows = []
     for name, r in models.items():
         cells = [f"<td class=num>{_num((r.get('clean') or {}).get('acc'))}</td>"]
@@ -207,6 +261,7 @@ def _robustness(rob: Mapping[str, Any]) -> str:
         charts.append(line_chart(series, title=f"Accuracy vs {s} noise", x_label="noise level", y_label="accuracy",
                                  width=360, height=260, y_min=0.0, y_max=1.0, x_ticks=levels or None))
     parts.append(f"<div class='charts'>{''.join(charts)}</div>")
+    parts += [_flat_note(s, models) for s in sweeps]
     return "".join(parts)
 
 
@@ -250,4 +305,4 @@ def write_report(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Pa
     return out
 
 
-__all__ = ["png_data_uri", "render_report", "wav_bytes", "wav_data_uri", "write_report"]
+__all__ = ["format_number", "png_data_uri", "render_report", "wav_bytes", "wav_data_uri", "write_report"]

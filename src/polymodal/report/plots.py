@@ -93,17 +93,35 @@ def _y_grid(ticks: list[float], ymap: Callable[[float], float], width: int) -> l
     return out
 
 
-def _legend(names: Sequence[str], colors: Sequence[str], width: int, dashed: Sequence[bool] | None = None) -> list[str]:
+def _legend(names: Sequence[str], colors: Sequence[str], width: int, styles: Sequence[str] | None = None) -> list[str]:
+    """One swatch + name per series, drawn as the series is: ``line``, ``dashed``, with ``+marker``, a lone
+    ``point`` (a series of one point is a dot on the chart, so a line in the legend would misdescribe it), or
+    ``bar`` (a square)."""
     out, x = [], MARGIN["left"] + 8
     for i, (name, color) in enumerate(zip(names, colors, strict=True)):
-        dash = ' stroke-dasharray="5 3"' if dashed and dashed[i] else ""
-        out.append(f'<line x1="{x}" y1="{LEGEND_Y}" x2="{x + 16}" y2="{LEGEND_Y}" '
-                   f'stroke="{color}" stroke-width="3"{dash}/>')
+        style = styles[i] if styles else "line"
+        attrs = f'class="legend-swatch" data-name="{escape(name)}"'
+        if style == "point":
+            out.append(f'<circle {attrs} cx="{x + 8}" cy="{LEGEND_Y}" r="4" fill="{color}"/>')
+        elif style == "bar":
+            out.append(f'<rect {attrs} x="{x + 2}" y="{LEGEND_Y - 6}" width="12" height="12" fill="{color}"/>')
+        else:
+            dash = ' stroke-dasharray="5 3"' if style.startswith("dashed") else ""
+            out.append(f'<line {attrs} x1="{x}" y1="{LEGEND_Y}" x2="{x + 16}" y2="{LEGEND_Y}" '
+                       f'stroke="{color}" stroke-width="3"{dash}/>')
+            if style.endswith("+marker"):
+                out.append(f'<circle class="legend-marker" cx="{x + 8}" cy="{LEGEND_Y}" r="3" fill="{color}"/>')
         out.append(f'<text class="legend" x="{x + 20}" y="{LEGEND_Y + 4}" font-size="11">{escape(name)}</text>')
         x += 28 + 7 * len(name)
         if x > width - 60:
             break
     return out
+
+
+def _style(s: Series) -> str:
+    if len(s.points) == 1:
+        return "point"
+    return ("dashed" if s.dashed else "line") + ("+marker" if s.markers else "")
 
 
 def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str, width: int = 520,
@@ -141,14 +159,17 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     for s, color in zip(series, colors, strict=True):
         if not s.points:
             continue
-        coords = " ".join(f"{xmap(x):.1f},{ymap(y):.1f}" for x, y in s.points)
-        dash = ' stroke-dasharray="5 3"' if s.dashed else ""
-        out.append(f'<polyline class="series" data-name="{escape(s.name)}" points="{coords}" fill="none" '
-                   f'stroke="{color}" stroke-width="2"{dash}><title>{escape(s.name)}</title></polyline>')
+        if len(s.points) > 1:  # one point is a dot, not a line
+            coords = " ".join(f"{xmap(x):.1f},{ymap(y):.1f}" for x, y in s.points)
+            dash = ' stroke-dasharray="5 3"' if s.dashed else ""
+            out.append(f'<polyline class="series" data-name="{escape(s.name)}" points="{coords}" fill="none" '
+                       f'stroke="{color}" stroke-width="2"{dash}><title>{escape(s.name)}</title></polyline>')
         if s.markers or len(s.points) == 1:
-            out += [f'<circle cx="{xmap(x):.1f}" cy="{ymap(y):.1f}" r="3" fill="{color}">'
-                    f"<title>{escape(s.name)}: {escape(_fmt(x))}, {y:.4g}</title></circle>" for x, y in s.points]
-    out += _legend([s.name for s in series], colors, width, [s.dashed for s in series])
+            r = 3 if len(s.points) > 1 else 4
+            out += [f'<circle class="point" data-name="{escape(s.name)}" cx="{xmap(x):.1f}" cy="{ymap(y):.1f}" '
+                    f'r="{r}" fill="{color}"><title>{escape(s.name)}: {escape(_fmt(x))}, {y:.3g}</title></circle>'
+                    for x, y in s.points]
+    out += _legend([s.name for s in series], colors, width, [_style(s) for s in series])
     return "\n".join([*out, "</svg>"])
 
 
@@ -191,7 +212,7 @@ def bar_chart(groups: Sequence[str], series_names: Sequence[str], values: Sequen
         out.append(f'<text class="tick" x="{MARGIN["left"] + (g + 0.5) * group_w:.1f}" '
                    f'y="{height - MARGIN["bottom"] + 16}" text-anchor="middle" font-size="11">{escape(group)}</text>')
     out += _axes(width, height, "", y_label)
-    out += _legend(list(series_names), colors, width)
+    out += _legend(list(series_names), colors, width, ["bar"] * len(series_names))
     return "\n".join([*out, "</svg>"])
 
 
