@@ -125,7 +125,8 @@ def test_embed_errors_name_the_field(client: Client):
         "video[0].data")
     err(c.post("/v1/embed", json={"text": "not a list"}), 422, "text")
     err(c.post("/v1/embed", json={"txt": ["typo"]}), 422, "txt")
-    err(c.post("/v1/embed", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    err(c.post("/v1/embed", content=b"{not json", headers={"content-type": "application/json"}), 400, "body",
+        "BadRequest")
 
 
 def test_embed_modality_the_model_lacks(client: Client):
@@ -301,7 +302,7 @@ def test_upsert_errors(client: Client):
     err(post([{"id": 1, "text": "a", "embed": "image"}]), 422, "items[0].embed")
     err(post([{"id": 1, "text": "a"}, {"id": 2, "image": "broken"}]), 422, "items[1].image")
     err(post([{"id": 1, "text": "a"}, {"id": 1, "text": "b"}]), 422, "ids")
-    err(post([{"id": -1, "text": "a"}]), 422, "ids")
+    err(post([{"id": -1, "text": "a"}]), 422, "items[0].id")
     nan = b'{"items": [{"id": 1, "text": "a", "metadata": {"x": NaN}}]}'  # Python's JSON parser reads NaN
     err(c.post("/v1/collections/main/items", content=nan, headers={**AUTH, "content-type": "application/json"}),
         422, "metadata")
@@ -433,21 +434,35 @@ def test_cli_help_and_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert layout(str(tmp_path), None) == (tmp_path, None)  # a folder of collections
 
 
-def test_cli_main_wires_model_collection_and_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import uvicorn
-
+def test_cli_main_wires_model_collection_and_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]):
     import polymodal.api
+    import polymodal.serve.server
     from polymodal.commands import main as polymodal_main
 
     seen: dict = {}
+
+    class FakeServer:  # records what main hands uvicorn instead of serving forever
+        def __init__(self, app, settings, log_level, on_listening):
+            seen.update(app=app, settings=settings, log_level=log_level)
+            self.on_listening = on_listening
+
+        def run(self, sockets):
+            seen["port"] = sockets[0].getsockname()[1]
+            assert "http://" not in capsys.readouterr().err  # the URL is printed once listening, not before
+            self.on_listening()
+
     monkeypatch.setattr(polymodal.api, "load", lambda run, device="cpu": FakeModel())
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(polymodal.serve.server, "make_server", lambda app, settings, *, log_level, on_listening:
+                        FakeServer(app, settings, log_level, on_listening))
     monkeypatch.setenv("POLYMODAL_API_KEY", "from-env")
     empty = tmp_path / "coll"
     empty.mkdir()  # an empty folder becomes a new collection
-    assert polymodal_main(["serve", "--model", "run", "--collection", str(empty), "--port", "8123",
-                           "--max-batch", "4"]) == 0
-    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    assert polymodal_main(["serve", "--model", "run", "--collection", str(empty), "--port", "0",
+                           "--max-batch", "4", "--max-connections", "7", "--header-timeout-s", "2.5"]) == 0
+    assert seen["port"] > 0
+    assert f"http://127.0.0.1:{seen['port']}/" in capsys.readouterr().err  # the port it really got
+    assert (seen["settings"].max_connections, seen["settings"].header_timeout_s) == (7, 2.5)
     with TestClient(seen["app"]) as c:
         assert c.get("/v1/collections").json() == {"default": "coll", "collections": ["coll"]}
         err(c.post("/v1/collections/coll/items", json={"items": [{"id": 1, "text": "a"}]}), 401)

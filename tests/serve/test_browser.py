@@ -90,18 +90,20 @@ class WebDriver:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import uvicorn
-
     from polymodal.serve import ServeSettings, create_app
+    from polymodal.serve.server import bind, make_server, url_of
 
     root = tmp_path_factory.mktemp("serve")
-    app = create_app(FakeModel(), root=root, collection=root / "main", settings=ServeSettings(api_key=KEY))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
+    settings = ServeSettings(api_key=KEY)
+    app = create_app(FakeModel(), root=root, collection=root / "main", settings=settings)
+    sock = bind("127.0.0.1", 0)  # the server `polymodal serve` runs, with its connection limits
+    listening = threading.Event()
+    srv = make_server(app, settings, log_level="warning", on_listening=listening.set)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    wait_for(lambda: srv.started, what="uvicorn to start")
-    base = f"http://127.0.0.1:{port}"
+    wait_for(listening.is_set, what="uvicorn to start")
+    base = url_of(sock, "127.0.0.1").rstrip("/")
+    assert httpx.post(f"{base}/v1/collections/empty", headers={"X-API-Key": KEY}).status_code == 201
     items = [{"id": 1, "text": "red circle", "image": png_b64(RED), "embed": "text"},
              {"id": 2, "text": "blue square", "image": png_b64(BLUE), "embed": "text"},
              {"id": 3, "text": "green triangle whistles", "audio": wav_b64(tone(660), 16000), "embed": "text"},
@@ -111,6 +113,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield base
     srv.should_exit = True
     thread.join(10)
+    sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +161,9 @@ def search_and_wait(wd: WebDriver, before: str) -> list[str]:
 def test_text_query_shows_the_expected_item_with_thumbnail(server: str, browser: WebDriver):
     wd = browser
     wd.get(server + "/")
-    wait_for(lambda: wd.run("return document.querySelectorAll('#collection option').length") == 1,
+    wait_for(lambda: wd.run("return document.querySelectorAll('#collection option').length") == 2,
              what="the collection list")
+    assert wd.run("return document.getElementById('collection').value") == "main"  # the default
     wd.type(wd.find("#q"), "blue square")
     cards = search_and_wait(wd, "")
     assert len(cards) == 4  # k defaults to 10; the collection holds 4 items
@@ -206,3 +210,58 @@ def test_errors_show_in_the_status_line(server: str, browser: WebDriver):
     wd.click(wd.find("#go"))
     wait_for(lambda: "type a query" in wd.text(wd.find("#status")), what="the error message")
     assert wd.cmd("GET", f"/element/{wd.find('#status')}/attribute/class") == "error"
+
+
+def wait_for_hits(wd: WebDriver) -> list[str]:
+    wait_for(lambda: "results" in wd.text(wd.find("#status")), what="the search to finish")
+    return hits(wd)
+
+
+def test_a_q_url_runs_its_search_and_a_search_updates_the_url(server: str, browser: WebDriver):
+    wd = browser
+    wd.get(server + "/?q=blue%20square&k=5")
+    cards = wait_for_hits(wd)  # no click: the URL's search runs on load
+    assert wd.cmd("GET", f"/element/{cards[0]}/attribute/data-id") == "2"
+    assert wd.run("return [document.getElementById('q').value, document.getElementById('k').value]") == \
+        ["blue square", "5"]
+    q = wd.find("#q")
+    wd.clear(q)
+    wd.type(q, "red circle")
+    wd.run("document.getElementById('k').value = '10';")
+    wd.click(wd.find("#go"))
+    wait_for(lambda: wd.run("return location.search") == "?q=red+circle", what="the URL to follow the search")
+    wait_for(lambda: wd.cmd("GET", f"/element/{hits(wd)[0]}/attribute/data-id") == "1", what="the new results")
+    shared = wd.run("return location.href")
+    wd.get(server + "/")  # somewhere else, then the shared URL: the same search again
+    wait_for(lambda: wd.find_all("#results .hint"), what="the start page")
+    wd.get(shared)
+    cards = wait_for_hits(wd)
+    assert wd.cmd("GET", f"/element/{cards[0]}/attribute/data-id") == "1"
+    wd.run("history.back();")  # back to the plain page: the form follows the URL
+    wait_for(lambda: wd.run("return document.getElementById('q').value") == "", what="the form to follow the URL")
+
+
+def test_hints_before_a_search_and_for_an_empty_collection(server: str, browser: WebDriver):
+    wd = browser
+    wd.get(server + "/")
+    wait_for(lambda: "e.g." in wd.text(wd.find("#results")), what="the start hint")
+    assert "4 items" in wd.text(wd.find("#results .hint"))
+    wd.run("const s = document.getElementById('collection'); s.value = 'empty';"
+           "s.dispatchEvent(new Event('change'));")
+    wait_for(lambda: "is empty" in wd.text(wd.find("#results")), what="the empty-collection hint")
+    assert "POST /v1/collections/empty/items" in wd.text(wd.find("#results .hint"))
+    wd.type(wd.find("#q"), "anything")
+    wd.click(wd.find("#go"))
+    wait_for(lambda: "No results" in wd.text(wd.find("#results")), what="the no-results hint")
+
+
+def test_api_docs_render_offline(server: str, browser: WebDriver):
+    """Swagger UI from the server's own files: this browser reaches no other site, and the page's CSP allows
+    none, so the operations render only if nothing comes from a CDN."""
+    wd = browser
+    wd.get(server + "/docs")
+    wait_for(lambda: wd.run("return document.querySelectorAll('.opblock').length") >= 8,
+             what="Swagger UI to render the operations")
+    assert "/v1/search" in wd.text(wd.find("#swagger-ui"))
+    origins = wd.run("return performance.getEntriesByType('resource').map((e) => new URL(e.name).origin)")
+    assert set(origins) <= {server}, origins

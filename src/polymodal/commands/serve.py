@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,40 @@ DESCRIPTION = """Serve a model and its collections over HTTP: a JSON API (/v1/em
 """
 
 
+def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi], with an error that says so."""
+    bounds = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(lo: float, strict: bool) -> Callable[[str], float]:
+    """An argparse type: a number > lo (strict) or >= lo."""
+    bounds = f"{'>' if strict else '>='} {lo:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {bounds}, got {text!r}") from None
+        if not math.isfinite(value) or value < lo or (strict and value == lo):
+            raise argparse.ArgumentTypeError(f"must be a number {bounds}, got {text}")
+        return value
+
+    return parse
+
+
+# The defaults are those of ServeSettings / MediaLimits (tests check that they agree); they are spelled out
+# here so that `--help` works without the [serve] extra.
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polymodal serve", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,21 +69,46 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="folder where POST /v1/collections/NAME creates collections "
                                   "(default: beside --collection)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_int_in(0, 65535), default=8000,
+                   help="port to listen on, 0..65535 (0: any free port; the URL printed says which) (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("POLYMODAL_API_KEY"),
-                   help="key required for writes (header 'Authorization: Bearer KEY' or 'X-API-Key'); "
-                        "default: env POLYMODAL_API_KEY")
+                   help="key required for writes (header 'Authorization: Bearer KEY' or 'X-API-Key: KEY', sent "
+                        "as UTF-8); default: env POLYMODAL_API_KEY")
     p.add_argument("--auth-reads", action="store_true", help="require the key for reads (search, embed, media) too")
-    p.add_argument("--max-batch", type=int, default=32, help="items per model call (dynamic batching)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
-    p.add_argument("--queue-size", type=int, default=256, help="embedding requests that may wait; more get 503")
-    p.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit in MiB (larger: 413)")
-    p.add_argument("--max-audio-seconds", type=float, default=60.0)
-    p.add_argument("--max-pixels", type=int, default=4096 * 4096)
+    g = p.add_argument_group("batching")
+    g.add_argument("--max-batch", type=_int_in(1), default=32, help="items per model call (default 32)")
+    g.add_argument("--max-wait-ms", type=_number(0, strict=False), default=5.0,
+                   help="longest wait for a batch to fill (default 5)")
+    g.add_argument("--queue-size", type=_int_in(1), default=256,
+                   help="embedding requests that may wait; more get 503 (default 256)")
+    g = p.add_argument_group("limits per request (beyond them: 413 for the body, 422 for media)")
+    g.add_argument("--max-body-mb", type=_number(0, strict=True), default=32.0,
+                   help="request body limit in MiB; also the limit of one media file (default 32)")
+    g.add_argument("--max-pixels", type=_int_in(1), default=4096 * 4096,
+                   help="pixels of one image, or of all frames of one video (default 16777216 = 4096x4096)")
+    g.add_argument("--max-request-pixels", type=_int_in(1), default=2 * 4096 * 4096,
+                   help="pixels of all images and videos of one request together, checked from their headers "
+                        "before any is decoded (default 33554432)")
+    g.add_argument("--max-audio-seconds", type=_number(0, strict=True), default=60.0,
+                   help="duration of one audio clip (default 60)")
+    g.add_argument("--max-request-samples", type=_int_in(1), default=32 * 2**20,
+                   help="audio samples (frames x channels) of all clips of one request together, checked from "
+                        "their headers before any is decoded (default 33554432: 128 MiB as float32)")
+    g = p.add_argument_group("connections")
+    g.add_argument("--max-connections", type=_int_in(1), default=256,
+                   help="open connections; requests beyond get 503 (default 256)")
+    g.add_argument("--keep-alive-s", type=_int_in(1), default=5,
+                   help="seconds an idle keep-alive connection stays open (default 5)")
+    g.add_argument("--header-timeout-s", type=_number(0, strict=True), default=10.0,
+                   help="seconds a connection has to send a request's line and headers; then it is closed "
+                        "(default 10)")
+    g.add_argument("--max-header-kb", type=_int_in(1), default=16,
+                   help="size of a request's line and headers in KiB; larger: 400 (default 16)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable); CORS is off by default")
-    p.add_argument("--device", default="cpu", help="torch device for the model")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default info)")
     return p
 
 
@@ -55,16 +116,14 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:  # fastapi (a
     from ..serve.media import MediaLimits
     from ..serve.service import ServeSettings
 
-    for name in ("max_batch", "queue_size", "port"):
-        if getattr(args, name) < 1:
-            raise InvalidInput(f"must be >= 1, got {getattr(args, name)}", field=f"--{name.replace('_', '-')}")
-    if args.max_wait_ms < 0 or args.max_body_mb <= 0:
-        raise InvalidInput("--max-wait-ms must be >= 0 and --max-body-mb > 0", field="--max-wait-ms")
     body = int(args.max_body_mb * 2**20)
-    limits = MediaLimits(max_bytes=body, max_pixels=args.max_pixels, max_seconds=args.max_audio_seconds)
+    limits = MediaLimits(max_bytes=body, max_pixels=args.max_pixels, max_seconds=args.max_audio_seconds,
+                         max_request_pixels=args.max_request_pixels, max_request_samples=args.max_request_samples)
     return ServeSettings(api_key=args.api_key or None, auth_reads=args.auth_reads, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_body_bytes=body,
-                         limits=limits, cors_origins=tuple(args.cors_origin))
+                         limits=limits, cors_origins=tuple(args.cors_origin), max_connections=args.max_connections,
+                         keep_alive_s=args.keep_alive_s, header_timeout_s=args.header_timeout_s,
+                         max_header_bytes=args.max_header_kb * 1024)
 
 
 def layout(collection: str, root: str | None) -> tuple[Path | None, Path | None]:
@@ -89,19 +148,30 @@ def _is_loopback(host: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     require("fastapi", "serve")
-    uvicorn = require("uvicorn", "serve")
+    require("uvicorn", "serve")
     settings = settings_from_args(args)
     if args.auth_reads and not settings.api_key:
         raise InvalidInput("--auth-reads needs --api-key (or env POLYMODAL_API_KEY)", field="--auth-reads")
-    if not _is_loopback(args.host) and not settings.api_key:
-        print(f"polymodal serve: warning: listening on {args.host} without an API key: anyone who can reach it "
-              "can change collections", file=sys.stderr)
-    from ..api import load
-    from ..serve.app import create_app
+    from ..serve.server import bind, make_server, url_of
 
-    model = load(args.model, device=args.device)
-    root, pinned = layout(args.collection, args.root)
-    app = create_app(model, root, settings, collection=pinned)
-    print(f"polymodal serve: http://{args.host}:{args.port}/  (API docs: /docs, metrics: /metrics)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    sock = bind(args.host, args.port)  # first: a busy port fails now, not after loading the model
+    try:
+        if not _is_loopback(args.host) and not settings.api_key:
+            print(f"polymodal serve: warning: listening on {args.host} without an API key: anyone who can reach "
+                  "it can change collections", file=sys.stderr)
+        from ..api import load
+        from ..serve.app import create_app
+
+        model = load(args.model, device=args.device)
+        root, pinned = layout(args.collection, args.root)
+        app = create_app(model, root, settings, collection=pinned)
+        url = url_of(sock, args.host)
+
+        def announce() -> None:
+            print(f"polymodal serve: {url}  (API docs: {url}docs, metrics: {url}metrics)", file=sys.stderr,
+                  flush=True)
+
+        make_server(app, settings, log_level=args.log_level, on_listening=announce).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

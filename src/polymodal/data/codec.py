@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,10 @@ from .sample import Sample
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 AUDIO_EXTS = (".flac", ".wav", ".ogg")
+# Common formats (Pillow's and libsndfile's names; WAVEX is WAV with a channel mask): the HTTP service accepts
+# exactly these, and an error lists them as expected. Decoding without ``formats`` accepts all Pillow/libsndfile read.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+AUDIO_FORMATS = ("WAV", "WAVEX", "FLAC", "OGG", "MP3")
 VIDEO_EXTS = (".video.png",)
 MAX_PIXELS = 64_000_000
 
@@ -33,18 +40,56 @@ def encode_image(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes, source: str = "<bytes>", field: str = "image") -> np.ndarray:
+# Pillow and libsndfile format names -> the names people know
+_FORMAT_NAMES = {"WEBP": "WebP", "WAVEX": "WAV"}
+
+
+def format_list(formats: Sequence[str]) -> str:
+    """("PNG", "JPEG", "GIF") -> "PNG, JPEG or GIF" (human names, in order, without repeats)."""
+    names = list(dict.fromkeys(_FORMAT_NAMES.get(f, f) for f in formats))
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _expected(kind: str, formats: Sequence[str] | None) -> str:
+    """What an error says was expected: the accepted formats, or (any format Pillow/libsndfile reads) common ones."""
+    if formats is not None:
+        return f"expected {format_list(formats)}"
+    return f"expected {kind} file such as {format_list(IMAGE_FORMATS if kind == 'an image' else AUDIO_FORMATS)}"
+
+
+def _open_image(data: bytes, source: str, field: str, formats: Sequence[str] | None) -> Image.Image:
+    """Open (header only: no pixel is decoded yet), or raise an error naming the field and what was expected."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise InvalidInput(f"image of {im.width}x{im.height} pixels exceeds the limit {MAX_PIXELS}",
-                                   field=field, source=source)
+        im = Image.open(io.BytesIO(data), formats=list(formats) if formats is not None else None)
+    except Image.DecompressionBombError:
+        raise InvalidInput(f"image exceeds the limit of {MAX_PIXELS} pixels", field=field, source=source) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
+        # Pillow's own messages carry object reprs (<_io.BytesIO object at 0x...>): say what was expected instead
+        raise InvalidInput(f"not a readable image ({_expected('an image', formats)})", field=field,
+                           source=source) from None
+    return im
+
+
+def image_size(data: bytes, source: str = "<bytes>", field: str = "image",
+               formats: Sequence[str] | None = None) -> tuple[int, int]:
+    """(width, height) declared by the image's header, read without decoding a pixel."""
+    with _open_image(data, source, field, formats) as im:
+        return int(im.width), int(im.height)
+
+
+def decode_image(data: bytes, source: str = "<bytes>", field: str = "image",
+                 formats: Sequence[str] | None = None) -> np.ndarray:
+    """Image file bytes -> uint8 HxWx3. ``formats``: the Pillow formats accepted (default: any Pillow reads)."""
+    with _open_image(data, source, field, formats) as im:
+        if im.width * im.height > MAX_PIXELS:
+            raise InvalidInput(f"image of {im.width}x{im.height} pixels exceeds the limit {MAX_PIXELS}",
+                               field=field, source=source)
+        try:
             im.load()
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, InvalidInput):
-            raise
-        raise InvalidInput(f"cannot decode image ({exc.__class__.__name__}: {exc})", field=field, source=source) from None
+        except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error):
+            raise InvalidInput(f"corrupt or truncated {format_list([im.format or 'image'])} data "
+                               f"({_expected('an image', formats)})", field=field, source=source) from None
 
 
 def encode_audio(wave: np.ndarray, sample_rate: int) -> bytes:
@@ -54,11 +99,42 @@ def encode_audio(wave: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def decode_audio(data: bytes, source: str = "<bytes>", field: str = "audio") -> tuple[np.ndarray, int]:
+@dataclass(frozen=True)
+class AudioInfo:
+    """What an audio file's header declares."""
+
+    format: str         # libsndfile's name: WAV, FLAC, OGG, MP3, ...
+    frames: int         # samples per channel
+    channels: int
+    sample_rate: int
+
+
+def audio_info(data: bytes, source: str = "<bytes>", field: str = "audio",
+               formats: Sequence[str] | None = None) -> AudioInfo:
+    """Read only the header (format, length, channels, rate), or raise an error naming the field."""
     try:
-        wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
-        raise InvalidInput(f"cannot decode audio ({exc.__class__.__name__}: {exc})", field=field, source=source) from None
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # soundfile raises several types; its messages name libsndfile internals and object reprs
+        raise InvalidInput(f"not a readable audio file ({_expected('an audio', formats)})", field=field,
+                           source=source) from None
+    if formats is not None and info.format not in formats:
+        raise InvalidInput(f"{format_list([info.format])} audio is not accepted ({_expected('an audio', formats)})",
+                           field=field, source=source)
+    return AudioInfo(str(info.format), int(info.frames), int(info.channels), int(info.samplerate))
+
+
+def decode_audio(data: bytes, source: str = "<bytes>", field: str = "audio", formats: Sequence[str] | None = None,
+                 max_frames: int | None = None) -> tuple[np.ndarray, int]:
+    """Audio file bytes -> (float32 mono waveform, sample rate). ``max_frames``: decode at most this many frames
+    (a bound on memory whatever the file claims)."""
+    if formats is not None:
+        audio_info(data, source, field, formats)
+    try:
+        wave, sr = sf.read(io.BytesIO(data), frames=-1 if max_frames is None else max_frames, dtype="float32",
+                           always_2d=True)
+    except Exception:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
+        raise InvalidInput(f"not a readable audio file ({_expected('an audio', formats)})", field=field,
+                           source=source) from None
     if wave.shape[0] == 0:
         raise InvalidInput("audio has no samples", field=field, source=source)
     return np.ascontiguousarray(wave.mean(axis=1, dtype=np.float32)), int(sr)

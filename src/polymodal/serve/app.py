@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,8 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._version import __version__
 from ..errors import ApiError, BatcherClosed, Conflict, InvalidInput, NotFound, PolymodalError, QueueFull
 from ..index import is_collection
+from .docs import router as docs_router
 from .metrics import ServiceMetrics
 from .routes import router
+from .schemas import INT64_MAX, INT64_MIN
 from .service import ServeSettings, Service
 from .store import CollectionStore
 
@@ -59,31 +62,78 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
         yield
         service.close()
 
-    app = FastAPI(title="polymodal", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="polymodal", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Embed text, images, audio and video into one space and search collections.")
     app.state.service = service
     _install_errors(app)
     app.include_router(router)
+    app.include_router(docs_router)
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderLimit, max_bytes=settings.max_header_bytes)
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     return app
 
 
+def _openapi(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
+    """FastAPI's schema, plus the bounds that are settings of this server (k, frames, items per request)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        models = schema["components"]["schemas"]
+        limits = settings.limits
+        bounds = [("SearchRequest", "k", "maximum", settings.max_k),
+                  ("VideoIn", "frames", "maximum", limits.max_frames),
+                  ("UpsertRequest", "items", "maxItems", settings.max_items)]
+        for model, prop, key, value in bounds:
+            models[model]["properties"][prop][key] = value
+        for prop in ("text", "image", "audio", "video"):
+            _nullable_list(models["EmbedRequest"]["properties"][prop])["maxItems"] = settings.max_items
+        _exact_int_bounds(schema)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _exact_int_bounds(node: Any) -> None:
+    """FastAPI's OpenAPI models hold bounds as floats (2**63 - 1 would read 9.223372036854776e+18): integers again."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in ("minimum", "maximum"):
+                v = node.get(key)
+                if isinstance(v, float) and v.is_integer():
+                    node[key] = INT64_MAX if v == float(INT64_MAX) else INT64_MIN if v == float(INT64_MIN) else int(v)
+        for v in node.values():
+            _exact_int_bounds(v)
+    elif isinstance(node, list):
+        for v in node:
+            _exact_int_bounds(v)
+
+
+def _nullable_list(prop: dict[str, Any]) -> dict[str, Any]:
+    """The array branch of an ``X | None`` property (``anyOf: [array, null]``)."""
+    return next(p for p in prop.get("anyOf", [prop]) if p.get("type") == "array")
+
+
 # ------------------------------------------------------------------------------------------------ errors
+
+def _printable(text: str) -> str:
+    """Never fail to encode an error: a lone surrogate that slipped into a message becomes an escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
 
 def error_response(status: int, kind: str, message: str, field: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message, "field": field}}, status_code=status,
-                        headers=headers)
+    return JSONResponse({"error": {"type": kind, "message": _printable(message),
+                                   "field": _printable(field) if field is not None else None}},
+                        status_code=status, headers=headers)
 
 
 _STATUS_KIND = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
                 405: "MethodNotAllowed", 409: "Conflict", 413: "PayloadTooLarge", 415: "UnsupportedMediaType",
-                422: "InvalidInput", 503: "Unavailable"}
+                422: "InvalidInput", 431: "HeadersTooLarge", 503: "Unavailable"}
 
 
 def _install_errors(app: FastAPI) -> None:
@@ -100,13 +150,15 @@ def _install_errors(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ())]
-        field = ".".join(loc[1:] if loc[:1] in (["body"], ["query"], ["path"]) else loc) or None
+        loc = list(first.get("loc", ()))
+        where = loc[0] if loc[:1] in (["body"], ["query"], ["path"]) else None
+        field = field_path(loc[1:] if where else loc) or ("body" if where == "body" else None)
         return error_response(422, "InvalidInput", str(first.get("msg", "invalid request")), field)
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return error_response(exc.status_code, _STATUS_KIND.get(exc.status_code, "HTTPError"), str(exc.detail),
+        kind = getattr(exc, "kind", None) or _STATUS_KIND.get(exc.status_code, "HTTPError")
+        return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "field", None),
                               headers=dict(exc.headers or {}))
 
     async def queue_full(_: Request, exc: Exception) -> JSONResponse:
@@ -126,6 +178,14 @@ def _install_errors(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal)
 
 
+def field_path(loc: list[Any]) -> str | None:
+    """pydantic's ``("items", 3, "text")`` -> ``items[3].text``, as the service's own errors name fields."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or None
+
+
 # ------------------------------------------------------------------------------------------- middleware
 
 async def _send_error(send: Send, status: int, kind: str, message: str) -> None:
@@ -135,6 +195,24 @@ async def _send_error(send: Send, status: int, kind: str, message: str) -> None:
 
 async def _no_receive() -> Message:  # pragma: no cover - a JSONResponse never reads the request
     return {"type": "http.disconnect"}
+
+
+class HeaderLimit:
+    """431 for a request line + headers over ``max_bytes``. (The server's h11 parser also stops buffering an
+    unfinished header block beyond that size; this check is exact, whatever arrived in one read.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + \
+                sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+            if size > self.max_bytes:
+                await _send_error(send, 431, "HeadersTooLarge", f"the request line and headers ({size} bytes) "
+                                  f"exceed the limit of {self.max_bytes} bytes")
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

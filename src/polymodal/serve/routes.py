@@ -4,18 +4,21 @@ thread pool; embedding goes through the micro-batcher's worker thread; the event
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import Any, Literal
+import pathlib
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
 from ..errors import InvalidInput, NotFound
 from ..index import search_query
-from .items import decode_items, decode_one, decode_query, embed_choices, write_delete, write_items
+from .items import decode_groups, decode_items, decode_query, embed_choices, write_delete, write_items
+from .jsonbody import CheckedRoute
 from .schemas import (
+    INT64_MAX,
+    NAME_PATTERN,
     CollectionInfo,
     CollectionList,
     CreateCollection,
@@ -34,18 +37,27 @@ from .schemas import (
 from .service import Service
 from .store import Handle
 
-STATIC = Path(__file__).parent / "static"
-STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+STATIC = pathlib.Path(__file__).parent / "static"
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+                "docs.js": "text/javascript; charset=utf-8", "favicon.ico": "image/x-icon"}
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: data:; "
                                "style-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }
 _ERR = {"model": ErrorResponse}
+_BAD_JSON = {"model": ErrorResponse, "description": "Malformed JSON, or a body that is not UTF-8 (field: body)"}
+_TOO_BIG = {"model": ErrorResponse, "description": "The body is larger than the server's limit, or holds too many "
+                                                   "numbers (field: body)"}
 READ_ERRORS: dict[int | str, dict[str, Any]] = {401: _ERR, 403: _ERR, 404: _ERR, 422: _ERR}
-WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**READ_ERRORS, 409: _ERR, 413: _ERR, 503: _ERR}
+JSON_ERRORS: dict[int | str, dict[str, Any]] = {**READ_ERRORS, 400: _BAD_JSON, 413: _TOO_BIG, 503: _ERR}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**JSON_ERRORS, 409: _ERR}  # writes with a JSON body
+MEDIA_TYPES = {"image": "image/png", "audio": "audio/flac"}  # what MediaStore writes: PNG thumbnails, FLAC audio
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# a collection name in a path (checked by the store, which names the rule in its error)
+Name = Annotated[str, Path(description="collection name", json_schema_extra={"pattern": NAME_PATTERN})]
 
-router = APIRouter()
+router = APIRouter(route_class=CheckedRoute)
 
 
 def service(request: Request) -> Service:
@@ -80,6 +92,11 @@ def static(name: str) -> Response:
     return Response((STATIC / name).read_bytes(), media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    return static("favicon.ico")
+
+
 @router.get("/health", response_model=Health, tags=["service"])
 def health(request: Request) -> Health:
     svc = service(request)
@@ -93,7 +110,7 @@ def metrics(svc: Service = Depends(reader)) -> PlainTextResponse:
 
 # ------------------------------------------------------------------------------------------- embed / search
 
-@router.post("/v1/embed", response_model=EmbedResponse, tags=["embed"], responses={**READ_ERRORS, 413: _ERR, 503: _ERR})
+@router.post("/v1/embed", response_model=EmbedResponse, tags=["embed"], responses=JSON_ERRORS)
 async def embed(body: EmbedRequest, svc: Service = Depends(reader)) -> EmbedResponse:
     """Embed lists of texts, images, audio clips and/or videos; one vector list per modality, in input order."""
     groups = {m: v for m in ("audio", "image", "text", "video") if (v := getattr(body, m)) is not None}
@@ -103,24 +120,16 @@ async def embed(body: EmbedRequest, svc: Service = Depends(reader)) -> EmbedResp
         if len(values) > svc.settings.max_items:
             raise InvalidInput(f"{len(values)} inputs exceed the limit of {svc.settings.max_items}", field=m)
     if groups.keys() == {"text"}:  # cheap: no need to leave the event loop
-        decoded = _decode_groups(groups, svc)
+        decoded = decode_groups(groups, svc.settings)
     else:
-        decoded = await run_in_threadpool(_decode_groups, groups, svc)
+        decoded = await run_in_threadpool(decode_groups, groups, svc.settings)
     names = [m for m in decoded if decoded[m]]
     outs = await asyncio.gather(*(svc.embed(m, decoded[m], m) for m in names))
     vectors = {m: [] for m in decoded} | {m: v.tolist() for m, v in zip(names, outs, strict=True)}
     return EmbedResponse(dim=svc.dim, vectors=vectors)
 
 
-def _decode_groups(groups: dict[str, list[Any]], svc: Service) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for m, values in groups.items():
-        out[m] = [decode_one(m, v, svc.settings, f"{m}[{i}]") for i, v in enumerate(values)]
-    return out
-
-
-@router.post("/v1/search", response_model=SearchResponse, tags=["search"],
-             responses={**READ_ERRORS, 413: _ERR, 503: _ERR})
+@router.post("/v1/search", response_model=SearchResponse, tags=["search"], responses=JSON_ERRORS)
 async def search(body: SearchRequest, svc: Service = Depends(reader)) -> SearchResponse:
     """Search a collection with text, an image, audio, a video and/or a raw vector; several inputs are fused
     (weighted sum of the normalized embeddings, renormalized)."""
@@ -142,12 +151,16 @@ async def search(body: SearchRequest, svc: Service = Depends(reader)) -> SearchR
     embs: dict[str, np.ndarray] = {m: o[0] for m, o in zip(media, outs, strict=True)}
     if "vector" in inputs:
         embs["vector"] = inputs["vector"]  # raw: search_query normalises it
-    hits = await run_in_threadpool(_search, handle, embs, body)
+    hits = await run_in_threadpool(_search, handle, embs, body, svc.model)
     return SearchResponse(collection=handle.name, k=body.k, inputs=list(embs), hits=hits)
 
 
-def _search(handle: Handle, embs: dict[str, np.ndarray], body: SearchRequest) -> list[Hit]:
-    res = search_query(handle.coll, embs, body.weights, k=body.k, filter=body.filter or None, params=body.params)
+def _search(handle: Handle, embs: dict[str, np.ndarray], body: SearchRequest, model: Any = None) -> list[Hit]:
+    params = body.params.as_dict() if body.params is not None else None
+    # readable(): a read-only fallback first picks up what the other writer saved; model: refused (409) when
+    # the collection was filled by another model and the query was embedded
+    res = search_query(handle.readable(), embs, body.weights, k=body.k, filter=body.filter or None, params=params,
+                       model=model)
     return [Hit(**h, media=media_urls(handle, h["id"])) for h in res.hits(0)]
 
 
@@ -169,13 +182,13 @@ def list_collections(svc: Service = Depends(reader)) -> CollectionList:
 
 
 @router.get("/v1/collections/{name}", response_model=CollectionInfo, tags=["collections"], responses=READ_ERRORS)
-def get_collection(name: str, svc: Service = Depends(reader)) -> CollectionInfo:
+def get_collection(name: Name, svc: Service = Depends(reader)) -> CollectionInfo:
     return _info(svc.store.get(name))
 
 
 @router.post("/v1/collections/{name}", response_model=CollectionInfo, status_code=201, tags=["collections"],
              responses=WRITE_ERRORS)
-def create_collection(name: str, body: CreateCollection | None = None,
+def create_collection(name: Name, body: CreateCollection | None = None,
                       svc: Service = Depends(writer)) -> CollectionInfo:
     """Create an empty collection of the model's dimension."""
     body = body or CreateCollection.model_validate({})
@@ -184,15 +197,15 @@ def create_collection(name: str, body: CreateCollection | None = None,
     return _info(svc.store.create(name, svc.dim, body.metric, body.index))
 
 
-@router.delete("/v1/collections/{name}", tags=["collections"], responses=WRITE_ERRORS)
-def delete_collection(name: str, svc: Service = Depends(writer)) -> dict[str, str]:
+@router.delete("/v1/collections/{name}", tags=["collections"], responses={**READ_ERRORS, 409: _ERR})
+def delete_collection(name: Name, svc: Service = Depends(writer)) -> dict[str, str]:
     svc.store.delete(name)
     return {"deleted": name}
 
 
 @router.post("/v1/collections/{name}/items", response_model=UpsertResponse, tags=["collections"],
              responses=WRITE_ERRORS)
-async def upsert_items(name: str, body: UpsertRequest, svc: Service = Depends(writer)) -> UpsertResponse:
+async def upsert_items(name: Name, body: UpsertRequest, svc: Service = Depends(writer)) -> UpsertResponse:
     """Insert or replace items given as vectors or raw media (embedded by the server); media thumbnails and
     audio are stored for `GET /v1/items/{collection}/{id}/media`."""
     if len(body.items) > svc.settings.max_items:
@@ -205,22 +218,26 @@ async def upsert_items(name: str, body: UpsertRequest, svc: Service = Depends(wr
         out = await svc.embed(modality, [decoded[i][modality] for i in rows], f"items.{modality}")
         for i, v in zip(rows, out, strict=True):
             vectors[i] = v
-    count = await run_in_threadpool(write_items, handle, body.items, decoded, vectors, svc.settings)
+    count = await run_in_threadpool(write_items, handle, body.items, decoded, vectors, svc.settings, svc.model)
     return UpsertResponse(collection=handle.name, upserted=len(body.items), count=count)
 
 
 @router.post("/v1/collections/{name}/items/delete", response_model=DeleteItemsResponse, tags=["collections"],
              responses=WRITE_ERRORS)
-def delete_items(name: str, body: DeleteItemsRequest, svc: Service = Depends(writer)) -> DeleteItemsResponse:
+def delete_items(name: Name, body: DeleteItemsRequest, svc: Service = Depends(writer)) -> DeleteItemsResponse:
     handle = svc.store.get(name)
     deleted, count = write_delete(handle, body.ids)
     return DeleteItemsResponse(collection=handle.name, deleted=deleted, count=count)
 
 
-@router.get("/v1/items/{collection}/{item_id}/media", tags=["collections"], responses=READ_ERRORS)
-def item_media(collection: str, item_id: int, kind: Literal["image", "audio"] | None = None,
-               svc: Service = Depends(reader)) -> FileResponse:
-    """A thumbnail (PNG) or audio clip (FLAC) the server stored when the item was upserted with raw media."""
+@router.get("/v1/items/{collection}/{item_id}/media", tags=["collections"], response_class=FileResponse,
+            responses={**READ_ERRORS, 200: {"description": "The stored file: a PNG thumbnail (kind=image) or FLAC "
+                                                           "audio (kind=audio)",
+                                            "content": {t: _BINARY for t in MEDIA_TYPES.values()}}})
+def item_media(collection: Name, item_id: Annotated[int, Path(ge=0, le=INT64_MAX)],
+               kind: Literal["image", "audio"] | None = None, svc: Service = Depends(reader)) -> FileResponse:
+    """The PNG thumbnail or FLAC audio clip the server stored when the item was upserted with raw media;
+    without ``kind``, the thumbnail if there is one."""
     handle = svc.store.get(collection)
     found = handle.media.find(item_id, kind)
     if found is None:

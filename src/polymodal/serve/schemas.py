@@ -1,7 +1,9 @@
 """Request and response bodies of the HTTP API (pydantic models; they also make the OpenAPI schema).
 
-Media travel as base64 strings (a ``data:...;base64,`` prefix is accepted): images as PNG/JPEG/WebP/BMP files,
-audio as WAV/FLAC/OGG files, video as a film strip (T frames stacked vertically in one image) plus ``frames``."""
+Media travel as base64 strings (a ``data:...;base64,`` prefix is accepted): images as PNG, JPEG, WebP, BMP, GIF
+or TIFF files (`IMAGE_FORMATS`), audio as WAV, FLAC, OGG or MP3 files (`AUDIO_FORMATS`), video as a film strip
+(T frames stacked vertically in one image) plus ``frames``. Bounds that are settings of the server (k, frames,
+items per request) are checked by the endpoints and written into the OpenAPI schema by ``app.py``."""
 
 from __future__ import annotations
 
@@ -9,8 +11,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..data.codec import AUDIO_FORMATS, IMAGE_FORMATS, format_list
+
 Modality = Literal["audio", "image", "text", "video"]
 Metric = Literal["cosine", "ip", "l2"]
+
+# the service accepts exactly IMAGE_FORMATS and AUDIO_FORMATS (Pillow's and libsndfile's names); others: 422
+IMAGE_DOC = f"base64 image file ({format_list(IMAGE_FORMATS)})"
+AUDIO_DOC = f"base64 audio file ({format_list(AUDIO_FORMATS)})"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # collection names (enforced by store.check_name)
+MAX_VECTOR_DIM = 65_536    # longest raw vector a request may carry (it must also equal the collection's dim)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# ANN parameter bounds: beyond them a search only burns memory (k_factor multiplies the candidates re-ranked,
+# and the fallback for starved filtered searches multiplies efSearch by 16 and k_factor by 4)
+MAX_NPROBE, MAX_EF_SEARCH, MAX_K_FACTOR = 65_536, 32_768, 16
 
 
 class _Strict(BaseModel):
@@ -18,14 +32,15 @@ class _Strict(BaseModel):
 
 
 class VideoIn(_Strict):
-    data: str = Field(description="base64 film strip: T frames stacked vertically in one PNG/JPEG")
-    frames: int = Field(description="number of frames T in the strip")
+    data: str = Field(description=f"base64 film strip: T frames stacked vertically in one image "
+                                  f"({format_list(IMAGE_FORMATS)})")
+    frames: int = Field(ge=1, description="number of frames T in the strip")
 
 
 class EmbedRequest(_Strict):
     text: list[str] | None = Field(None, description="texts to embed")
-    image: list[str] | None = Field(None, description="base64 image files")
-    audio: list[str] | None = Field(None, description="base64 audio files (wav/flac/ogg)")
+    image: list[str] | None = Field(None, description=f"{IMAGE_DOC}s")
+    audio: list[str] | None = Field(None, description=f"{AUDIO_DOC}s")
     video: list[VideoIn] | None = Field(None, description="film strips")
 
 
@@ -37,18 +52,34 @@ class EmbedResponse(BaseModel):
 
 class QueryFields(_Strict):
     text: str | None = None
-    image: str | None = Field(None, description="base64 image file")
-    audio: str | None = Field(None, description="base64 audio file")
+    image: str | None = Field(None, description=IMAGE_DOC)
+    audio: str | None = Field(None, description=AUDIO_DOC)
     video: VideoIn | None = None
-    vector: list[float] | None = Field(None, description="a raw query vector of the collection's dimension")
+    vector: list[float] | None = Field(None, min_length=1, max_length=MAX_VECTOR_DIM,
+                                       description="a raw vector of the collection's dimension")
+
+
+class SearchParams(_Strict):
+    """ANN parameters (each optional; the collection's tuned defaults otherwise)."""
+
+    nprobe: int | None = Field(None, ge=1, le=MAX_NPROBE, description="IVF lists visited")
+    efSearch: int | None = Field(None, ge=1, le=MAX_EF_SEARCH, description="HNSW candidate list size")
+    k_factor: int | None = Field(None, ge=1, le=MAX_K_FACTOR,
+                                 description="lossy (PQ) indexes re-rank k * k_factor candidates exactly")
+    exact: bool | None = Field(None, description="true: exact search, no ANN")
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
 
 
 class SearchRequest(QueryFields):
-    collection: str | None = Field(None, description="collection name; the server's default when omitted")
+    collection: str | None = Field(None, json_schema_extra={"pattern": NAME_PATTERN},
+                                   description="collection name; the server's default when omitted")
     k: int = Field(10, ge=1, description="number of hits")
     filter: dict[str, Any] | None = Field(None, description='metadata filter: {"f": v} equality, {"f": [a, b]} '
-                                                            'IN, {"f": {"gte": 1, "lt": 5}} range')
-    params: dict[str, Any] | None = Field(None, description="ANN parameters: nprobe, efSearch, k_factor, exact")
+                                                            'IN, {"f": {"gte": 1, "lt": 5}} range; integers '
+                                                            'must fit in int64')
+    params: SearchParams | None = None
     weights: dict[str, float] | None = Field(None, description="fusion weight per given input (default 1.0): the "
                                                                "query is the renormalized weighted sum")
 
@@ -68,7 +99,7 @@ class SearchResponse(BaseModel):
 
 
 class ItemIn(QueryFields):
-    id: int = Field(description="stable int64 id")
+    id: int = Field(ge=0, le=INT64_MAX, description="stable id, a non-negative int64")
     metadata: dict[str, Any] | None = None
     embed: Modality | None = Field(None, description="which raw input gives the vector when several are given "
                                                      "(default: image, video, audio, then text)")
@@ -85,7 +116,7 @@ class UpsertResponse(BaseModel):
 
 
 class DeleteItemsRequest(_Strict):
-    ids: list[int] = Field(min_length=1)
+    ids: list[int] = Field(min_length=1, description="ids (int64); ids not in the collection are ignored")
 
 
 class DeleteItemsResponse(BaseModel):

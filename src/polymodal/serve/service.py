@@ -30,9 +30,15 @@ class ServeSettings:
     max_items: int = 256                # inputs per /v1/embed modality, items per upsert
     max_k: int = 1000
     max_text_chars: int = 10_000
+    max_json_numbers: int | None = None  # numbers in one JSON body (413); None: max_items * (dim + 1024) + 4096
     limits: MediaLimits = field(default_factory=MediaLimits)
     thumb_size: int = 256               # stored thumbnails are at most this many pixels a side
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
+    # the HTTP server (`polymodal.serve.server`; not the app): connections, timeouts, header size
+    max_connections: int = 256          # open connections; beyond: 503 (uvicorn's limit_concurrency)
+    keep_alive_s: int = 5               # an idle keep-alive connection is closed after this many seconds
+    header_timeout_s: float = 10.0      # a connection must send its request line and headers within this
+    max_header_bytes: int = 16 * 1024   # request line + headers; beyond: 400
 
 
 class Service:
@@ -48,6 +54,9 @@ class Service:
                                     metrics=self.metrics)
         self.modalities = tuple(model.modalities)
         self.dim = int(model.dim)
+        self.max_json_numbers = settings.max_json_numbers or settings.max_items * (self.dim + 1024) + 4096
+        # os.environ holds undecodable bytes as surrogates ("surrogateescape"): give them back as the bytes
+        self._key = settings.api_key.encode("utf-8", "surrogateescape") if settings.api_key else None
 
     async def embed(self, modality: str, items: list[Any], field: str) -> np.ndarray:
         if modality not in self.modalities:
@@ -55,17 +64,20 @@ class Service:
         return await self.batcher.embed_async(modality, items)
 
     def check_auth(self, request: Request, write: bool) -> None:
-        key = self.settings.api_key
-        if not key or not (write or self.settings.auth_reads):
+        """Keys are compared as bytes, in constant time: the configured key as UTF-8, the header as the bytes the
+        client sent (Starlette decodes header bytes as latin-1, which ``encode("latin-1")`` undoes exactly)."""
+        if self._key is None or not (write or self.settings.auth_reads):
             return
-        given = request.headers.get("x-api-key", "").strip()
+        # strip only what HTTP calls whitespace: str.strip() would also eat latin-1 \xa0 and \x85, which are
+        # bytes inside UTF-8 characters ("à" is C3 A0)
+        given = request.headers.get("x-api-key", "").strip(" \t")
         auth = request.headers.get("authorization", "")
         if not given and auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
+            given = auth[7:].strip(" \t")
         if not given:
             raise ApiError(401, "Unauthorized", "an API key is required (header 'Authorization: Bearer KEY' or "
                            "'X-API-Key: KEY')", headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(given.encode("utf-8"), key.encode("utf-8")):
+        if not hmac.compare_digest(given.encode("latin-1"), self._key):
             raise ApiError(403, "Forbidden", "the API key is not valid")
 
     def close(self) -> None:

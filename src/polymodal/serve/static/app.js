@@ -1,9 +1,12 @@
 // The search page: plain DOM, no build step. Talks to the JSON API of the same server.
+// A text search lives in the URL (?q=...&k=...&collection=...), so it can be shared and bookmarked.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const blobUrls = [];
 let playing = null;
+let defaultCollection = null;
+let searches = 0;  // a start hint that arrives after a search began must not replace its results
 
 function headers(json) {
   const h = {};
@@ -48,20 +51,73 @@ function readFile(file) {
   });
 }
 
-async function loadCollections() {
+// What to do next, shown in place of results: before a search, for an empty collection, for no hits.
+function hint(text) {
+  const p = document.createElement("p");
+  p.className = "hint";
+  p.textContent = text;
+  $("results").replaceChildren(p);
+}
+
+async function showStartHint() {
+  const name = $("collection").value;
+  const before = searches;
+  if (!name) {
+    hint("This server has no collections yet: build one with `polymodal index build`, or create one with " +
+         "POST /v1/collections/NAME and add items with POST /v1/collections/NAME/items.");
+    return;
+  }
+  let count = null;
+  try {
+    count = (await api("/v1/collections/" + encodeURIComponent(name))).count;
+  } catch (err) { /* the hint below still helps */ }
+  if (searches !== before) return;
+  if (count === 0) {
+    hint(`The collection “${name}” is empty: add items with POST /v1/collections/${name}/items ` +
+         "(or `polymodal index build`), then search here.");
+  } else {
+    const n = count === null ? "" : ` its ${count} items`;
+    hint(`Describe what you are looking for (e.g. “a red circle”) to search${n}, or pick an image or ` +
+         "audio file to find items like it. Each search gets its own URL to share.");
+  }
+}
+
+async function loadCollections(wanted) {
   try {
     const data = await api("/v1/collections");
+    defaultCollection = data.default;
+    const pick = data.collections.includes(wanted) ? wanted : data.default;
     const sel = $("collection");
     sel.replaceChildren(...data.collections.map((name) => {
       const o = document.createElement("option");
       o.value = o.textContent = name;
-      o.selected = name === data.default;
+      o.selected = name === pick;
       return o;
     }));
     if (!data.collections.length) status("no collections on this server yet", true);
   } catch (err) {
     status("cannot list collections: " + err.message, true);
   }
+}
+
+// ?q=TEXT&k=N&collection=NAME -> the form; the form -> the URL (only what differs from the defaults)
+function formFromUrl() {
+  const params = new URLSearchParams(location.search);
+  $("q").value = params.get("q") || "";
+  const k = params.get("k");
+  $("k").value = k && [...$("k").options].some((o) => o.value === k) ? k : "10";
+  return params;
+}
+
+function urlFromForm() {
+  const params = new URLSearchParams();
+  const text = $("q").value.trim();
+  if (text) params.set("q", text);
+  if ($("k").value !== "10") params.set("k", $("k").value);
+  const collection = $("collection").value;
+  if (collection && collection !== defaultCollection) params.set("collection", collection);
+  const query = params.toString();
+  return location.pathname + (query ? "?" + query : "");
 }
 
 function card(hit) {
@@ -112,7 +168,8 @@ function card(hit) {
 }
 
 async function search(event) {
-  event.preventDefault();
+  if (event) event.preventDefault();
+  searches += 1;
   const body = { k: Number($("k").value) };
   const collection = $("collection").value;
   if (collection) body.collection = collection;
@@ -126,11 +183,16 @@ async function search(event) {
       body[kind] = await readFile(file);
     }
     if (!text && !file) throw new Error("type a query or pick a file");
+    const url = urlFromForm();
+    if (event && url !== location.pathname + location.search) history.pushState(null, "", url);
     status("searching\u2026");
     const t0 = performance.now();
     const data = await api("/v1/search", body);
     blobUrls.splice(0).forEach((u) => URL.revokeObjectURL(u));
     $("results").replaceChildren(...data.hits.map(card));
+    if (!data.hits.length) {
+      hint(`No results in \u201C${data.collection}\u201D: try other words, another file, or another collection.`);
+    }
     const ms = Math.round(performance.now() - t0);
     status(`${data.hits.length} results from ${data.collection} (${data.inputs.join(" + ")}) in ${ms} ms`);
   } catch (err) {
@@ -138,8 +200,23 @@ async function search(event) {
   }
 }
 
+// Fill the form from the URL and run its search, if it names one (page load, back/forward).
+async function fromUrl() {
+  const params = formFromUrl();
+  status("");
+  await loadCollections(params.get("collection"));
+  if ($("q").value.trim()) {
+    search(null);
+  } else {
+    blobUrls.splice(0).forEach((u) => URL.revokeObjectURL(u));
+    showStartHint();
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("search").addEventListener("submit", search);
-  $("apikey").addEventListener("change", loadCollections);
-  loadCollections();
+  $("apikey").addEventListener("change", () => loadCollections($("collection").value).then(showStartHint));
+  $("collection").addEventListener("change", () => { if (!$("results").querySelector(".hit")) showStartHint(); });
+  window.addEventListener("popstate", fromUrl);
+  fromUrl();
 });

@@ -1,0 +1,131 @@
+"""Running the app: uvicorn with the limits of `ServeSettings` that belong to the HTTP server, not the app.
+
+- ``max_connections`` -> uvicorn's ``limit_concurrency``: beyond it, new requests get 503.
+- ``keep_alive_s`` -> uvicorn's ``timeout_keep_alive``: an idle keep-alive connection is closed.
+- ``max_header_bytes`` -> h11's ``max_incomplete_event_size``: a longer request line + headers get 400. The h11
+  parser is used for this reason (uvicorn's httptools parser has no header size limit).
+- ``header_timeout_s``: a connection that has not sent a complete request line and headers this long after it
+  opened (or after its previous response) is closed. uvicorn has no such timeout; `HeaderTimeoutH11` adds it,
+  so that idle or slow ("slowloris") connections cannot pile up.
+
+The socket is bound before the (slow) model loads, so a busy port fails at once with a clear message, and the
+URL is announced only once the server listens."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ..errors import InvalidInput
+from .service import ServeSettings
+
+log = logging.getLogger("polymodal.serve")
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol, closing connections that take longer than ``header_timeout`` seconds to send a
+    request's line and headers (counted from the connection's start, or from its previous response)."""
+
+    header_timeout: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
+
+    def _cancel_header_timer(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            log.info("closing a connection that sent no complete request headers in %gs", self.header_timeout)
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # a request's headers are in: its body is not timed here
+            self._cancel_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()  # the next request on this keep-alive connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+
+def protocol_class(settings: ServeSettings) -> type[HeaderTimeoutH11]:
+    return type("HeaderTimeoutH11", (HeaderTimeoutH11,), {"header_timeout": float(settings.header_timeout_s)})
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port (port 0: any free port), or an error that says what is wrong."""
+    if not 0 <= port <= 65535:
+        raise InvalidInput(f"port must be in 0..65535, got {port}", field="--port")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InvalidInput(f"cannot resolve host {host!r} ({exc.strerror})", field="--host") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise InvalidInput(f"port {port} on {host} is in use (stop what listens there, or pick another "
+                               "--port)", field="--port") from None
+        if exc.errno == errno.EACCES:
+            raise InvalidInput(f"not allowed to listen on port {port} on {host} (ports below 1024 need "
+                               "privileges)", field="--port") from None
+        raise InvalidInput(f"cannot listen on {host}:{port} ({exc.strerror})", field="--host") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket, host: str) -> str:
+    """The URL of a bound socket: the port it really got, the host as the user gave it."""
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_listening: Callable[[], None] | None):
+        super().__init__(config)
+        self.on_listening = on_listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.on_listening is not None:
+            self.on_listening()
+
+
+def make_server(app: Any, settings: ServeSettings, *, log_level: str = "info",
+                on_listening: Callable[[], None] | None = None) -> uvicorn.Server:
+    """A uvicorn server for ``app`` with the settings' connection limits; run it with ``.run(sockets=[sock])``
+    (a socket from `bind`). ``on_listening`` is called once it accepts connections."""
+    config = uvicorn.Config(app, http=protocol_class(settings), limit_concurrency=settings.max_connections,
+                            timeout_keep_alive=settings.keep_alive_s,
+                            h11_max_incomplete_event_size=settings.max_header_bytes, log_level=log_level,
+                            lifespan="on", workers=1, server_header=False)
+    return _Server(config, on_listening)
