@@ -28,7 +28,7 @@ def load(run: str | os.PathLike[str], device: str | torch.device = "cpu") -> Emb
                            source=str(run))
     model, transform, cfg = load_model(run, device)
     assert isinstance(model, AlignmentModel)  # what the "alignment" arch builds
-    return EmbeddingModel(model, transform, cfg, torch.device(device))
+    return EmbeddingModel(model, transform, cfg, torch.device(device), name=str(run))
 
 
 def search(collection: Collection | str | os.PathLike[str],
@@ -36,17 +36,19 @@ def search(collection: Collection | str | os.PathLike[str],
            image: np.ndarray | None = None, audio: tuple[np.ndarray, int] | None = None,
            video: np.ndarray | None = None, vector: np.ndarray | None = None,
            weights: Mapping[str, float] | None = None, k: int = 10, filter: dict[str, Any] | None = None,
-           params: dict[str, Any] | None = None) -> SearchResult:
+           params: dict[str, Any] | None = None, allow_model_mismatch: bool = False) -> SearchResult:
     """Embed a query (``text=``, ``image=``, ``audio=(wave, sr)``, ``video=``, ``vector=``; several are fused
     with ``weights=``) and search a collection (a `polymodal.index.Collection` or its directory, opened
-    read-only). ``model`` is a loaded model or a run directory (None when only ``vector`` is given).
+    read-only). ``model`` is a loaded model or a run directory (None when only ``vector`` is given); a
+    collection filled by another model is refused unless ``allow_model_mismatch=True`` (then a warning).
     Needs the ``[index]`` extra."""
     from .index import Collection, search_with_model
 
     if isinstance(model, str | os.PathLike):
         model = load(model)
     query: dict[str, Any] = {"text": text, "image": image, "audio": audio, "video": video, "vector": vector,
-                             "weights": weights, "k": k, "filter": filter, "params": params}
+                             "weights": weights, "k": k, "filter": filter, "params": params,
+                             "allow_model_mismatch": allow_model_mismatch}
     if isinstance(collection, Collection):
         return search_with_model(collection, model, **query)
     coll = Collection.open(Path(collection), readonly=True)

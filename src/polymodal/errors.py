@@ -83,3 +83,18 @@ def require(module: str, extra: str) -> ModuleType:
         raise MissingExtra(
             f"'{module}' is not installed; install it with: pip install 'polymodal[{extra}]'"
         ) from exc
+
+
+class CollectionLocked(Conflict, InvalidInput):
+    """Another process (or object) holds a collection's writer lock; ``pid`` names the holder when known. An
+    InvalidInput too, for callers that caught the lock error as one before it had its own class."""
+
+    def __init__(self, message: str, *, pid: int | None = None, field: str | None = None,
+                 source: str | None = None):
+        self.pid = pid
+        super().__init__(message, field=field, source=source)
+
+
+class ModelMismatch(Conflict):
+    """A collection is searched (or written) with another model than the one that filled it: the embeddings of
+    two models are not comparable, so the results would be meaningless."""

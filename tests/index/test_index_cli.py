@@ -242,3 +242,59 @@ def test_build_stores_media_for_the_service_unless_told_not_to(tmp_path: Path, f
     assert cli.main(["build", "--model", "R", "--data", str(tmp_path / "shards"), "--collection", str(other),
                      "--no-media"]) == 0
     assert not (other / "media").exists()
+
+
+def test_every_subcommand_and_option_has_help() -> None:
+    import argparse
+
+    for parser in (cli._index_parser(), search_cli._search_parser()):
+        todo = [parser]
+        while todo:
+            p = todo.pop()
+            assert p.description and p.description.strip(), p.prog
+            for action in p._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    todo += list(action.choices.values())
+                    for choice in action._choices_actions:
+                        assert choice.help and choice.help.strip(), f"{p.prog} {choice.dest}"
+                elif not isinstance(action, argparse._HelpAction):
+                    assert action.help and action.help.strip(), f"{p.prog} {action.option_strings or action.dest}"
+
+
+def test_build_records_the_model_and_search_checks_it(tmp_path: Path, fake: FakeModel,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    fake.fingerprint = "a" * 64  # type: ignore[attr-defined]
+    monkeypatch.setattr(cli, "_open_dataset", lambda path, split: make_samples())
+    coll = tmp_path / "coll"
+    assert cli.main(["build", "--model", "runs/A", "--data", "D", "--collection", str(coll), "--json"]) == 0
+    capsys.readouterr()
+    assert polymodal_main(["index", "info", str(coll)]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == {"fingerprint": "a" * 64, "name": "runs/A",
+                                                            "modalities": ["image"]}
+    out = _search(["--collection", str(coll), "--model", "runs/A", "--text", "item 3", "-k", "1"], capsys)
+    assert out["hits"][0]["id"] == 3
+    other = FakeModel()
+    other.fingerprint = "b" * 64  # type: ignore[attr-defined]
+    monkeypatch.setattr(search_cli, "load", lambda run: other)
+    base = ["search", "--collection", str(coll), "--model", "runs/B", "--text", "item 3", "-k", "1"]
+    assert polymodal_main(base) == 1
+    err = capsys.readouterr().err
+    assert "runs/A" in err and "--allow-model-mismatch" in err and len(err.strip().splitlines()) == 1
+    assert polymodal_main([*base, "--allow-model-mismatch", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["hits"][0]["id"] == 3 and "runs/A" in captured.err
+    # --append with another model would mix two embedding spaces: refused, nothing written
+    monkeypatch.setattr(cli, "load", lambda run: other)
+    assert polymodal_main(["index", "build", "--model", "runs/B", "--data", "D", "--collection", str(coll),
+                           "--append"]) == 1
+    assert "runs/A" in capsys.readouterr().err
+    with Collection.open(coll, readonly=True) as c:
+        assert len(c) == 12
+
+
+def test_filter_beyond_int64_is_one_line_not_a_traceback(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert polymodal_main(["search", "--collection", str(built), "--model", "R", "--text", "item 1",
+                           "--filter", "label=99999999999999999999"]) == 1
+    err = capsys.readouterr().err
+    assert "filter.label" in err and "int64" in err and "Traceback" not in err

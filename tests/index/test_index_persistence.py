@@ -24,11 +24,13 @@ from polymodal.index import Collection
 SRC = Path(__file__).resolve().parents[2] / "src" / "polymodal"
 HERE = Path(__file__).resolve().parent
 
-# The child skips polymodal/__init__ (which imports torch, seconds per start) by registering a bare package:
-# each child then starts in well under a second, so 20 kills fit in a few seconds.
+# The child skips the package __init__ files of polymodal, polymodal.index and polymodal.data (which import
+# torch, seconds per start) by registering bare packages: each child then starts in well under a second, so 20
+# kills fit in a few seconds.
 CHILD = f"""
 import sys, types
-pkg = types.ModuleType("polymodal"); pkg.__path__ = [{str(SRC)!r}]; sys.modules["polymodal"] = pkg
+for name in ("polymodal", "polymodal.index", "polymodal.data"):
+    pkg = types.ModuleType(name); pkg.__path__ = [{str(SRC)!r} + name[9:].replace(".", "/")]; sys.modules[name] = pkg
 sys.path.insert(0, {str(HERE)!r})
 import faiss
 faiss.omp_set_num_threads(1)

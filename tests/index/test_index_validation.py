@@ -97,6 +97,15 @@ def test_add_of_existing_id_is_rejected_whole(coll: Collection) -> None:
     ("filter.i", lambda c: c.search(GOOD, k=3, filter={"i": []})),
     ("filter.i", lambda c: c.search(GOOD, k=3, filter={"i": {"gte": float("inf")}})),
     ("filter.i", lambda c: c.search(GOOD, k=3, filter={"i": {"x": 1}})),
+    ("filter.i", lambda c: c.search(GOOD, k=3, filter={"i": 2**63})),             # beyond SQLite's int64
+    ("filter.i", lambda c: c.search(GOOD, k=3, filter={"i": {"gte": -(2**64)}})),
+    ("filter.i", lambda c: c.search(GOOD, k=3, filter={"i": [1, 2**70]})),
+    ("filter.i", lambda c: c.search(GOOD, k=3, filter={"i": "\ud800"})),          # not encodable as UTF-8
+    ("filter", lambda c: c.search(GOOD, k=3, filter={"\ud800": 1})),
+    ("k", lambda c: c.search(GOOD, k=2**40)),
+    ("params.efSearch", lambda c: c.search(GOOD, k=3, params={"efSearch": 2**31})),
+    ("params.k_factor", lambda c: c.search(GOOD, k=3, params={"k_factor": 2**40})),
+    ("params.nprobe", lambda c: c.search(GOOD, k=3, params={"nprobe": 2**62})),
     ("ids", lambda c: c.get([1.0])),
     ("ids", lambda c: c.delete([3, 3])),
     ("missing", lambda c: c.delete([3], missing="skip")),
@@ -118,6 +127,13 @@ def test_bad_reads_and_calls_name_the_field(coll: Collection, field: str, call: 
     ("index", dict(dim=4, index="hnswx")),
     ("index", dict(dim=4, index="IVF16,PQ3")),     # PQ3 does not divide dim 4
     ("index", dict(dim=4, index="")),
+    ("index", dict(dim=128, index="PQ64x24")),     # 2^24 centroids per sub-quantizer: 8.8 GB to build
+    ("index", dict(dim=128, index="IVF1024,PQ16x17")),
+    ("index", dict(dim=128, index="PQ3")),         # 3 does not divide 128
+    ("index", dict(dim=4096, index="PQ64x16")),    # a 1 GiB codebook
+    ("index", dict(dim=128, index="IVF99999999999,Flat")),
+    ("index", dict(dim=128, index="RQ8x20")),
+    ("index", dict(dim=128, index="IMI2x16,Flat")),    # 2^32 inverted lists
     ("memory_budget", dict(dim=4, memory_budget="lots")),
     ("memory_budget", dict(dim=4, memory_budget=-5)),
 ])
@@ -132,3 +148,29 @@ def test_memory_budget_units(tmp_path: Path) -> None:
     c = Collection.create(tmp_path / "c", 4, memory_budget="1.5 GiB")
     assert c.info()["memory_budget"] == int(1.5 * 2**30)
     c.close()
+
+
+@pytest.mark.parametrize("spec", ["PQ64x24", "IVF4096,PQ64x24", "OPQ64,IVF65536,PQ64x30", "HNSW32,PQ128x40",
+                                  "IVF1048577,Flat", "PCA64,IVF9999999999,Flat"])
+def test_absurd_factory_strings_are_rejected_without_building(tmp_path: Path, spec: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parameters that make FAISS allocate (PQ/RQ codebooks, inverted lists) are bounded from the string
+    itself: FAISS never builds the index (which took 22 s and 8.8 GB for PQ64x24)."""
+    import faiss
+
+    def no_build(*args: Any) -> Any:
+        raise AssertionError(f"FAISS was asked to build {args}")
+
+    monkeypatch.setattr(faiss, "index_factory", no_build)
+    with pytest.raises(InvalidInput) as err:
+        Collection.create(tmp_path / "c", 128, index=spec)
+    assert err.value.field == "index" and spec in str(err.value)
+    assert "at most" in str(err.value)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(("dim", "spec"), [(128, "PQ64x12"), (128, "IVF256,PQ16x8np"), (64, "OPQ16_32,IVF64,PQ16"),
+                                           (32, "HNSW16"), (32, "IVF64_HNSW32,Flat"), (32, "IVF16,SQ8"),
+                                           (32, "PCA16,IVF16,PQ4x4fs"), (32, "RQ4x8"), (16, "Flat"), (16, "SQfp16")])
+def test_reasonable_factory_strings_still_pass(tmp_path: Path, dim: int, spec: str) -> None:
+    Collection.create(tmp_path / "c", dim, index=spec).close()

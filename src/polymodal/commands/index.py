@@ -2,13 +2,16 @@
 
     polymodal index build --model RUN --data DIR [--split S] [--modality image] --collection DIR [--index auto]
     polymodal index info DIR
-    polymodal index tune DIR [--target-recall 0.95]"""
+    polymodal index tune DIR [--target-recall 0.95]
+
+A build records the model (its fingerprint, the run, the modalities embedded) in the collection; `polymodal
+search` then refuses another model. Thumbnails and audio are written with the collection's save, so a build
+that fails or is killed leaves none behind."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -20,8 +23,10 @@ import numpy as np
 from ..api import load
 from ..data.formats import open_dataset
 from ..errors import InvalidInput
-from ..index import Collection, MediaStore
+from ..index import Collection
 from ..index.faiss_index import NAMED_KINDS
+from ..index.identity import merged_record
+from ..index.media import media_files
 from ..index.records import EMBED_PREFERENCE, item_metadata
 
 
@@ -71,7 +76,15 @@ class _Builder:
         self.next_id = int(self.coll.ids().max()) + 1 if self.coll is not None and len(self.coll) else 0
         self.buffers: dict[str, list[tuple[Any, dict[str, Any], Any]]] = {}
         self.added = 0
-        self.media = MediaStore(Path(args.collection)) if args.media else None
+        # what the collection records about the model: its fingerprint (if it has one) and the run it came from
+        fp = getattr(model, "fingerprint", None)
+        self.identity = None if fp is None else {"fingerprint": fp, "name": getattr(model, "name", None) or args.model}
+        if self.coll is not None and self.identity is not None:
+            try:   # another model than the one that filled it: refused before anything is embedded
+                merged_record(self.coll.model, self.identity, [])
+            except BaseException:
+                self.coll.close(save=False)
+                raise
 
     def push(self, sample: Any, modality: str, split: str | None) -> None:
         buf = self.buffers.setdefault(modality, [])
@@ -89,11 +102,11 @@ class _Builder:
             self.coll = Collection.create(a.collection, dim=emb.shape[1], metric=a.metric, index=a.index,
                                           memory_budget=a.memory_budget)
         ids = np.arange(self.next_id, self.next_id + len(buf), dtype=np.int64)
-        self.coll.add(ids, emb, [m for _, m, _ in buf])
-        if self.media is not None:  # thumbnails/audio for `polymodal serve`'s media endpoint and page
-            for i, (_, _, s) in zip(ids.tolist(), buf, strict=True):
-                audio = (s.audio, s.sample_rate) if s.audio is not None else None
-                self.media.put_media(i, image=s.image, audio=audio, video=s.video)
+        media = None
+        if self.args.media:  # thumbnails/audio for `polymodal serve`'s media endpoint and page, saved with the items
+            media = [media_files(s.image, (s.audio, s.sample_rate) if s.audio is not None else None, s.video, 256)
+                     for _, _, s in buf]
+        self.coll.add(ids, emb, [m for _, m, _ in buf], media=media, model=self.identity, modalities=[modality])
         self.next_id += len(buf)
         self.added += len(buf)
 
@@ -129,12 +142,13 @@ def _build(args: argparse.Namespace) -> int:
         info = builder.coll.info()
         builder.coll.close()
     except BaseException:
-        # a failed build leaves nothing half-done: a new collection is removed, an appended one keeps its
-        # last saved state
+        # a failed build leaves nothing half-done: a new collection is removed (under its writer lock), an
+        # appended one keeps its last saved state (and no media of the failed batches)
         if builder.coll is not None:
-            builder.coll.close(save=False)
-            if not args.append:
-                shutil.rmtree(args.collection, ignore_errors=True)
+            if args.append:
+                builder.coll.close(save=False)
+            else:
+                builder.coll.drop()
         raise
     summary = {"collection": args.collection, "added": builder.added, "skipped": skipped, "count": info["count"],
                "kind": info["kind"], "faiss": info["faiss"], "seconds": round(time.perf_counter() - t0, 2)}
@@ -147,33 +161,49 @@ def _build(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- index main
 
 def _index_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="polymodal index", description="Build and inspect FAISS collections.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="embed a data set with a model and store it in a collection")
-    b.add_argument("--model", required=True, help="trained run folder (anything polymodal.load accepts)")
-    b.add_argument("--data", required=True, help="data set folder / .jsonl / shards")
-    b.add_argument("--split", help="one split of a generated data set (default: all)")
+    p = argparse.ArgumentParser(prog="polymodal index", description=(
+        "Build, inspect and tune persistent FAISS collections (stable ids, SQLite metadata, crash-safe saves)."))
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{build,info,tune}")
+    b = sub.add_parser("build", help="embed a data set with a model and store it in a collection", description=(
+        "Embed every sample of a data set with a trained model (in batches, with a progress bar) and store "
+        "the vectors, their metadata and thumbnails/audio in a collection. The collection records the model "
+        "(fingerprint, run, modalities), so that searches with another model are refused."))
+    b.add_argument("--model", required=True, metavar="RUN", help="trained run folder (anything polymodal.load accepts)")
+    b.add_argument("--data", required=True, metavar="DIR", help="data set folder / .jsonl / shards")
+    b.add_argument("--split", help="one split of a generated data set (default: all, one after another)")
     b.add_argument("--modality", choices=EMBED_PREFERENCE,
                    help="embed this modality (samples without it are skipped); default: per sample the first "
                         "of image, video, audio, text that it has")
-    b.add_argument("--collection", required=True, help="output collection folder")
-    b.add_argument("--index", default="auto", help=f"auto, {', '.join(NAMED_KINDS)} or a FAISS factory string")
-    b.add_argument("--metric", default="cosine", choices=("cosine", "ip", "l2"))
-    b.add_argument("--memory-budget", default="4GiB", help="for --index auto (default 4GiB)")
-    b.add_argument("--batch-size", type=int, default=64)
-    b.add_argument("--append", action="store_true", help="add to an existing collection (ids continue)")
-    b.add_argument("--tune", type=float, metavar="RECALL", help="tune search parameters to this recall@10")
+    b.add_argument("--collection", required=True, metavar="DIR",
+                   help="output collection folder (must not exist or be empty, unless --append)")
+    b.add_argument("--index", default="auto", metavar="SPEC",
+                   help=f"auto (default), {', '.join(NAMED_KINDS)} or a FAISS factory string such as IVF256,PQ16")
+    b.add_argument("--metric", default="cosine", choices=("cosine", "ip", "l2"),
+                   help="similarity: cosine (default; vectors are normalized), ip (inner product) or l2")
+    b.add_argument("--memory-budget", default="4GiB", metavar="SIZE",
+                   help="memory the index may use, e.g. 4GiB (default) or 512MB; guides --index auto")
+    b.add_argument("--batch-size", type=int, default=64, metavar="N", help="samples per model.embed call (default 64)")
+    b.add_argument("--append", action="store_true",
+                   help="add to an existing collection (ids continue after the largest; same model only)")
+    b.add_argument("--tune", type=float, metavar="RECALL",
+                   help="after building, tune search parameters to reach this recall@10 (e.g. 0.95)")
     b.add_argument("--no-media", dest="media", action="store_false",
                    help="do not store thumbnails/audio beside the collection (default: store them, for the "
                         "search page of `polymodal serve`)")
-    b.add_argument("--json", action="store_true", help="print a JSON summary")
-    i = sub.add_parser("info", help="print a collection's info as JSON")
-    i.add_argument("collection")
-    t = sub.add_parser("tune", help="tune nprobe/efSearch to a target recall and save them")
-    t.add_argument("collection")
-    t.add_argument("--target-recall", type=float, default=0.95)
-    t.add_argument("-k", type=int, default=10)
-    t.add_argument("--sample", type=int, default=1000)
+    b.add_argument("--json", action="store_true", help="print a JSON summary instead of one line")
+    i = sub.add_parser("info", help="print a collection's info as JSON", description=(
+        "Print what a collection holds as JSON: count, dimension, metric, index kind and FAISS string, search "
+        "parameters and tuning, sizes, and the model that filled it (fingerprint, run, modalities)."))
+    i.add_argument("collection", metavar="DIR", help="collection folder")
+    t = sub.add_parser("tune", help="tune nprobe/efSearch/k_factor to a target recall and save them", description=(
+        "Measure recall@k against exact search on held-out vectors of the collection and keep the fastest "
+        "search parameters that reach the target; they are saved with the collection."))
+    t.add_argument("collection", metavar="DIR", help="collection folder (opened for writing)")
+    t.add_argument("--target-recall", type=float, default=0.95, metavar="R",
+                   help="recall@k to reach, in (0, 1] (default 0.95)")
+    t.add_argument("-k", type=int, default=10, help="the k of recall@k (default 10)")
+    t.add_argument("--sample", type=int, default=1000, metavar="N",
+                   help="held-out vectors used as queries (default 1000)")
     return p
 
 

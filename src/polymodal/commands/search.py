@@ -1,13 +1,18 @@
 """`polymodal search`: query a collection from any modality; several inputs form one fused query.
 
     polymodal search --collection DIR [--model RUN] (--text T | --image F | --audio F | --video F | --vector-file F)
-                     [--weights text=0.5,audio=0.5] [-k 10] [--filter field=value ...] [--json]"""
+                     [--weights text=0.5,audio=0.5] [-k 10] [--filter field=value ...] [--json]
+
+A collection filled by another model (its recorded fingerprint differs) is refused unless
+--allow-model-mismatch (then a warning); --vector-file alone needs no model and is never checked."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -111,19 +116,21 @@ def _search_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polymodal search", description=(
         "Query a collection with text, image, audio, video or a vector; several inputs are fused into one "
         "query (weighted sum of normalized embeddings, renormalized)."))
-    p.add_argument("--collection", required=True)
-    p.add_argument("--model", help="run to embed text/image/audio/video queries with")
-    p.add_argument("--text")
-    p.add_argument("--image", help="image file")
-    p.add_argument("--audio", help="audio file (flac, wav, ogg)")
-    p.add_argument("--video", help="video as .npy (T x H x W x 3 uint8) or a film-strip PNG")
-    p.add_argument("--video-frames", type=int, help="frames in a film-strip PNG (default: square frames)")
-    p.add_argument("--vector-file", help=".npy query vector (D,) or (1, D)")
+    p.add_argument("--collection", required=True, metavar="DIR", help="collection folder to search (read-only)")
+    p.add_argument("--model", metavar="RUN", help="run to embed text/image/audio/video queries with")
+    p.add_argument("--text", help="text query")
+    p.add_argument("--image", metavar="FILE", help="image file")
+    p.add_argument("--audio", metavar="FILE", help="audio file (flac, wav, ogg)")
+    p.add_argument("--video", metavar="FILE", help="video as .npy (T x H x W x 3 uint8) or a film-strip PNG")
+    p.add_argument("--video-frames", type=int, metavar="T", help="frames in a film-strip PNG (default: square frames)")
+    p.add_argument("--vector-file", metavar="FILE", help=".npy query vector (D,) or (1, D); needs no model")
     p.add_argument("--weights", help="fusion weights, e.g. text=0.5,audio=0.5 (default 1 each)")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
     p.add_argument("--filter", action="append", default=[], metavar="EXPR",
                    help="field=value (JSON list = IN), field>=v, field<v, ... ; repeatable, ANDed")
     p.add_argument("--exact", action="store_true", help="exact search (ignore the ANN index)")
+    p.add_argument("--allow-model-mismatch", action="store_true",
+                   help="search even if the collection was filled by another model (a warning instead of an error)")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
     return p
 
@@ -138,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         raise InvalidInput(f"--model is needed to embed {', '.join(media)}", field="--model")
     model = load(args.model) if media else None
     filters = parse_filters(args.filter)
-    res = search(args.collection, model, **inputs, weights=parse_weights(args.weights), k=args.k, filter=filters,
-                 params={"exact": True} if args.exact else None)
+    with warnings.catch_warnings(record=True) as caught:   # shown as one plain line each, not a Python warning
+        warnings.simplefilter("always")
+        res = search(args.collection, model, **inputs, weights=parse_weights(args.weights), k=args.k,
+                     filter=filters, params={"exact": True} if args.exact else None,
+                     allow_model_mismatch=args.allow_model_mismatch)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     hits = res.hits(0)
     if args.json:
         print(json.dumps({"inputs": sorted(inputs), "k": args.k, "filter": filters, "hits": hits}))

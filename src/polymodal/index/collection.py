@@ -7,43 +7,46 @@ automatically chosen and tuned FAISS index, crash-safe saves and safe concurrent
     res = coll.search(query_vectors, k=10, filter={"split": "test", "label": [1, 2], "year": {"gte": 2020}})
     res.ids, res.scores, res.metadata
 
-The storage layout and crash-safety argument are in `persist.py`, the files of one generation in
-`generation.py`; the search pipeline in `searching.py`; queries from any modality in `query.py`."""
+Every write is a transaction: on any failure (validation, the index maintenance that follows it, or, with
+``save=True``, the save that acknowledges it) the in-memory collection returns to exactly its previous state
+(`writes.py`). The storage layout and crash-safety argument are in `persist.py`, the files of one
+generation in `generation.py`; the search pipeline in `searching.py`; queries from any modality in
+`query.py`; the model record in `identity.py`; media beside the collection in `media.py`."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInput, NotFound, PolymodalError
+from ..errors import InvalidInput, NotFound
 from . import persist
 from .faiss_index import NAMED_KINDS, AnnIndex, check_index_spec, default_params
 from .generation import read_files, write_files
 from .locking import RWLock
+from .media import MediaStore, PendingMedia
 from .metadata import MetadataStore
 from .searching import SearchResult, check_params, search_ids
-from .tuning import RANK, choose_auto, tune_index
+from .tuning import tune_index
 from .validate import (
     as_ids,
-    as_metadata,
     as_vectors,
     check_dim,
     check_k,
     check_metric,
-    check_unique,
     parse_bytes,
 )
 from .vectors import VectorStore
+from .writes import Writes
 
 DEFAULT_BUDGET = "4GiB"
+log = logging.getLogger("polymodal.index")
 
 
 @dataclass
@@ -63,17 +66,21 @@ def _initial_ann(spec: str, dim: int, metric: str, budget: int) -> AnnIndex:
     return AnnIndex(dim, metric, "factory", spec, budget=budget)
 
 
-class Collection:
+class Collection(Writes):
     """Use `Collection.create` / `Collection.open`; see the module doc."""
 
     def __init__(self, root: Path, config: dict[str, Any], store: VectorStore, ann: AnnIndex, meta: MetadataStore,
-                 lock: persist.WriterLock | None, gen: str | None, params: dict[str, Any], tuned: dict[str, Any] | None):
+                 lock: persist.WriterLock | None, gen: str | None, params: dict[str, Any], tuned: dict[str, Any] | None,
+                 model: dict[str, Any] | None = None):
         self.root, self._cfg, self._store, self._ann, self._meta = root, config, store, ann, meta
-        self._lock, self._gen, self._params, self._tuned = lock, gen, params, tuned
+        self._lock, self._gen, self._params, self._tuned, self._model = lock, gen, params, tuned, model
         self.readonly = lock is None
         self.dim, self.metric = int(config["dim"]), str(config["metric"])
+        self.media = MediaStore(root)
+        self._pending: PendingMedia | None = None     # media of unsaved writes
+        self._unapplied: PendingMedia | None = None   # media of a published generation not yet moved into place
         self._rw = RWLock()
-        self._save_lock = threading.Lock()
+        self._txn_lock = threading.Lock()   # one write or save at a time (whole, with its rollback); before _rw
         self._vec_dirty = self._state_dirty = False
         self._closed = self._broken = False
 
@@ -125,108 +132,38 @@ class Collection:
               ) -> Collection:
         store, ann, meta = read_files(root, folder, state, writer=lock is not None)
         config = {k: state[k] for k in ("dim", "metric", "index", "memory_budget")}
-        return cls(root, config, store, ann, meta, lock, name, state["params"], state.get("tuned"))
+        coll = cls(root, config, store, ann, meta, lock, name, state["params"], state.get("tuned"), state.get("model"))
+        if lock is not None:   # a crash's media: finish the published change, drop the rest and any orphans
+            coll.media.recover(state.get("media_txn"))
+            coll.media.collect_garbage(store.contains)
+        return coll
 
-    # ------------------------------------------------------------------ writes
+    @classmethod
+    def destroy(cls, path: str | Path) -> None:
+        """Delete the collection at ``path`` from disk. Takes the writer lock first, so a collection that
+        another process (or object) has open for writing is refused (`CollectionLocked`, a Conflict naming
+        that process) instead of being deleted under it."""
+        root = Path(path)
+        if not persist.is_collection(root):
+            raise NotFound("no collection to delete", source=str(root))
+        lock = persist.WriterLock(root)
+        try:
+            persist.remove_collection(root)
+        finally:
+            lock.release()
 
-    def _check_writable(self) -> None:
-        if self._closed:
-            raise InvalidInput("the collection is closed", source=str(self.root))
-        if self.readonly:
-            raise InvalidInput("the collection was opened read-only", field="readonly", source=str(self.root))
-        if self._broken:
-            raise InvalidInput("an earlier write failed half-way; reopen the collection (the saved state is intact)",
-                               source=str(self.root))
-
-    def _validate_write(self, ids: Any, vectors: Any, metadata: Any) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-        ids = as_ids(ids)
-        check_unique(ids)
-        vecs = as_vectors(vectors, self.dim, self.metric)
-        if len(vecs) != len(ids):
-            raise InvalidInput(f"{len(ids)} ids but {len(vecs)} vectors", field="vectors")
-        return ids, vecs, as_metadata(metadata, len(ids))
-
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Write lock; an unexpected failure after validation rolls back the metadata and marks the in-memory
-        collection broken (the saved generations are untouched)."""
-        with self._rw.write():
-            self._check_writable()
-            try:
-                yield
-                self._meta.commit()
-            except PolymodalError:   # expected errors are raised before anything is changed
-                self._meta.rollback()
-                raise
-            except BaseException:
-                self._meta.rollback()
-                self._broken = True
-                raise
-            self._vec_dirty = True
-            self._maintain()
-
-    def add(self, ids: Any, vectors: Any, metadata: list[dict[str, Any]] | None = None) -> None:
-        """Insert new items. Any id already present -> InvalidInput (use `upsert`); nothing is written then."""
-        ids, vecs, metas = self._validate_write(ids, vectors, metadata)
-        with self._writing():
-            present = self._store.contains(ids)
-            if present.any():
-                raise InvalidInput(f"ids already exist: {ids[present][:5].tolist()} (use upsert to replace)",
-                                   field="ids")
-            self._meta.put(ids, metas, "insert")
-            self._store.append(ids, vecs)
-            self._ann.add(ids, vecs)
-
-    def upsert(self, ids: Any, vectors: Any, metadata: list[dict[str, Any]] | None = None) -> None:
-        """Insert or replace. With ``metadata=None`` existing items keep their metadata (new ones get {})."""
-        ids, vecs, metas = self._validate_write(ids, vectors, metadata)
-        with self._writing():
-            present = self._store.contains(ids)
-            self._meta.put(ids, metas, "replace" if metas is not None else "keep")
-            self._store.replace(ids[present], vecs[present])
-            self._store.append(ids[~present], vecs[~present])
-            self._ann.remove(ids[present])
-            self._ann.add(ids, vecs)
-
-    def delete(self, ids: Any, missing: str = "error") -> int:
-        """Remove items; returns how many. Unknown ids -> NotFound (nothing removed) unless missing='ignore'."""
-        if missing not in ("error", "ignore"):
-            raise InvalidInput(f"expected 'error' or 'ignore', got {missing!r}", field="missing")
-        ids = as_ids(ids)
-        check_unique(ids)
-        with self._writing():
-            present = self._store.contains(ids)
-            if missing == "error" and not present.all():
-                raise NotFound(f"ids not in the collection: {ids[~present][:5].tolist()}", field="ids")
-            ids = ids[present]
-            self._meta.delete(ids)
-            self._store.remove(ids)
-            self._ann.remove(ids)
-        return len(ids)
-
-    def _maintain(self) -> None:
-        """auto: move up to the index the size now calls for; IVF: train / retrain; HNSW: compact."""
-        ann, n = self._ann, len(self._store)
-        if self._cfg["index"] == "auto":
-            kind, m = choose_auto(n, self.dim, self._cfg["memory_budget"], ann.kind, ann.hnsw_m)
-            if RANK[kind] > RANK[ann.kind]:
-                self._ann = AnnIndex(self.dim, self.metric, kind, hnsw_m=m, budget=self._cfg["memory_budget"])
-                self._ann.build(self._store)
-                self._reset_params()
-                return
-        if ann.maintain(self._store) in ("trained", "retrained"):
-            self._reset_params()
-
-    def _reset_params(self) -> None:
-        """New index structure: tuned values no longer apply."""
-        self._params = default_params(self._ann.nlist, self._ann.lossy)
-        self._tuned = None
-        self._state_dirty = True
-
-    def compact(self) -> None:
-        """Rebuild the ANN index from the raw vectors (drops HNSW tombstones)."""
-        with self._writing():
-            self._ann.build(self._store)
+    def drop(self) -> None:
+        """Delete this collection from disk (a writer only: it holds the lock) and close it."""
+        with self._txn_lock, self._rw.write():
+            if self._closed:
+                raise InvalidInput("the collection is closed", source=str(self.root))
+            if self.readonly or self._lock is None:
+                raise InvalidInput("the collection was opened read-only; a writer deletes it (or use "
+                                   "Collection.destroy(path))", field="readonly", source=str(self.root))
+            persist.remove_collection(self.root)
+            self._closed = True
+            self._meta.close()
+            self._lock.release()
 
     # ------------------------------------------------------------------ reads
 
@@ -283,7 +220,7 @@ class Collection:
         The choice becomes the default for searches and is saved with the collection (next save/close)."""
         k = check_k(k)
         q = None if queries is None else as_vectors(queries, self.dim, self.metric, field="queries")
-        with self._rw.write():
+        with self._txn_lock, self._rw.write():
             self._check_writable()
             report = tune_index(self._ann, self._store, self.metric, target_recall, k, sample, seed, q)
             if not report["exact"]:
@@ -302,8 +239,15 @@ class Collection:
                 "staged": ann.kind != "flat" and not ann.ready, "nlist": ann.nlist, "tombstones": ann.n_dead,
                 "params": dict(self._params), "tuned": self._tuned, "memory_budget": self._cfg["memory_budget"],
                 "bytes": {"vectors": self._store.nbytes(), "index": ann.nbytes()},
-                "unsaved_changes": self._dirty(),
+                "model": self.model, "unsaved_changes": self._dirty(),
             }
+
+    @property
+    def model(self) -> dict[str, Any] | None:
+        """The model that filled the collection: ``{"fingerprint", "name", "modalities"}`` (the modalities its
+        items were embedded from), or None when no write named one."""
+        rec = self._model
+        return None if rec is None else {**rec, "modalities": list(rec.get("modalities") or [])}
 
     def __repr__(self) -> str:
         return f"Collection({str(self.root)!r}, n={len(self._store)}, dim={self.dim}, kind={self._ann.kind!r})"
@@ -311,46 +255,76 @@ class Collection:
     # ------------------------------------------------------------------ save / close
 
     def _dirty(self) -> bool:
-        return self._vec_dirty or self._state_dirty or self._ann.dirty or self._meta.dirty
+        return (self._vec_dirty or self._state_dirty or self._ann.dirty or self._meta.dirty
+                or bool(self._pending is not None and self._pending.changes))
 
     def save(self) -> str:
         """Publish a new generation (atomic; see persist.py) and return its name; a no-op when unchanged."""
-        with self._rw.read(), self._save_lock:
+        with self._txn_lock, self._rw.read():
             self._check_writable()
             return self._save_locked()
 
     def _save_locked(self) -> str:
+        if self._unapplied is not None:   # an earlier save's media move failed: finish it before going on
+            self._unapplied.apply()
+            self._unapplied = None
         if self._gen is not None and not self._dirty():
             return self._gen
         number = persist.gen_number(self._gen) + 1 if self._gen else 0
         prev = self.root / self._gen if self._gen else None
+        pending = self._pending if self._pending is not None and self._pending.changes else None
         tmp = persist.new_tmp_folder(self.root, number)
         try:
             write_files(tmp, prev, self._store, self._ann, self._meta, self._vec_dirty)
+            if pending is not None:
+                pending.write_journal()   # durable before the generation that names it is published
             state = {**self._cfg, "count": len(self._store), "ann": self._ann.state(), "params": self._params,
-                     "tuned": self._tuned}
+                     "tuned": self._tuned, "model": self._model, "media_txn": pending.token if pending else None}
             name = persist.publish(self.root, tmp, number, state)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            if not self._published(number):
+                if pending is not None:
+                    pending.forget_journal()
+                raise
+            name = persist.gen_name(number)   # the switch happened; only a step after it failed
+            log.warning("saved %s/%s, but a step after publishing it failed", self.root, name, exc_info=True)
         self._gen = name
         self._vec_dirty = self._state_dirty = self._ann.dirty = self._meta.dirty = False
-        persist.cleanup(self.root, name)
+        self._pending = None
+        if pending is not None:
+            try:
+                pending.apply()
+            except OSError:
+                self._unapplied = pending
+                log.warning("could not move the media of %s into place; retrying at the next save", name,
+                            exc_info=True)
+        try:
+            persist.cleanup(self.root, name)
+        except OSError:
+            log.warning("could not remove old generations of %s", self.root, exc_info=True)
         return name
+
+    def _published(self, number: int) -> bool:
+        try:
+            return persist.read_current(self.root) == persist.gen_name(number)
+        except Exception:  # noqa: BLE001 - unreadable CURRENT: not published by us
+            return False
 
     def close(self, save: bool = True) -> None:
         """Save unsaved changes (unless ``save=False``) and release the files and the writer lock."""
         if self._closed:
             return
-        with self._rw.write():
+        with self._txn_lock, self._rw.write():
             if self._closed:
                 return
             try:
                 if save and not self.readonly and not self._broken and self._dirty():
-                    with self._save_lock:
-                        self._save_locked()
+                    self._save_locked()
             finally:
                 self._closed = True
+                if self._pending is not None and not self.readonly:
+                    self._pending.discard()   # unsaved media go with the unsaved writes
                 self._meta.close(remove=not self.readonly)
                 if self._lock is not None:
                     self._lock.release()
@@ -366,6 +340,7 @@ class Collection:
             old = self._meta
             self._store, self._ann, self._meta = fresh._store, fresh._ann, fresh._meta
             self._gen, self._params, self._tuned, self._cfg = fresh._gen, fresh._params, fresh._tuned, fresh._cfg
+            self._model = fresh._model
             old.close()
         return True
 

@@ -23,10 +23,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..errors import InvalidInput
-from .vectors import VectorStore, exact_search, faiss_metric
+from .spec import NAMED_KINDS, check_index_spec
+from .vectors import VectorStore, exact_search, faiss_metric, rerank
 
-NAMED_KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
 IVF_MIN_TRAIN = 1000          # below this an IVF kind is searched exactly (FAISS wants ~39 points per list)
 RETRAIN_GROWTH = 4            # retrain IVF when the collection is this many times larger than at training
 TOMBSTONE_FRACTION = 0.25     # rebuild a graph index when this share of its positions is dead
@@ -35,6 +34,7 @@ HNSW_EF_CONSTRUCTION = 40
 KMEANS_ITERS = 10             # k-means iterations for IVF centroids and PQ codebooks (PQ's default is 25)
 TRAIN_PER_LIST = 64           # training sample = min(n, 64 * nlist)
 _LOSSY = re.compile(r"PQ|SQ|LSH|RQ|LSQ")
+C_INT_MAX = 2**31 - 1         # FAISS takes efSearch as a C int
 
 
 def pow2_round(x: float) -> int:
@@ -61,21 +61,6 @@ def default_params(nlist: int | None, lossy: bool) -> dict[str, int]:
     if nlist:
         p["nprobe"] = min(nlist, max(8, round(math.sqrt(nlist))))
     return p
-
-
-def check_index_spec(spec: Any, dim: int, metric: str) -> str:
-    """A named kind, 'auto', or a FAISS factory string that FAISS accepts for this dim/metric."""
-    if not isinstance(spec, str) or not spec:
-        raise InvalidInput(f"expected 'auto', one of {', '.join(NAMED_KINDS)} or a FAISS factory string, got {spec!r}",
-                           field="index")
-    if spec == "auto" or spec in NAMED_KINDS:
-        return spec
-    try:
-        faiss.index_factory(dim, spec, faiss_metric(metric))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "rejected"
-        raise InvalidInput(f"FAISS cannot build {spec!r} for dim {dim}: {first}", field="index") from None
-    return spec
 
 
 def _core(index: Any) -> Any:
@@ -106,6 +91,8 @@ class AnnIndex:
         self._family_of: Any = None
         self._family_name = "other"
         self.dirty = True
+        self._journal: list[Any] | None = None
+        self._journal_dirty = True
 
     # ------------------------------------------------------------------ state
 
@@ -166,40 +153,45 @@ class AnnIndex:
         return index
 
     def build(self, store: VectorStore, seed: int = 0) -> None:
-        """(Re)build from the store; IVF kinds too small to train stay staged (``index = None``)."""
+        """(Re)build from the store; IVF kinds too small to train stay staged (``index = None``). All or nothing:
+        when training or adding fails, this object is left as it was."""
         n = len(store)
-        self.index, self.labels, self.dead, self._dead_bitmap = None, np.empty(0, np.int64), np.empty(0, bool), None
-        self.dirty = True
         if self.kind == "flat" or (self.needs_training() and n < self.min_train()):
-            self.mode, self.trained_n = "none", 0
+            self.index, self.labels, self.dead, self._dead_bitmap = None, np.empty(0, np.int64), np.empty(0, bool), None
+            self.mode, self.trained_n, self.dirty = "none", 0, True
             return
-        index = self._new_faiss_index(n)
+        fresh = AnnIndex(self.dim, self.metric, self.kind, self.spec, self.hnsw_m, self.budget)
+        index = fresh._new_faiss_index(n)
         if not index.is_trained:
             rng = np.random.default_rng(seed)
             nlist = faiss.try_extract_index_ivf(index)
             cap = TRAIN_PER_LIST * (int(nlist.nlist) if nlist is not None else 256)
             rows = np.sort(rng.choice(n, size=min(n, max(cap, 39 * 256)), replace=False))
             index.train(np.ascontiguousarray(store.vectors[rows]))
-        self.index, self.trained_n = index, n
-        self.add(store.ids, store.vectors)
+        fresh.index, fresh.trained_n = index, n
+        fresh.add(store.ids, store.vectors)
+        self.index, self.labels, self.dead, self._dead_bitmap = fresh.index, fresh.labels, fresh.dead, None
+        self.mode, self.trained_n, self.built_spec, self.dirty = fresh.mode, n, fresh.built_spec, True
 
-    def maintain(self, store: VectorStore) -> str | None:
-        """Train once big enough, retrain after 4x growth, compact when tombstones pile up."""
+    def maintenance(self, store: VectorStore) -> str | None:
+        """What the store's size now calls for: 'trained' (big enough to train), 'retrained' (grown 4x since
+        training), 'compacted' (too many tombstones), or None."""
         n = len(store)
         if self.kind == "flat":
             return None
         if self.index is None:
-            if n >= self.min_train():
-                self.build(store)
-                return "trained"
-            return None
+            return "trained" if n >= self.min_train() else None
         if self.needs_training() and n >= RETRAIN_GROWTH * max(self.trained_n, 1):
-            self.build(store)
             return "retrained"
         if self.mode == "positions" and len(self.dead) and self.n_dead > TOMBSTONE_FRACTION * len(self.dead):
-            self.build(store)
             return "compacted"
         return None
+
+    def rebuilt(self, store: VectorStore) -> AnnIndex:
+        """A new index of the same kind built from the store (this one is left untouched)."""
+        fresh = AnnIndex(self.dim, self.metric, self.kind, self.spec, self.hnsw_m, self.budget)
+        fresh.build(store)
+        return fresh
 
     # ------------------------------------------------------------------ writes
 
@@ -207,24 +199,77 @@ class AnnIndex:
         if self.index is None or len(ids) == 0:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.dirty = True
         if self.mode == "positions":
+            self._log(self._tombstone_added_undo(len(self.labels)))
             self.index.add(vectors)
             self.labels = np.concatenate([self.labels, ids])
             self.dead = np.concatenate([self.dead, np.zeros(len(ids), bool)])
             self._dead_bitmap = None
         else:
-            self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
-        self.dirty = True
+            index = self.index
+            self._log(lambda: index.remove_ids(faiss.IDSelectorBatch(ids)))
+            index.add_with_ids(vectors, ids)
 
-    def remove(self, ids: np.ndarray) -> None:
+    def remove(self, ids: np.ndarray, vectors: np.ndarray | None = None) -> None:
+        """Remove present ``ids``; inside a `begin` / `rollback` span, ``vectors`` (theirs) lets an id-mapped
+        index put them back on rollback."""
         if self.index is None or len(ids) == 0:
             return
-        if self.mode == "positions":
-            self.dead |= np.isin(self.labels, ids)
-            self._dead_bitmap = None
-        else:
-            self.index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
         self.dirty = True
+        if self.mode == "positions":
+            newly = np.flatnonzero(np.isin(self.labels, ids) & ~self.dead)
+            self._log(lambda: self._set_dead(newly, False))
+            self._set_dead(newly, True)
+        else:
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            if self._journal is not None:
+                if vectors is None:
+                    raise ValueError("remove() inside a transaction needs the removed vectors")
+                index, back = self.index, np.ascontiguousarray(vectors, dtype=np.float32)
+                self._log(lambda: index.add_with_ids(back, ids))
+            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def _set_dead(self, positions: np.ndarray, value: bool) -> None:
+        self.dead[positions] = value
+        self._dead_bitmap = None
+
+    def _tombstone_added_undo(self, n0: int) -> Any:
+        """Undo of a graph add: a graph cannot drop nodes, so positions from ``n0`` on become tombstones
+        (searches never return them; the next rebuild drops them)."""
+        def undo() -> None:
+            nt = int(self.index.ntotal)
+            labels, dead = self.labels[:nt], self.dead[:nt].copy()
+            if len(labels) < nt:   # the FAISS add went through but the bookkeeping did not
+                labels = np.concatenate([labels, np.full(nt - len(labels), -1, np.int64)])
+                dead = np.concatenate([dead, np.ones(nt - len(dead), bool)])
+            dead[n0:] = True
+            self.labels, self.dead, self._dead_bitmap = labels, dead, None
+        return undo
+
+    # ------------------------------------------------------------------ transactions
+
+    def begin(self) -> None:
+        """Start recording adds and removes, so that `rollback` can undo them."""
+        self._journal = []
+        self._journal_dirty = self.dirty
+
+    def commit(self) -> None:
+        self._journal = None
+
+    def rollback(self) -> None:
+        """Undo the adds and removes since `begin`: an id-mapped index (IVF, IDMap) removes what was added and
+        re-adds what was removed (same ids, same codes); a graph gets its dead flags back and its new positions
+        tombstoned. Searches then return what they returned before."""
+        journal, self._journal = self._journal, None
+        for undo in reversed(journal or []):
+            undo()
+        self.dirty = self._journal_dirty
+
+    def _log(self, undo: Any) -> None:
+        if self._journal is not None:
+            self._journal.append(undo)
 
     # ------------------------------------------------------------------ search
 
@@ -260,10 +305,10 @@ class AnnIndex:
         family = self._family()
         if family == "hnsw":
             p = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-            p.efSearch = int(params.get("efSearch", 64))
+            p.efSearch = min(int(params.get("efSearch", 64)), C_INT_MAX)
         elif family == "ivf":
             p = faiss.SearchParametersIVF()
-            p.nprobe = int(params.get("nprobe", 1))
+            p.nprobe = int(params.get("nprobe", 1))   # FAISS clamps it to nlist
         else:
             p = faiss.SearchParameters()
         if sel is not None:
@@ -275,6 +320,7 @@ class AnnIndex:
         """(scores, user ids), -1 padded. Lossy codes fetch ``k * k_factor`` candidates and re-rank them exactly
         against the raw vectors in the store."""
         fetch = k * max(1, int(params.get("k_factor", 1))) if self.lossy else k
+        fetch = min(fetch, max(k, int(self.index.ntotal)))   # more candidates than vectors only pads
         p = dict(params)
         p["efSearch"] = max(int(p.get("efSearch", 64)), fetch)   # HNSW returns at most efSearch hits
         sel, keep = self._selector(allowed)
@@ -337,33 +383,4 @@ class AnnIndex:
         return json.dumps(self.state())
 
 
-def rerank(queries: np.ndarray, ids: np.ndarray, store: VectorStore, k: int, metric: str,
-           chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scores for candidate ids (from a lossy index), best k per query, -1 padded."""
-    nq = len(ids)
-    out_s = np.full((nq, k), np.inf if metric == "l2" else -np.inf, np.float32)
-    out_i = np.full((nq, k), -1, np.int64)
-    for a in range(0, nq, chunk):   # chunks bound the (queries, candidates, dim) gather
-        s, i = _rerank_chunk(queries[a: a + chunk], ids[a: a + chunk], store, k, metric)
-        out_s[a: a + chunk, : s.shape[1]], out_i[a: a + chunk, : i.shape[1]] = s, i
-    return out_s, out_i
-
-
-def _rerank_chunk(queries: np.ndarray, ids: np.ndarray, store: VectorStore, k: int, metric: str
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    nq, fetch = ids.shape
-    rows = store.rows(ids.reshape(-1)).reshape(nq, fetch)   # -1 for padding
-    valid = rows >= 0
-    vecs = store.vectors[np.maximum(rows, 0)]              # (nq, fetch, d)
-    if metric == "l2":
-        s = np.where(valid, ((vecs - queries[:, None, :]) ** 2).sum(-1), np.inf)
-        order = np.argsort(s, axis=1, kind="stable")[:, :k]
-    else:
-        s = np.where(valid, np.einsum("qfd,qd->qf", vecs, queries), -np.inf)
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    top_s = np.take_along_axis(s, order, 1).astype(np.float32)
-    top_i = np.where(np.take_along_axis(valid, order, 1), np.take_along_axis(ids, order, 1), -1)
-    return top_s, top_i
-
-
-__all__ = ["AnnIndex", "check_index_spec", "default_params", "exact_search", "ivf_nlist", "pq_m", "rerank"]
+__all__ = ["NAMED_KINDS", "AnnIndex", "check_index_spec", "default_params", "exact_search", "ivf_nlist", "pq_m", "rerank"]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInput
+from .validate import is_utf8
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, meta TEXT NOT NULL)"
 RANGE_OPS = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
@@ -31,6 +32,7 @@ class MetadataStore:
         self.readonly = readonly
         self._lock = threading.Lock()  # one connection, shared by threads: SQLite calls go one at a time
         self.dirty = False
+        self._was_dirty = False
 
     @classmethod
     def open_readonly(cls, path: Path) -> MetadataStore:
@@ -72,6 +74,10 @@ class MetadataStore:
                                (json.dumps(ids.tolist()),))
             self.dirty = True
 
+    def begin(self) -> None:
+        """Start a write: `rollback` returns to here (the SQL transaction, and the dirty flag)."""
+        self._was_dirty = self.dirty
+
     def commit(self) -> None:
         with self._lock:
             self._conn.commit()
@@ -79,6 +85,21 @@ class MetadataStore:
     def rollback(self) -> None:
         with self._lock:
             self._conn.rollback()
+        self.dirty = self._was_dirty
+
+    def restore(self, ids: np.ndarray, rows: dict[int, str]) -> None:
+        """Undo a committed write: ``ids`` get back exactly the ``rows`` (id -> JSON text) they had, and ids
+        without a row are removed again."""
+        with self._lock:
+            try:
+                self._conn.execute("DELETE FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                                   (json.dumps(ids.tolist()),))
+                self._conn.executemany("INSERT INTO items(id, meta) VALUES (?, ?)", rows.items())
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+        self.dirty = self._was_dirty
 
     # ------------------------------------------------------------------ reads
 
@@ -152,8 +173,20 @@ def create_empty(path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- filters
 
+INT64 = (-(2**63), 2**63 - 1)   # SQLite's INTEGER
+
+
 def _scalar(v: Any, where: str) -> Any:
-    if isinstance(v, (bool, int, str)):
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        if not INT64[0] <= v <= INT64[1]:
+            raise InvalidInput(f"integer {v} does not fit in int64 (the range metadata integers are stored in)",
+                               field=where)
+        return v
+    if isinstance(v, str):
+        if not is_utf8(v):
+            raise InvalidInput(f"{v!r} is not valid UTF-8 (a lone surrogate?)", field=where)
         return v
     if isinstance(v, float):
         if not math.isfinite(v):
@@ -165,8 +198,9 @@ def _scalar(v: Any, where: str) -> Any:
 
 
 def _path(key: Any) -> str:
-    if not isinstance(key, str) or not key or '"' in key or "\\" in key:
-        raise InvalidInput(f"a filter field must be a non-empty string without quotes, got {key!r}", field="filter")
+    if not isinstance(key, str) or not key or '"' in key or "\\" in key or not is_utf8(key):
+        raise InvalidInput(f"a filter field must be a non-empty UTF-8 string without quotes or backslashes, "
+                           f"got {key!r}", field="filter")
     return f'$."{key}"'  # quoted: a key such as "attrs.size" is one top-level key, not a nested path
 
 

@@ -2,7 +2,7 @@
 
     collection/
       CURRENT              one line: the name of the live generation, e.g. "gen-000007"
-      LOCK                 flock'ed by the (single) writer process
+      LOCK                 flock'ed by the (single) writer process, which writes its pid into it
       .work.sqlite         the writer's private working copy of the metadata (disposable)
       gen-000007/          state.json, ids.npy, vectors.npy, meta.sqlite, [index.faiss, labels.npy, dead.npy]
 
@@ -12,7 +12,8 @@ replaces CURRENT atomically (temp file, fsync, rename, fsync the folder). A proc
 leaves CURRENT naming a complete generation: the old one until the rename of CURRENT, the new one after.
 Readers read CURRENT once and open that generation; the previous generation is kept so a reader that read
 CURRENT just before a switch still finds its files, and readers retry when a generation vanished anyway.
-Leftovers of a crash (temp folders, generations newer than CURRENT) are removed when a writer opens."""
+Leftovers of a crash (temp folders, generations newer than CURRENT) are removed when a writer opens. Deleting
+a whole collection (`remove_collection`) is done under the writer lock, CURRENT first."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import InvalidInput, NotFound
+from ..errors import CollectionLocked, InvalidInput, NotFound
 
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
@@ -157,17 +158,24 @@ def cleanup(root: Path, live: str, keep_previous: bool = True) -> None:
 
 
 class WriterLock:
-    """An exclusive flock on ``root/LOCK``: one writer per collection, across processes (and objects)."""
+    """An exclusive flock on ``root/LOCK``: one writer per collection, across processes (and objects). The
+    holder writes its pid into the file, so a refused contender can say who holds it."""
 
     def __init__(self, root: Path):
         self._fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            pid = _read_pid(self._fd)
             os.close(self._fd)
             self._fd = -1
-            raise InvalidInput("the collection is already open for writing (another process or object); "
-                               "close it first or open with readonly=True", source=str(root)) from None
+            who = f"process {pid}" if pid is not None else "another process"
+            who += " (this process: another Collection object)" if pid == os.getpid() else ""
+            raise CollectionLocked(f"the collection is already open for writing by {who}; close it there first "
+                                   "or open with readonly=True", pid=pid, source=str(root)) from None
+        with contextlib.suppress(OSError):   # the pid is a courtesy for error messages, never needed for safety
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
     def __del__(self) -> None:
         self.release()
@@ -178,6 +186,24 @@ class WriterLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def remove_collection(root: Path) -> None:
+    """Delete a collection folder; the caller holds its writer lock. CURRENT goes first (durably), so from then
+    on nothing opens it as a collection, whatever happens to the rest of the removal."""
+    (root / CURRENT).unlink(missing_ok=True)
+    fsync_path(root)
+    shutil.rmtree(root)
+    with contextlib.suppress(OSError):
+        fsync_path(root.parent)
 
 
 def open_generation(root: Path, load: Callable[[str, Path, dict[str, Any]], T], attempts: int = 20) -> T:

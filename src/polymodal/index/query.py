@@ -29,6 +29,7 @@ import numpy as np
 from ..data.sample import MODALITIES
 from ..errors import InvalidInput, ModelOutputError
 from .collection import Collection
+from .identity import check_model
 from .searching import SearchResult
 
 INPUTS = (*MODALITIES, "vector")
@@ -38,7 +39,9 @@ UNIT_TOLERANCE = 1e-3  # |norm - 1| allowed of a model embedding (float32 roundi
 class Embedder(Protocol):
     """What the query pipeline needs of a model (an `EmbeddingModel`, or anything shaped like one): ``embed``
     takes a list of one modality (``audio``: (waveform, sample_rate) pairs) and returns float32 ``(N, dim)``
-    rows, L2-normalised; ``modalities`` names those it embeds."""
+    rows, L2-normalised; ``modalities`` names those it embeds. Optional: ``fingerprint`` (a string that
+    changes whenever the embeddings would, e.g. a hash of config and weights) and ``name`` (e.g. the run):
+    with a fingerprint, a collection filled by another model is refused (`identity.check_model`)."""
 
     @property
     def modalities(self) -> Sequence[str]: ...
@@ -136,10 +139,14 @@ def query_vector(embeddings: Mapping[str, Any], weights: Mapping[str, Any] | Non
 
 
 def search_query(collection: Collection, embeddings: Mapping[str, Any], weights: Mapping[str, Any] | None = None,
-                 k: int = 10, filter: dict[str, Any] | None = None, params: dict[str, Any] | None = None
-                 ) -> SearchResult:
+                 k: int = 10, filter: dict[str, Any] | None = None, params: dict[str, Any] | None = None, *,
+                 model: Any = None, allow_model_mismatch: bool = False) -> SearchResult:
     """Fuse and search: ``embeddings`` maps "audio"/"image"/"text"/"video" to the model's (D,) embedding of
-    that input (as `embed_query` or the service's batcher returns it) and "vector" to a raw user vector."""
+    that input (as `embed_query` or the service's batcher returns it) and "vector" to a raw user vector.
+    ``model``: the model that embedded them, checked against the one that filled the collection (a mismatch
+    is refused, or only warned about with ``allow_model_mismatch``)."""
+    if model is not None and any(name != "vector" for name in embeddings):
+        check_model(collection.model, model, allow_model_mismatch)
     q = query_vector(embeddings, weights, collection.dim)
     return collection.search(q[None, :], k=k, filter=filter, params=params, normalized=True)
 
@@ -167,13 +174,16 @@ def search_with_model(collection: Collection, model: Embedder | None, text: str 
                       image: np.ndarray | None = None, audio: tuple[np.ndarray, int] | None = None,
                       video: np.ndarray | None = None, vector: np.ndarray | None = None,
                       weights: Mapping[str, float] | None = None, k: int = 10, filter: dict[str, Any] | None = None,
-                      params: dict[str, Any] | None = None) -> SearchResult:
+                      params: dict[str, Any] | None = None, allow_model_mismatch: bool = False) -> SearchResult:
     """Embed each given input (``audio`` = (waveform, sample_rate)), fuse them with ``weights`` (keys: text,
-    image, audio, video, vector), and search. ``model`` may be None when only ``vector`` is given."""
+    image, audio, video, vector), and search. ``model`` may be None when only ``vector`` is given. A model
+    whose fingerprint differs from the one that filled the collection is refused (`ModelMismatch`) before
+    anything is embedded, unless ``allow_model_mismatch=True`` (then a warning)."""
     embs: dict[str, np.ndarray] = {}
     if any(v is not None for v in (text, image, audio, video)):
         if model is None:
             raise InvalidInput("a model is needed to embed text/image/audio/video queries", field="model")
+        check_model(collection.model, model, allow_model_mismatch)
         embs = embed_query(model, text=text, image=image, audio=audio, video=video)
     if vector is not None:
         embs["vector"] = vector

@@ -21,6 +21,8 @@ EXACT_SUBSET_MAX = 20_000
 EXACT_SUBSET_FRACTION = 0.05
 ENLARGE_ROUNDS = 2
 PARAM_KEYS = ("nprobe", "efSearch", "k_factor")
+# Upper bounds: FAISS takes efSearch as a C int, and k * k_factor candidates are fetched and re-ranked.
+PARAM_MAX = {"nprobe": 1 << 20, "efSearch": 1 << 16, "k_factor": 1024}
 
 
 @dataclass
@@ -58,6 +60,8 @@ def check_params(params: Any) -> dict[str, Any]:
         elif key in PARAM_KEYS:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise InvalidInput(f"must be a positive int, got {v!r}", field=f"params.{key}")
+            if v > PARAM_MAX[key]:
+                raise InvalidInput(f"must be at most {PARAM_MAX[key]:,}, got {v}", field=f"params.{key}")
             out[key] = int(v)
         else:
             raise InvalidInput(f"unknown search parameter {key!r}; use {', '.join([*PARAM_KEYS, 'exact'])}",

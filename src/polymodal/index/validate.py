@@ -98,15 +98,55 @@ def as_metadata(metadata: Any, n: int, field: str = "metadata") -> list[str] | N
         if not all(isinstance(k, str) for k in m):
             raise InvalidInput(f"entry {i} has a non-string key", field=field)
         try:
-            out.append(json.dumps(dict(m), ensure_ascii=False, allow_nan=False, separators=(",", ":")))
+            text = json.dumps(dict(m), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"entry {i} is not JSON-serialisable ({exc})", field=field) from None
+        if not is_utf8(text):
+            where = unencodable_path(m) or "?"
+            raise InvalidInput(f"entry {i} has a string that is not valid UTF-8 (a lone surrogate?) at {where}",
+                               field=field)
+        out.append(text)
     return out
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (lone surrogates such as "\\ud800", which JSON can carry, do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def unencodable_path(value: Any, path: str = "") -> str | None:
+    """Where in a JSON-like value the first string that is not valid UTF-8 sits (a key or a value), e.g.
+    ``a.b[1]``; None when there is none."""
+    if isinstance(value, str):
+        return None if is_utf8(value) else (path or "(value)")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            name = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and not is_utf8(k):
+                return f"{path}.<key {k!r}>" if path else f"<key {k!r}>"
+            found = unencodable_path(v, name)
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for j, v in enumerate(value):
+            found = unencodable_path(v, f"{path}[{j}]")
+            if found:
+                return found
+    return None
+
+
+MAX_K = 100_000   # hits per query: each costs a result slot and, for lossy indexes, k_factor candidates
 
 
 def check_k(k: Any) -> int:
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InvalidInput(f"k must be a positive int, got {k!r}", field="k")
+    if k > MAX_K:
+        raise InvalidInput(f"k must be at most {MAX_K:,}, got {k}", field="k")
     return int(k)
 
 

@@ -3,6 +3,8 @@ numpy embeddings out. `polymodal.load` returns one."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,11 +22,23 @@ class EmbeddingModel:
     """A trained alignment model plus its transform: raw inputs in, normalised embeddings out."""
 
     def __init__(self, model: AlignmentModel, transform: SampleTransform, config: dict[str, Any],
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, name: str | None = None):
         self.model = model.eval()
         self.transform = transform.eval()
         self.config = config
         self.device = device or torch.device("cpu")
+        self.name = name   # where it came from (the run `polymodal.load` read), for messages and records
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (hex) of what decides the embeddings: the architecture, model and transform config and every
+        tensor of the state dict (names, dtypes, shapes, bytes, in sorted order). Two models embed alike
+        exactly when their fingerprints match; a collection remembers the fingerprint of the model that
+        filled it. Computed once, at first use (a pass over the weights)."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.model, self.config)
+        return self._fingerprint
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -64,6 +78,21 @@ class EmbeddingModel:
 
     def __repr__(self) -> str:
         return f"EmbeddingModel(modalities={self.modalities}, dim={self.dim})"
+
+
+FINGERPRINT_KEYS = ("arch", "model", "transform")   # the parts of a run config that change the embeddings
+
+
+def fingerprint(model: torch.nn.Module, config: dict[str, Any]) -> str:
+    """See `EmbeddingModel.fingerprint`."""
+    h = hashlib.sha256(b"polymodal-embedding-v1\n")
+    relevant = {k: config[k] for k in FINGERPRINT_KEYS if k in config} or config
+    h.update(json.dumps(relevant, sort_keys=True, default=str).encode("utf-8"))
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"\n{key}|{t.dtype}|{tuple(tensor.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _samples(modality: str, items: Any) -> list[Sample]:

@@ -1,6 +1,11 @@
 """The collections a server serves, by name: opened lazily, one writable `Collection` each, plus a lock that
 makes each write request (upsert + its media files + save) one step with respect to other writes.
 
+A collection another process holds the writer lock of (an `index build`, say) is served read-only meanwhile
+(a *fallback*): reads pick up that process's saves (`Handle.readable`), and each write request tries the lock
+again (`Handle.writable`), becoming the writer once it is free and answering 409 (naming the holder) until
+then. Deleting a collection takes its writer lock too, so one another process writes is never deleted.
+
 Names are ``[A-Za-z0-9][A-Za-z0-9_-]{0,63}``, so a name can never climb out of the root folder. A collection is
 either *pinned* (given on the command line, any path) or a sub-folder of the root folder."""
 
@@ -8,13 +13,12 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import CollectionLocked, Conflict, InvalidInput, NotFound
 from ..index import Collection, MediaStore, is_collection
 
 log = logging.getLogger("polymodal.serve")
@@ -35,6 +39,25 @@ class Handle:
     coll: Collection
     media: MediaStore
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    fallback: bool = False   # served read-only because another process held the writer lock when opened
+
+    def writable(self) -> Collection:
+        """The collection, as its writer (call with ``write_lock`` held). A read-only fallback tries the writer
+        lock again: free -> the service becomes the writer; still held -> `CollectionLocked` (a Conflict, 409)
+        naming the process that holds it."""
+        if self.fallback:
+            coll = Collection.open(self.path)
+            # searches may still run on the reader: it is left to the garbage collector, not closed under them
+            self.coll, self.fallback = coll, False
+            log.info("collection %s: the other writer is gone; serving it writable", self.path)
+        return self.coll
+
+    def readable(self) -> Collection:
+        """The collection for a read; a read-only fallback first switches to the newest generation the other
+        writer saved (a check of CURRENT when nothing changed)."""
+        if self.coll.readonly:
+            self.coll.refresh()
+        return self.coll
 
 
 class CollectionStore:
@@ -73,16 +96,24 @@ class CollectionStore:
         return self._open.get(name) if name is not None else None
 
     def get(self, name: str | None) -> Handle:
+        """The open handle (opened now if needed); a read-only fallback first picks up the other writer's saves."""
         name = name or self.default
         if name is None:
             raise InvalidInput("no collection given and the server has no default collection", field="collection")
+        with self._lock:
+            handle = self._open.get(name)
+        if handle is not None:
+            if handle.fallback:
+                handle.readable()
+            return handle
         with self._lock:
             if name in self._open:
                 return self._open[name]
             path = self.path(name)
             if not is_collection(path):
                 raise NotFound(f"no collection named {name!r}", field="collection")
-            handle = Handle(name, path, _open_collection(path), MediaStore(path))
+            coll, fallback = _open_collection(path)
+            handle = Handle(name, path, coll, MediaStore(path), fallback=fallback)
             self._open[name] = handle
             return handle
 
@@ -98,11 +129,12 @@ class CollectionStore:
             return handle
 
     def delete(self, name: str) -> None:
+        """Delete a collection from disk, under its writer lock: one that another process has open for writing
+        is refused with `CollectionLocked` (409, naming the process), and nothing is deleted."""
         handle = self.get(name)
         with self._lock, handle.write_lock:
-            handle.coll.close(save=False)
+            handle.writable().drop()
             self._open.pop(name, None)
-            shutil.rmtree(handle.path, ignore_errors=True)
 
     def close(self) -> None:
         with self._lock:
@@ -112,12 +144,11 @@ class CollectionStore:
             self._open.clear()
 
 
-def _open_collection(path: Path) -> Collection:
+def _open_collection(path: Path) -> tuple[Collection, bool]:
+    """(the collection, whether it is a read-only fallback)."""
     try:
-        return Collection.open(path)
-    except InvalidInput as exc:
-        if "already open for writing" not in str(exc):
-            raise
+        return Collection.open(path), False
+    except CollectionLocked as exc:
         # another process (an `index build`, say) holds the writer lock: serve what it saved, refuse writes
-        log.warning("collection %s is open for writing elsewhere; serving it read-only", path)
-        return Collection.open(path, readonly=True)
+        log.warning("collection %s is open for writing elsewhere (%s); serving it read-only", path, exc.message)
+        return Collection.open(path, readonly=True), True
