@@ -63,9 +63,9 @@ class SimulatedModel:
 
 def child(args: argparse.Namespace) -> int:
     import torch
-    import uvicorn
 
     from polymodal.serve import ServeSettings, create_app
+    from polymodal.serve.server import bind, make_server
 
     torch.set_num_threads(args.threads)
     if args.model == "simulated":
@@ -82,7 +82,9 @@ def child(args: argparse.Namespace) -> int:
     coll.upsert(np.arange(args.items), vecs, [{"caption": caption(rng)} for _ in range(args.items)])
     coll.save()
     model.embed(text=["warm up the model"])
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    # the server `polymodal serve` runs: its h11 protocol with the header timeout, connection limits, keep-alive
+    sock = bind("127.0.0.1", args.port)
+    make_server(app, settings, log_level="warning").run(sockets=[sock])
     return 0
 
 
@@ -305,11 +307,11 @@ def table(result: dict[str, Any]) -> str:
 
 
 def http_stack() -> str:
-    """Which HTTP parser / event loop uvicorn picks (uvicorn[standard] brings the faster httptools, uvloop)."""
+    """The HTTP parser and event loop of `polymodal serve`: always h11 (httptools has no header size limit, and
+    the header timeout is a subclass of uvicorn's h11 protocol); uvloop when installed."""
     import importlib.util
 
-    have = [m for m in ("httptools", "uvloop") if importlib.util.find_spec(m)]
-    return " + ".join(have) if have else "h11 + asyncio (pure Python)"
+    return "h11 + " + ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
 
 
 def write_markdown(result: dict[str, Any], out: Path) -> None:

@@ -22,11 +22,11 @@ from ..errors import CollectionLocked, Conflict, InvalidInput, NotFound
 from ..index import Collection, MediaStore, is_collection
 
 log = logging.getLogger("polymodal.serve")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would let a trailing newline in
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInput(f"collection names are 1-64 letters, digits, '_' or '-' (not starting with '_' or '-'), "
                            f"got {name!r}", field="collection")
     return name
@@ -87,7 +87,7 @@ class CollectionStore:
     def names(self) -> list[str]:
         found = {n for n, p in self.pinned.items() if is_collection(p)}
         if self.root is not None and self.root.is_dir():
-            found |= {p.name for p in self.root.iterdir() if _NAME.match(p.name) and is_collection(p)}
+            found |= {p.name for p in self.root.iterdir() if _NAME.fullmatch(p.name) and is_collection(p)}
         return sorted(found)
 
     def cached(self, name: str | None) -> Handle | None:
