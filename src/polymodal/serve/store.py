@@ -22,7 +22,7 @@ from ..errors import CollectionLocked, Conflict, InvalidInput, NotFound
 from ..index import Collection, MediaStore, is_collection
 
 log = logging.getLogger("polymodal.serve")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would let a trailing newline in
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # used with fullmatch: match + "$" lets "name\n" in
 
 
 def check_name(name: str) -> str:
