@@ -424,3 +424,19 @@ def test_favicon_is_served(client: Client):
     from PIL import Image
     assert Image.open(io.BytesIO(r.content)).format == "ICO"
     assert 'rel="icon" href="/favicon.ico"' in c.get("/").text
+
+
+def test_a_vector_beyond_float32_is_a_clear_422_without_a_runtime_warning():
+    """1e300 overflows float32: the request is refused, and the server log gets no numpy RuntimeWarning."""
+    import warnings
+
+    from polymodal.errors import InvalidInput
+    from polymodal.serve import ServeSettings
+    from polymodal.serve.items import prepare_one
+    from polymodal.serve.media import RequestBudget
+
+    settings = ServeSettings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InvalidInput, match="overflows float32"):
+            prepare_one("vector", [1e300, 0.5], settings, "vector", RequestBudget(settings.limits))

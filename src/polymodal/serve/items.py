@@ -37,7 +37,8 @@ def prepare_one(modality: str, value: Any, settings: ServeSettings, field: str,
         data, frames = (value.data, value.frames) if isinstance(value, VideoIn) else (value["data"], value["frames"])
         return check_video(data, frames, field, limits, budget)
     if modality == "vector":
-        vec = np.asarray(value, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below (no log noise)
+            vec = np.asarray(value, dtype=np.float32)
         if vec.ndim != 1 or vec.size == 0:
             raise InvalidInput("expected a non-empty list of numbers", field=field)
         if not np.isfinite(vec).all():
