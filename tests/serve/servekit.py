@@ -21,6 +21,7 @@ import soundfile as sf
 from PIL import Image
 
 DIM = 16
+KEY = "s3cret"  # the API key of the `client` fixture (conftest.py)
 
 
 class FakeModel:

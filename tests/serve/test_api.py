@@ -13,32 +13,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from servekit import DIM, FakeModel, png_b64, solid, tone, wav_b64
+from servekit import DIM, KEY, FakeModel, png_b64, solid, tone, wav_b64
 
 from polymodal.data.codec import decode_audio
 from polymodal.index import Collection, search_with_model
-from polymodal.serve import MediaLimits, ServeSettings, create_app
+from polymodal.serve import MediaLimits
 
-KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 Client = Callable[..., TestClient]
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    opened: list[TestClient] = []
-
-    def make(model: FakeModel | None = None, **settings) -> TestClient:
-        app = create_app(model or FakeModel(), root=tmp_path / "root", collection=tmp_path / "root" / "main",
-                         settings=ServeSettings(**{"api_key": KEY, **settings}))
-        c = TestClient(app, raise_server_exceptions=False)
-        c.__enter__()
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        c.__exit__(None, None, None)
 
 
 def err(resp, status: int, field: str | None = "-", kind: str | None = None) -> dict:

@@ -9,43 +9,24 @@ import json
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from servekit import DIM, FakeModel, png_b64, solid, tone, wav_b64
+from servekit import DIM, KEY, FakeModel, png_b64, solid, tone, wav_b64
 
 from polymodal.data import codec
-from polymodal.serve import MediaLimits, ServeSettings, create_app
+from polymodal.serve import MediaLimits, ServeSettings
 from polymodal.serve import media as serve_media
 from polymodal.serve.schemas import MAX_EF_SEARCH, MAX_K_FACTOR, MAX_NPROBE, MAX_VECTOR_DIM, NAME_PATTERN
 
-KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 JSON = {"content-type": "application/json"}
 Client = Callable[..., TestClient]
 REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|BytesIO|Error opening|libsndfile", re.IGNORECASE)
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    opened: list[TestClient] = []
-
-    def make(model: FakeModel | None = None, **settings: Any) -> TestClient:
-        app = create_app(model or FakeModel(), root=tmp_path / "root", collection=tmp_path / "root" / "main",
-                         settings=ServeSettings(**{"api_key": KEY, **settings}))
-        c = TestClient(app, raise_server_exceptions=False)
-        c.__enter__()
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        c.__exit__(None, None, None)
 
 
 def err(resp: Any, status: int, field: str | None = "-", kind: str | None = None) -> dict:
@@ -431,7 +412,6 @@ def test_a_vector_beyond_float32_is_a_clear_422_without_a_runtime_warning():
     import warnings
 
     from polymodal.errors import InvalidInput
-    from polymodal.serve import ServeSettings
     from polymodal.serve.items import prepare_one
     from polymodal.serve.media import RequestBudget
 
