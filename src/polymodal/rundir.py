@@ -11,15 +11,21 @@ writes runs with `polymodal.train.checkpoint`, which builds on these names. Noth
 A ``config.json`` records the sha256 of the files beside it (``"sha256": {file name: hex digest}``); reading a
 recorded file checks it, so flipped or truncated bytes are an error naming the file, never other weights.
 Run dirs written before checksums existed have none and load unchecked.
+
+Damage is what a file holds: a checksum mismatch, a truncated or unparseable file, a missing file (`DAMAGE`:
+InvalidInput or NotFound). Any other OSError (a permission, EIO) says nothing about the file and propagates as
+it is, so no caller skips, falls back past or deletes a checkpoint that may be intact. `read_run_weights` loads a
+run dir whose top-level copies do not verify from the newest checkpoint that does, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -28,12 +34,21 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ._io import read_json_object
-from .errors import ConfigError, InvalidInput, NotFound
+from .errors import ConfigError, InvalidInput, NotFound, PolymodalError
 
 RUN_FORMAT = "polymodal-run"
 RUN_VERSION = 1
 CONFIG, MODEL, STATE_T, STATE_J = "config.json", "model.safetensors", "train_state.safetensors", "train_state.json"
 CHECKSUMS = "sha256"  # config.json key: {file name: sha256 hex digest} of the files beside it
+# What a damaged file raises (checksum mismatch, truncated or unparseable, missing): a reader may skip it for an
+# older copy. Any other OSError is not damage and propagates.
+DAMAGE: tuple[type[PolymodalError], ...] = (InvalidInput, NotFound)
+
+T = TypeVar("T")
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """A run was loaded from one of its checkpoints because its top-level files do not verify."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -51,13 +66,14 @@ def recorded_checksum(path: Path) -> str | None:
 
 
 def read_verified(path: Path, sha256: str | None) -> bytes:
-    """The bytes of ``path``, checked against ``sha256`` when given (a mismatch is InvalidInput naming the file)."""
+    """The bytes of ``path``, checked against ``sha256`` when given: a mismatch is InvalidInput and a missing
+    file NotFound, naming the file. Other OS errors (permission, EIO) propagate unchanged: they are not damage."""
     if not path.is_file():
         raise NotFound("no such file", source=str(path))
     try:
         data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read the file ({exc})", source=str(path)) from None
+    except (FileNotFoundError, NotADirectoryError):  # removed since is_file (e.g. an old checkpoint pruned)
+        raise NotFound("no such file", source=str(path)) from None
     if sha256 is not None:
         got = sha256_hex(data)
         if got != sha256:
@@ -126,6 +142,71 @@ def checkpoint_candidates(run_dir: str | os.PathLike[str]) -> list[Path]:
     steps = sorted((p for p in root.glob("step_*") if p.is_dir() and checkpoint_step(p) is not None),
                    key=lambda p: checkpoint_step(p) or 0, reverse=True)
     return out + [p for p in steps if p not in out]
+
+def first_verified(folders: Iterable[Path], read: Callable[[Path], T],
+                   on_skip: Callable[[Path, PolymodalError], None] | None = None) -> tuple[Path, T] | None:
+    """The first of ``folders`` (e.g. `checkpoint_candidates`) that ``read`` reads without damage, with what it
+    read; ``on_skip(folder, error)`` hears of each one skipped for damage (`DAMAGE`). None when none reads.
+    Any other error, an OSError included, propagates: a folder that could not be read is not known damaged."""
+    for folder in folders:
+        try:
+            return folder, read(folder)
+        except DAMAGE as err:
+            if on_skip is not None:
+                on_skip(folder, err)
+    return None
+
+
+def read_weights(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(run config, weights) of a run dir or checkpoint folder: ``config.json`` read once and the weights
+    checked against the sha256 it records (a config without checksums: unchecked, but still parsed)."""
+    try:
+        cfg = read_run_config(folder)
+    except (FileNotFoundError, NotADirectoryError):  # removed since is_file (an old checkpoint pruned)
+        raise NotFound("no such file", source=str(folder / CONFIG)) from None
+    sums = cfg.get(CHECKSUMS)
+    sha = sums.get(MODEL) if isinstance(sums, dict) else None
+    return cfg, read_tensors(folder / MODEL, sha if isinstance(sha, str) else None)
+
+
+def read_run_weights(run: str | os.PathLike[str]
+                     ) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
+    """(folder read, run config, weights) of a run dir or one of its checkpoints, everything verified.
+
+    A run dir's top-level ``config.json`` and ``model.safetensors`` are two files replaced one after the other
+    at each save, so a reader can see one old and one new (a checksum mismatch): they are read a second time.
+    If they still do not verify (mismatch, truncated, missing: a crash between the two writes, or real damage),
+    the run loads from the newest checkpoint under ``checkpoints/`` that verifies (`checkpoint_candidates`
+    order, as a resume), with a `CheckpointFallbackWarning` naming what was skipped and why; when none does,
+    InvalidInput lists every file and its fault. A folder without checkpoints (a checkpoint itself) is strict:
+    its own error. OS errors other than damage propagate (see `DAMAGE`)."""
+    path = Path(run)
+    if not path.exists():
+        raise NotFound("no such run directory", source=str(path))
+    try:
+        return path, *read_weights(path)
+    except DAMAGE as err:
+        top: PolymodalError = err
+    candidates = checkpoint_candidates(path) if (path / "checkpoints").is_dir() else []
+    if not candidates:
+        if isinstance(top, NotFound) and not (path / MODEL).exists() and not (path / CONFIG).exists():
+            raise NotFound(f"no {MODEL} here and no checkpoint under checkpoints/", source=str(path))
+        raise top
+    try:  # a save may have replaced the weights between our two reads: read both again
+        return path, *read_weights(path)
+    except DAMAGE as err:
+        top = err
+    skipped: list[str] = []
+    found = first_verified(candidates, read_weights, lambda p, e: skipped.append(f"{p.name} ({e})"))
+    if found is None:
+        raise InvalidInput("nothing to load: neither the run's top-level files nor any checkpoint under "
+                           f"checkpoints/ verify: top level ({top}); " + "; ".join(skipped), source=str(path))
+    folder, (cfg, state) = found
+    also = f"; skipped {'; '.join(skipped)}" if skipped else ""
+    warnings.warn(f"{path}: the run's top-level files do not verify ({top}){also}; loaded {folder}, the newest "
+                  "checkpoint that verifies", CheckpointFallbackWarning, stacklevel=1)  # one place: shown once
+    return folder, cfg, state
+
 
 def checkpoint_step(path: Path) -> int | None:
     """The step of a checkpoint folder named by `checkpoint_name` (None for any other name)."""

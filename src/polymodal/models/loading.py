@@ -10,31 +10,24 @@ import torch
 from torch import nn
 
 from ..data.transforms.compose import SampleTransform
-from ..errors import NotFound
-from ..rundir import MODEL, latest_checkpoint, load_model_state, read_run_config
+from ..rundir import MODEL, check_model_state, read_run_weights
 from .registry import build_model
 
 
 def resolve_run(run: str | os.PathLike[str]) -> Path:
-    """The folder holding a run's weights: the run itself, or its newest checkpoint when the top-level
-    files are missing (a run interrupted before its first save at the top)."""
-    path = Path(run)
-    if not path.exists():
-        raise NotFound("no such run directory", source=str(path))
-    if (path / MODEL).is_file():
-        return path
-    ckpt = latest_checkpoint(path)
-    if ckpt is None:
-        raise NotFound(f"no {MODEL} here and no checkpoint under checkpoints/", source=str(path))
-    return ckpt
+    """The folder whose files load: the run itself when its top-level config and weights verify, else (with a
+    `polymodal.rundir.CheckpointFallbackWarning`) its newest checkpoint that verifies; a checkpoint folder is
+    itself or an error. See `polymodal.rundir.read_run_weights`, which reads and checks the weights."""
+    return read_run_weights(run)[0]
 
 
 def load_model(run: str | os.PathLike[str], device: str | torch.device = "cpu"
                ) -> tuple[nn.Module, SampleTransform, dict[str, Any]]:
-    """(model in eval mode, evaluation transform, run config) of a run dir or one of its checkpoints."""
-    path = resolve_run(run)
-    cfg = read_run_config(path)
+    """(model in eval mode, evaluation transform, run config) of a run dir or one of its checkpoints. A run
+    whose top-level files do not verify loads from its newest checkpoint that does (`resolve_run`)."""
+    path, cfg, state = read_run_weights(run)
     model = build_model(cfg["arch"], cfg["model"])
-    load_model_state(model, path / MODEL)
+    check_model_state(model, state, str(path / MODEL))
+    model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return model, SampleTransform.from_dict(cfg["transform"]), cfg

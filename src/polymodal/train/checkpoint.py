@@ -15,8 +15,12 @@ A checkpoint is written into a temporary folder and renamed into place, then ``l
 atomically: a crash mid-write leaves the previous checkpoint intact and ``latest`` pointing at it. Each
 ``config.json`` records the sha256 of the files beside it (`polymodal.rundir.CHECKSUMS`). The top-level files
 are independent copies written atomically (never hard links: damage to one must leave the other intact), the
-weights before the config that records their checksum. `read_checkpoint` reads a checkpoint back and checks
-every file, so a resume can skip a damaged checkpoint for an older one that verifies.
+weights before the config that records their checksum. Two files cannot be replaced as one: a crash between
+the two writes, or a reader between them, sees new weights under the old config; loading the run then reads
+again and falls back to the checkpoint (`polymodal.rundir.read_run_weights`), which is complete before either
+write. `read_checkpoint` reads a checkpoint back and checks every file, so a resume can skip a damaged
+checkpoint for an older one that verifies; an OS error that is not damage (permission, EIO) propagates instead,
+so a checkpoint that could not be read is never skipped, and then pruned as abandoned.
 """
 
 from __future__ import annotations
