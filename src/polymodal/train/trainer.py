@@ -181,22 +181,23 @@ class Trainer:
         self._load_checkpoint(self._newest_good_checkpoint(candidates))
 
     def _newest_good_checkpoint(self, candidates: list[Path]) -> ck.Checkpoint:
-        """The first of ``candidates`` that reads back and verifies; each one skipped is a warning saying why."""
+        """The first of ``candidates`` that reads back and verifies; each one skipped is a warning saying why.
+        Only damage skips one (`rundir.DAMAGE`); an OS error reading it propagates."""
         skipped: list[str] = []
-        for path in candidates:
-            try:
-                found = ck.read_checkpoint(path)
-            except (InvalidInput, NotFound) as err:
-                skipped.append(f"{path.name} ({err})")
-                if self.env.is_main:
-                    print(f"polymodal train: warning: skipping checkpoint {path.name}: {err}", file=sys.stderr)
-                continue
-            if skipped and self.env.is_main:
-                print(f"polymodal train: resuming from {path.name}, the newest checkpoint that verifies",
-                      file=sys.stderr)
-            return found
-        raise InvalidInput("nothing to resume: no checkpoint under checkpoints/ verifies: " + "; ".join(skipped),
-                           source=str(self.run_dir))
+
+        def on_skip(path: Path, err: Exception) -> None:
+            skipped.append(f"{path.name} ({err})")
+            if self.env.is_main:
+                print(f"polymodal train: warning: skipping checkpoint {path.name}: {err}", file=sys.stderr)
+
+        found = rundir.first_verified(candidates, ck.read_checkpoint, on_skip)
+        if found is None:
+            raise InvalidInput("nothing to resume: no checkpoint under checkpoints/ verifies: " + "; ".join(skipped),
+                               source=str(self.run_dir))
+        path, checkpoint = found
+        if skipped and self.env.is_main:
+            print(f"polymodal train: resuming from {path.name}, the newest checkpoint that verifies", file=sys.stderr)
+        return checkpoint
 
     def _load_checkpoint(self, loaded: ck.Checkpoint) -> None:
         path, saved, state, tensors = loaded.path, loaded.config, loaded.state, loaded.state_tensors
