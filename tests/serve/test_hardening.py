@@ -153,20 +153,20 @@ def test_audio_is_decoded_no_further_than_its_header_says(client: Client):
 
 def test_a_huge_vector_is_refused_while_the_body_is_parsed(client: Client):
     c = client()
-    budget = c.app.state.service.max_json_numbers
+    budget = c.app.state.service.max_json_values
     assert budget < 1_000_000
     body = ('{"k": 1, "vector": [' + ",".join(["0.5"] * (budget + 1)) + "]}").encode()
     r = c.post("/v1/search", content=body, headers=JSON)
     msg = err(r, 413, "body", "PayloadTooLarge")["message"]
     assert str(budget) in msg and "numbers" in msg
     # the schema bounds a vector too (documented as maxItems), whatever the number budget
-    c = client(max_json_numbers=10 * MAX_VECTOR_DIM)
+    c = client(max_json_values=10 * MAX_VECTOR_DIM)
     err(c.post("/v1/search", json={"vector": [0.5] * (MAX_VECTOR_DIM + 1)}), 422, "vector")
 
 
 def test_many_commas_in_text_are_not_numbers(client: Client):
     """The fast path counts , [ : as an upper bound on numbers; a body full of commas in strings still passes."""
-    c = client(max_json_numbers=1000)
+    c = client(max_json_values=1000)
     texts = ["a, b, c, " * 100] * 5  # 1,500 commas, no numbers but none
     r = c.post("/v1/embed", json={"text": texts})
     assert r.status_code == 200, r.text

@@ -1,5 +1,5 @@
 """`polymodal serve`'s server (uvicorn on a real socket, in a thread) and its command line: connection limits,
-header size and header timeout, binding before the model loads, ports, non-ASCII API keys on the wire.
+header size, header and body timeouts, binding before the model loads, ports, non-ASCII API keys on the wire.
 
 No test measures time: a timeout under test is set short (a fraction of a second) and the test waits for its
 effect with a generous safety limit."""
@@ -28,10 +28,10 @@ SAFETY = 20.0  # seconds; only reached when the behaviour under test is broken
 
 
 @contextmanager
-def running(tmp_path: Path, **settings: Any) -> Iterator[str]:
+def running(tmp_path: Path, model: FakeModel | None = None, **settings: Any) -> Iterator[str]:
     """A server on 127.0.0.1 (any free port) in a thread; yields its base URL once it listens."""
     cfg = ServeSettings(**settings)
-    app = create_app(FakeModel(), root=tmp_path / "root", collection=tmp_path / "root" / "main", settings=cfg)
+    app = create_app(model or FakeModel(), root=tmp_path / "root", collection=tmp_path / "root" / "main", settings=cfg)
     sock = bind("127.0.0.1", 0)
     listening = threading.Event()
     server = make_server(app, cfg, log_level="warning", on_listening=listening.set)
@@ -74,6 +74,19 @@ def closed_by_server(s: socket.socket) -> bool:
         return True
 
 
+def read_until_closed(s: socket.socket) -> bytes | None:
+    """What the server sends until it closes the connection, or None when it is still open after SAFETY seconds."""
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return data
+
+
 def test_a_connection_without_complete_headers_is_closed(tmp_path: Path):
     with running(tmp_path, header_timeout_s=0.3, keep_alive_s=60) as base:
         silent = connect(base)  # connects and says nothing
@@ -89,17 +102,55 @@ def test_a_connection_without_complete_headers_is_closed(tmp_path: Path):
         assert httpx.get(base + "/health").status_code == 200  # a prompt client is served as usual
 
 
-def test_a_request_with_complete_headers_is_not_timed_while_it_is_handled(tmp_path: Path):
-    """The header timeout stops once the headers are in: a slow body or a slow answer is not cut off."""
-    with running(tmp_path, header_timeout_s=0.3) as base:
+def test_a_request_body_that_does_not_arrive_in_time_is_cut_off(tmp_path: Path):
+    """Complete headers, a large Content-Length and then one byte ("slowloris" on the body): each such connection
+    is answered 408 and closed once the body timeout passes, so that they cannot hold --max-connections."""
+    slow_post = (b"POST /v1/search HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: 1000\r\n\r\n{")
+    with running(tmp_path, max_connections=4, body_timeout_s=0.3, header_timeout_s=60, keep_alive_s=60) as base:
+        slow = [connect(base) for _ in range(3)]  # with a 4th connection they fill --max-connections
+        for s in slow:
+            s.sendall(slow_post)
+        for s in slow:
+            answer = read_until_closed(s)
+            assert answer is not None, "a connection with an unfinished body was not closed"
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        deadline = time.monotonic() + SAFETY  # the server counts a connection until it has seen it close
+        while (status := httpx.get(base + "/health").status_code) != 200:
+            assert status == 503 and time.monotonic() < deadline, "the slow connections still hold the limit"
+        # the body timeout starts anew with each request of a keep-alive connection
+        kept = connect(base)
+        body = b'{"text": ["a prompt body"]}'
+        prompt_post = (b"POST /v1/embed HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                       b"content-length: %d\r\n\r\n" % len(body) + body)
+        kept.sendall(prompt_post)
+        assert read_response(kept).startswith(b"HTTP/1.1 200")
+        kept.sendall(slow_post)
+        answer = read_until_closed(kept)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 408"), answer
+        assert httpx.get(base + "/health").status_code == 200  # bodyless requests are unaffected
+
+
+def test_a_request_is_not_timed_once_its_headers_and_body_are_in(tmp_path: Path):
+    """The header timeout stops once the headers are in (the body has its own timeout), and the body timeout once
+    the body is in: a slow answer is not cut off, nor is an idle keep-alive connection after it."""
+    body = b'{"text": ["a slow body"]}'
+    headers = (b"POST /v1/embed HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+               b"content-length: %d\r\n\r\n" % len(body))
+    with running(tmp_path, header_timeout_s=0.3, body_timeout_s=60) as base:
         s = connect(base)
-        body = b'{"text": ["a slow body"]}'
-        s.sendall(b"POST /v1/embed HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
-                  b"content-length: %d\r\n\r\n" % len(body))
+        s.sendall(headers)
         done = threading.Event()
         threading.Timer(0.6, done.set).start()  # wait past the header timeout before sending the body
         assert done.wait(SAFETY)
         s.sendall(body)
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+    # the model takes longer than either timeout to answer
+    with running(tmp_path, FakeModel(delay=0.6), header_timeout_s=0.3, body_timeout_s=0.3, keep_alive_s=60) as base:
+        s = connect(base)
+        s.sendall(headers + body)
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        s.sendall(headers + body)  # the timers were reset: the next request on the connection is served too
         assert read_response(s).startswith(b"HTTP/1.1 200")
 
 
@@ -182,6 +233,7 @@ def test_cli_refuses_a_busy_port_before_loading_the_model(tmp_path: Path, capsys
 
 @pytest.mark.parametrize(("flag", "value"), [("--port", "99999"), ("--port", "-1"), ("--port", "http"),
                                              ("--max-connections", "0"), ("--header-timeout-s", "0"),
+                                             ("--body-timeout-s", "0"), ("--body-timeout-s", "inf"),
                                              ("--max-request-pixels", "-5"), ("--max-body-mb", "nan")])
 def test_cli_rejects_out_of_range_numbers(flag: str, value: str, capsys: pytest.CaptureFixture[str]):
     from polymodal.commands.serve import _parser

@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--header-timeout-s", type=_number(0, strict=True), default=10.0,
                    help="seconds a connection has to send a request's line and headers; then it is closed "
                         "(default 10)")
+    g.add_argument("--body-timeout-s", type=_number(0, strict=True), default=30.0,
+                   help="seconds a request has, from the end of its headers, to send its whole body; then it is "
+                        "answered 408 and closed (handling it afterwards is not timed) (default 30)")
     g.add_argument("--max-header-kb", type=_int_in(1), default=16,
                    help="size of a request's line and headers in KiB; larger: 400 (default 16)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -123,7 +126,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:  # fastapi (a
                          max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_body_bytes=body,
                          limits=limits, cors_origins=tuple(args.cors_origin), max_connections=args.max_connections,
                          keep_alive_s=args.keep_alive_s, header_timeout_s=args.header_timeout_s,
-                         max_header_bytes=args.max_header_kb * 1024)
+                         body_timeout_s=args.body_timeout_s, max_header_bytes=args.max_header_kb * 1024)
 
 
 def layout(collection: str, root: str | None) -> tuple[Path | None, Path | None]:

@@ -265,7 +265,13 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = [500]
+        status = [500]   # an app that fails before answering is a server error ...
+
+        async def watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and status[0] == 500:
+                status[0] = 499   # ... unless the client left first (nginx's "client closed request")
+            return message
 
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -273,7 +279,7 @@ class RequestMetrics:
             await send(message)
 
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, watched, tracked)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope["method"]

@@ -25,6 +25,9 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # ANN parameter bounds: beyond them a search only burns memory (k_factor multiplies the candidates re-ranked,
 # and the fallback for starved filtered searches multiplies efSearch by 16 and k_factor by 4)
 MAX_NPROBE, MAX_EF_SEARCH, MAX_K_FACTOR = 65_536, 32_768, 16
+# Static caps on request lists (ServeSettings.max_items, at most MAX_INPUTS, is the working limit): with them
+# pydantic refuses an overlong list by its length, instead of building one error per wrong-typed element.
+MAX_INPUTS, MAX_DELETE_IDS = 4096, 200_000
 
 
 class _Strict(BaseModel):
@@ -38,10 +41,10 @@ class VideoIn(_Strict):
 
 
 class EmbedRequest(_Strict):
-    text: list[str] | None = Field(None, description="texts to embed")
-    image: list[str] | None = Field(None, description=f"{IMAGE_DOC}s")
-    audio: list[str] | None = Field(None, description=f"{AUDIO_DOC}s")
-    video: list[VideoIn] | None = Field(None, description="film strips")
+    text: list[str] | None = Field(None, max_length=MAX_INPUTS, description="texts to embed")
+    image: list[str] | None = Field(None, max_length=MAX_INPUTS, description=f"{IMAGE_DOC}s")
+    audio: list[str] | None = Field(None, max_length=MAX_INPUTS, description=f"{AUDIO_DOC}s")
+    video: list[VideoIn] | None = Field(None, max_length=MAX_INPUTS, description="film strips")
 
 
 class EmbedResponse(BaseModel):
@@ -106,7 +109,7 @@ class ItemIn(QueryFields):
 
 
 class UpsertRequest(_Strict):
-    items: list[ItemIn] = Field(min_length=1)
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_INPUTS)
 
 
 class UpsertResponse(BaseModel):
@@ -116,7 +119,8 @@ class UpsertResponse(BaseModel):
 
 
 class DeleteItemsRequest(_Strict):
-    ids: list[int] = Field(min_length=1, description="ids (int64); ids not in the collection are ignored")
+    ids: list[int] = Field(min_length=1, max_length=MAX_DELETE_IDS,
+                           description="ids (int64); ids not in the collection are ignored")
 
 
 class DeleteItemsResponse(BaseModel):

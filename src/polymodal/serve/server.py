@@ -5,8 +5,13 @@
 - ``max_header_bytes`` -> h11's ``max_incomplete_event_size``: a longer request line + headers get 400. The h11
   parser is used for this reason (uvicorn's httptools parser has no header size limit).
 - ``header_timeout_s``: a connection that has not sent a complete request line and headers this long after it
-  opened (or after its previous response) is closed. uvicorn has no such timeout; `HeaderTimeoutH11` adds it,
-  so that idle or slow ("slowloris") connections cannot pile up.
+  opened (or after its previous response) is closed.
+- ``body_timeout_s``: a request whose body has not arrived complete this long after the end of its headers is
+  answered 408 (when no answer was started) and its connection closed. Handling the request once its body is in
+  is not timed; a request without a body (GET) has nothing to wait for.
+
+uvicorn has neither timeout; `TimeoutH11` adds them, so that idle or slow ("slowloris") connections, slow in
+their headers or in their body, cannot pile up and hold ``max_connections``: each is closed within its timeout.
 
 The socket is bound before the (slow) model loads, so a busy port fails at once with a clear message, and the
 URL is announced only once the server listens."""
@@ -30,15 +35,18 @@ from .service import ServeSettings
 log = logging.getLogger("polymodal.serve")
 
 
-class HeaderTimeoutH11(H11Protocol):
+class TimeoutH11(H11Protocol):
     """uvicorn's h11 protocol, closing connections that take longer than ``header_timeout`` seconds to send a
-    request's line and headers (counted from the connection's start, or from its previous response)."""
+    request's line and headers (counted from the connection's start, or from its previous response), or longer
+    than ``body_timeout`` seconds to send its body (counted from the end of its headers)."""
 
     header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._arm_header_timer()
 
     def _arm_header_timer(self) -> None:
@@ -51,16 +59,49 @@ class HeaderTimeoutH11(H11Protocol):
             timer.cancel()
             self._header_timer = None
 
+    def _cancel_body_timer(self) -> None:
+        timer = getattr(self, "_body_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._body_timer = None
+
     def _header_timed_out(self) -> None:
         self._header_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             log.info("closing a connection that sent no complete request headers in %gs", self.header_timeout)
             self.transport.close()
 
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            return
+        log.info("closing a connection that sent no complete request body in %gs", self.body_timeout)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started and self.conn.our_state is h11.SEND_RESPONSE:
+            # The app is still waiting for the body: it is told the client left (its `receive` gives
+            # http.disconnect and its `send` does nothing), and the client gets a 408 instead.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            try:
+                self.transport.write(self.conn.send(h11.Response(
+                    status_code=408, reason=b"Request Timeout",
+                    headers=[(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")])))
+                self.transport.write(self.conn.send(h11.Data(data=b"request body not received in time")))
+                self.transport.write(self.conn.send(h11.EndOfMessage()))
+            except h11.LocalProtocolError:  # pragma: no cover - h11 refused: closing is enough
+                pass
+        self.transport.close()
+
     def handle_events(self) -> None:
         super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # a request's headers are in: its body is not timed here
+        state = self.conn.their_state
+        if state is not h11.IDLE:  # a request's headers are in: the header timeout is over
             self._cancel_header_timer()
+        if state is h11.SEND_BODY:  # its body is on its way: timed from the end of the headers
+            if getattr(self, "_body_timer", None) is None and not self.transport.is_closing():
+                self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+        else:  # the body is in (or there is none): handling the request is not timed
+            self._cancel_body_timer()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -69,11 +110,13 @@ class HeaderTimeoutH11(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
 
-def protocol_class(settings: ServeSettings) -> type[HeaderTimeoutH11]:
-    return type("HeaderTimeoutH11", (HeaderTimeoutH11,), {"header_timeout": float(settings.header_timeout_s)})
+def protocol_class(settings: ServeSettings) -> type[TimeoutH11]:
+    return type("TimeoutH11", (TimeoutH11,), {"header_timeout": float(settings.header_timeout_s),
+                                              "body_timeout": float(settings.body_timeout_s)})
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -14,6 +14,7 @@ from ..errors import ApiError, InvalidInput
 from .batching import MicroBatcher, model_embed_fn
 from .media import MediaLimits
 from .metrics import ServiceMetrics
+from .schemas import MAX_INPUTS
 from .store import CollectionStore
 
 
@@ -30,7 +31,8 @@ class ServeSettings:
     max_items: int = 256                # inputs per /v1/embed modality, items per upsert
     max_k: int = 1000
     max_text_chars: int = 10_000
-    max_json_numbers: int | None = None  # numbers in one JSON body (413); None: max_items * (dim + 1024) + 4096
+    # JSON values (lists, objects, strings, numbers, literals) in one body (413); None: max_items * (dim + 1024) + 4096
+    max_json_values: int | None = None
     limits: MediaLimits = field(default_factory=MediaLimits)
     thumb_size: int = 256               # stored thumbnails are at most this many pixels a side
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
@@ -38,7 +40,12 @@ class ServeSettings:
     max_connections: int = 256          # open connections; beyond: 503 (uvicorn's limit_concurrency)
     keep_alive_s: int = 5               # an idle keep-alive connection is closed after this many seconds
     header_timeout_s: float = 10.0      # a connection must send its request line and headers within this
+    body_timeout_s: float = 30.0        # ... and then, from the end of its headers, its whole body within this
     max_header_bytes: int = 16 * 1024   # request line + headers; beyond: 400
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_items <= MAX_INPUTS:   # the request schemas cap their lists at MAX_INPUTS
+            raise InvalidInput(f"must be in 1..{MAX_INPUTS}, got {self.max_items}", field="max_items")
 
 
 class Service:
@@ -54,7 +61,7 @@ class Service:
                                     metrics=self.metrics)
         self.modalities = tuple(model.modalities)
         self.dim = int(model.dim)
-        self.max_json_numbers = settings.max_json_numbers or settings.max_items * (self.dim + 1024) + 4096
+        self.max_json_values = settings.max_json_values or settings.max_items * (self.dim + 1024) + 4096
         # os.environ holds undecodable bytes as surrogates ("surrogateescape"): give them back as the bytes
         self._key = settings.api_key.encode("utf-8", "surrogateescape") if settings.api_key else None
 
