@@ -84,10 +84,8 @@ def child(args: argparse.Namespace) -> int:
     model.embed(text=["warm up the model"])
     # the server `polymodal serve` runs: its h11 protocol with the header timeout, connection limits, keep-alive
     sock = bind("127.0.0.1", args.port)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # the parent stops each server with SIGINT, as Ctrl-C would
         make_server(app, settings, log_level="warning").run(sockets=[sock])
-    except KeyboardInterrupt:  # the parent stops each server with SIGINT, as Ctrl-C would
-        pass
     return 0
 
 
