@@ -22,6 +22,7 @@ from PIL import Image
 
 DIM = 16
 KEY = "s3cret"  # the API key of the `client` fixture (conftest.py)
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 class FakeModel:
@@ -98,3 +99,15 @@ def solid(color: tuple[int, int, int], h: int = 24, w: int = 32) -> np.ndarray:
 def tone(freq: float, seconds: float = 0.25, sr: int = 16000) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     return (0.5 * np.sin(2 * np.pi * freq * t) * np.linspace(0.2, 1.0, len(t))).astype(np.float32)
+
+
+def err(resp: Any, status: int, field: str | None = "-", kind: str | None = None) -> dict[str, Any]:
+    """The error body of ``resp``, checked: its status, the error's shape, and its field / type when given."""
+    assert resp.status_code == status, resp.text
+    body = resp.json()["error"]
+    assert set(body) == {"type", "message", "field"}
+    if field != "-":
+        assert body["field"] == field, body
+    if kind:
+        assert body["type"] == kind, body
+    return dict(body)

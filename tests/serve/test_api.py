@@ -13,25 +13,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from servekit import DIM, KEY, FakeModel, png_b64, solid, tone, wav_b64
+from servekit import AUTH, DIM, KEY, FakeModel, err, png_b64, solid, tone, wav_b64
 
 from polymodal.data.codec import decode_audio
 from polymodal.index import Collection, search_with_model
 from polymodal.serve import MediaLimits
 
-AUTH = {"Authorization": f"Bearer {KEY}"}
 Client = Callable[..., TestClient]
-
-
-def err(resp, status: int, field: str | None = "-", kind: str | None = None) -> dict:
-    assert resp.status_code == status, resp.text
-    body = resp.json()["error"]
-    assert set(body) == {"type", "message", "field"}
-    if field != "-":
-        assert body["field"] == field, body
-    if kind:
-        assert body["type"] == kind, body
-    return body
 
 
 def add_items(c: TestClient) -> None:

@@ -16,28 +16,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from servekit import DIM, KEY, FakeModel, png_b64, solid, tone, wav_b64
+from servekit import AUTH, DIM, FakeModel, err, png_b64, solid, tone, wav_b64
 
 from polymodal.data import codec
 from polymodal.serve import MediaLimits, ServeSettings
 from polymodal.serve import media as serve_media
 from polymodal.serve.schemas import MAX_EF_SEARCH, MAX_K_FACTOR, MAX_NPROBE, MAX_VECTOR_DIM, NAME_PATTERN
 
-AUTH = {"Authorization": f"Bearer {KEY}"}
 JSON = {"content-type": "application/json"}
 Client = Callable[..., TestClient]
 REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|BytesIO|Error opening|libsndfile", re.IGNORECASE)
-
-
-def err(resp: Any, status: int, field: str | None = "-", kind: str | None = None) -> dict:
-    assert resp.status_code == status, resp.text
-    body = resp.json()["error"]
-    assert set(body) == {"type", "message", "field"}
-    if field != "-":
-        assert body["field"] == field, body
-    if kind:
-        assert body["type"] == kind, body
-    return body
 
 
 def raw(c: TestClient, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
