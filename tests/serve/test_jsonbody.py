@@ -269,7 +269,9 @@ def test_a_body_is_parsed_off_the_event_loop(client: Client, monkeypatch: pytest
 
     monkeypatch.setattr(jsonbody, "json", _JsonWith(slow_loads))
     result: list[Any] = []
-    worker = threading.Thread(target=lambda: result.append(c.post("/v1/embed", json={"text": ["a, [b]"]})))
+    big = {"text": ["a, [b] " * 1000] * 20}   # ~140 KB: beyond jsonbody.INLINE_PARSE_BYTES
+    assert len(json.dumps(big)) > jsonbody.INLINE_PARSE_BYTES
+    worker = threading.Thread(target=lambda: result.append(c.post("/v1/embed", json=big)))
     worker.start()
     try:
         assert entered.wait(timeout=10)
@@ -308,3 +310,20 @@ def test_max_items_beyond_the_schemas_cap_is_refused(n):
 
     with pytest.raises(InvalidInput, match="max_items|1..4096"):
         ServeSettings(max_items=n)
+
+
+def test_a_small_body_is_parsed_without_a_thread_hop(client: Client, monkeypatch: pytest.MonkeyPatch):
+    """Most requests are a few hundred bytes: parsing them inline costs less than handing them to a thread."""
+    hops: list[int] = []
+    real = jsonbody.run_in_threadpool
+
+    async def counting(fn: Any, *args: Any) -> Any:
+        hops.append(len(args[0]))
+        return await real(fn, *args)
+
+    monkeypatch.setattr(jsonbody, "run_in_threadpool", counting)
+    c = client()
+    assert c.post("/v1/embed", json={"text": ["a small one"]}).status_code == 200
+    assert hops == []
+    assert c.post("/v1/embed", json={"text": ["a, [b] " * 1000] * 20}).status_code == 200
+    assert len(hops) == 1 and hops[0] > jsonbody.INLINE_PARSE_BYTES

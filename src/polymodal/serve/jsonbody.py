@@ -57,14 +57,21 @@ class CheckedRoute(APIRoute):
         return checked
 
 
+INLINE_PARSE_BYTES = 64 * 1024   # bodies up to this size are parsed on the event loop (well under 1 ms)
+
+
 class CheckedRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             svc = self.app.state.service
             why = f"a vector holds {svc.dim} (the model's dimension), a request at most {svc.settings.max_items} items"
             body = await self.body()
-            # counting, parsing and checking take time in proportion to the body: not on the event loop
-            self._json = await run_in_threadpool(parse_body, body, svc.max_json_values, why)
+            # counting, parsing and checking take time in proportion to the body: a large one goes to a worker
+            # thread, off the event loop; a small one (most requests) costs less than the thread hop would
+            if len(body) > INLINE_PARSE_BYTES:
+                self._json = await run_in_threadpool(parse_body, body, svc.max_json_values, why)
+            else:
+                self._json = parse_body(body, svc.max_json_values, why)
         return self._json
 
 
