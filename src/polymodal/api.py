@@ -12,23 +12,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import InvalidInput
-from .models import AlignmentModel, EmbeddingModel, load_model, resolve_run
-from .rundir import read_run_config
+from .models import EmbeddingModel, load_embedding_model
 
 if TYPE_CHECKING:  # the index needs the [index] extra; imported on use
     from .index import Collection, SearchResult
 
 
-def load(run: str | os.PathLike[str], device: str | torch.device = "cpu") -> EmbeddingModel:
-    """Load a trained alignment run for embedding (see `EmbeddingModel.embed`)."""
-    arch = read_run_config(resolve_run(run))["arch"]  # refuse another arch before building anything
-    if arch != "alignment":
-        raise InvalidInput(f"run is a {arch!r} model; embedding needs an 'alignment' run", field="arch",
-                           source=str(run))
-    model, transform, cfg = load_model(run, device)
-    assert isinstance(model, AlignmentModel)  # what the "alignment" arch builds
-    return EmbeddingModel(model, transform, cfg, torch.device(device), name=str(run))
+def load(model: str | os.PathLike[str], device: str | torch.device = "cpu", runtime: str = "torch"
+         ) -> EmbeddingModel:
+    """Load a model for embedding (see `EmbeddingModel.embed`): a trained alignment run, a pretrained checkpoint
+    (Hugging Face CLIP / SigLIP / CLAP / Chinese-CLIP / ALIGN folder, ``open_clip:ARCH:CHECKPOINT``, a
+    sentence-transformers folder), or an ONNX export. ``runtime="onnx"`` runs the towers with onnxruntime."""
+    return load_embedding_model(model, device, runtime)
 
 
 def search(collection: Collection | str | os.PathLike[str],

@@ -46,6 +46,16 @@ def _serve(argv: list[str]) -> int:
     return serve.main(argv)
 
 
+def _export(argv: list[str]) -> int:
+    from . import export
+    return export.main(argv)
+
+
+def _embed(argv: list[str]) -> int:
+    from . import embed
+    return embed.main(argv)
+
+
 def _quickstart(argv: list[str]) -> int:
     from . import quickstart
     return quickstart.main(argv)
@@ -59,6 +69,8 @@ COMMANDS: dict[str, tuple[Main, str]] = {
     "index": (_index, "build, inspect and tune a persistent FAISS collection"),
     "search": (_search, "query a collection with text/image/audio/video"),
     "serve": (_serve, "HTTP API + search page over a model and a collection"),
+    "export": (_export, "export a model's towers to ONNX (fp32 or INT8) to run without torch"),
+    "embed": (_embed, "batch-embed a data set into sharded arrays (local or on Ray), resumable"),
     "quickstart": (_quickstart, "the main job end to end on built-in data"),
 }
 

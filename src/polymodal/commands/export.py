@@ -1,0 +1,5 @@
+"""`polymodal export` (being written)."""
+
+
+def main(argv: list[str]) -> int:
+    raise SystemExit("polymodal export: not available yet")
