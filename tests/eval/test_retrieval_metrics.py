@@ -80,3 +80,29 @@ def test_zeroshot_prompt_ensemble_and_metrics():
 
 def test_duplicate_rate():
     assert duplicate_rate(["a", "b", "A", "c"]) == 0.5
+
+
+def test_zeroshot_nll_matches_torch_cross_entropy_at_the_models_scale():
+    """nll is softmax cross-entropy at the given scale (CLIP), and summed binary cross-entropy with a bias (SigLIP),
+    checked against torch's own losses; the accuracies do not depend on the scale."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    C = rng.normal(size=(5, 8)).astype(np.float32)
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    x = rng.normal(size=(12, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = rng.integers(0, 5, size=12)
+    for scale in (100.0, 14.3):
+        m = zeroshot_metrics(x, C, y, scale=scale)
+        logits = scale * torch.from_numpy(x).double() @ torch.from_numpy(C).double().T
+        assert m["nll"] == pytest.approx(float(F.cross_entropy(logits, torch.from_numpy(y))), rel=1e-6)
+        assert m["acc1"] == zeroshot_metrics(x, C, y)["acc1"] and m["logit_scale"] == scale
+    m = zeroshot_metrics(x, C, y, scale=10.0, bias=-3.0)
+    logits = 10.0 * torch.from_numpy(x).double() @ torch.from_numpy(C).double().T - 3.0
+    target = F.one_hot(torch.from_numpy(y), 5).double()
+    ref = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(1).mean()
+    assert m["nll"] == pytest.approx(float(ref), rel=1e-6)
+    with pytest.raises(InvalidInput):
+        zeroshot_metrics(x, C, y, scale=0.0)

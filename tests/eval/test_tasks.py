@@ -71,3 +71,25 @@ def test_zeroshot_on_fake_model():
     pred = np.array([int(x.image[0, 0, 0] > 127.5) for x in samples])
     truth = np.array([x.metadata["label"] for x in samples])
     assert res["image"]["acc1"] == pytest.approx(np.mean(pred == truth))
+
+
+def test_zeroshot_uses_the_models_own_temperature():
+    """A model with a learned (log) logit_scale and a SigLIP bias is scored at that temperature; one without
+    (a text-only tower, a fake) at CLIP_benchmark's 100."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    samples, table = make_samples(12, rng)
+    table.update({"dark": np.array([-1.0, 0, 0]), "bright": np.array([1.0, 0, 0])})
+    plain = evaluate_zeroshot(FakeModel(table), samples, ["dark", "bright"], templates=["{}"])
+    assert plain["image"]["logit_scale"] == 100.0
+    fake = FakeModel(table)
+    fake.model = torch.nn.Module()
+    fake.model.logit_scale = torch.nn.Parameter(torch.tensor(np.log(7.0)))
+    fake.model.logit_bias = None
+    clip = evaluate_zeroshot(fake, samples, ["dark", "bright"], templates=["{}"])
+    assert clip["image"]["logit_scale"] == pytest.approx(7.0)
+    assert clip["image"]["acc1"] == plain["image"]["acc1"] and clip["image"]["nll"] != plain["image"]["nll"]
+    fake.model.logit_bias = torch.nn.Parameter(torch.tensor(-2.0))
+    sig = evaluate_zeroshot(fake, samples, ["dark", "bright"], templates=["{}"])
+    assert sig["image"]["nll"] != clip["image"]["nll"]

@@ -17,14 +17,16 @@ from ..errors import InvalidInput
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="polymodal eval",
-        description="Evaluate a trained run on a data set split. retrieval: R@1/5/10, median/mean rank in every "
+        description="Evaluate a trained run (or a pretrained checkpoint) on a data set split. retrieval: R@1/5/10, median/mean rank in every "
                     "direction between the modalities the model and data share (CLIP_benchmark definitions), "
                     "attribute-match R@k and the caption duplicate rate; zeroshot: prompt-ensemble "
                     "classification (acc1, acc5, mean per-class recall); both need an alignment run. "
                     "classification: a fusion run's accuracy and macro-F1, with --robustness the "
                     "missing-modality and noise sweeps. Tables on stdout (--json: one JSON object), progress "
                     "on stderr.")
-    p.add_argument("run", help="run directory written by `polymodal train`")
+    p.add_argument("run", metavar="MODEL", help="run directory written by `polymodal train`, or (retrieval, "
+                   "zeroshot) a pretrained checkpoint: a Hugging Face CLIP/SigLIP/CLAP/Chinese-CLIP/ALIGN folder, "
+                   "open_clip:ARCH:CHECKPOINT, a sentence-transformers folder (see docs/pretrained.md)")
     p.add_argument("--data", required=True, help="data set (generated dir, shard dir, .jsonl or folder)")
     p.add_argument("--split", default="test", help="split of a generated data set (default: test)")
     p.add_argument("--task", choices=("retrieval", "zeroshot", "classification"), default="retrieval")
@@ -66,10 +68,19 @@ def _say(text: str) -> None:
 
 
 def check_task(run: str, task: str) -> str:
-    """The run's arch, after checking that ``task`` can evaluate it; the error names the task that can."""
-    from ..models import resolve_run
+    """The run's arch, after checking that ``task`` can evaluate it; the error names the task that can. Anything
+    that is not a polymodal run is taken for a pretrained embedding model (`polymodal.load` checks it)."""
+    from pathlib import Path
+
+    from ..models import is_polymodal_run, resolve_run
     from ..rundir import read_run_config
 
+    if not is_polymodal_run(Path(run).expanduser()):
+        if task == "classification":
+            raise InvalidInput(f"{run} is not a polymodal run: --task classification needs a fusion run; a "
+                               "pretrained checkpoint is evaluated with --task retrieval or --task zeroshot",
+                               field="--task")
+        return "alignment"
     arch = str(read_run_config(resolve_run(run))["arch"])
     if arch == "fusion" and task != "classification":
         raise InvalidInput(f"{run} is a fusion classifier: evaluate it with --task classification (add "
@@ -154,7 +165,8 @@ def format_result(r: dict[str, Any]) -> str:
     for k, v in r.items():
         if isinstance(v, dict) and "acc1" in v:
             lines.append(f"{k:<8} acc1={v['acc1']:.3f} acc5={v['acc5']:.3f} "
-                         f"mean_per_class_recall={v['mean_per_class_recall']:.3f} n={v['n']}")
+                         f"mean_per_class_recall={v['mean_per_class_recall']:.3f} n={v['n']}"
+                         + (f" nll={v['nll']:.3f} (logit scale {v['logit_scale']:.1f})" if "nll" in v else ""))
     return "\n".join(lines)
 
 

@@ -142,6 +142,18 @@ def label_value(meta: dict[str, Any], field: str) -> Any:
     return cur
 
 
+def temperature(model: Any) -> tuple[float, float | None]:
+    """(logit multiplier, bias or None) of an embedding model: its alignment model's learned ``logit_scale``
+    (log-parameterised, like a checkpoint's) and SigLIP's ``logit_bias``; CLIP_benchmark's 100 for a model
+    without one (e.g. a sentence-transformers tower)."""
+    inner = getattr(model, "model", None)
+    log_scale = getattr(inner, "logit_scale", None)
+    if log_scale is None:
+        return 100.0, None
+    bias = getattr(inner, "logit_bias", None)
+    return float(np.exp(float(log_scale))), (None if bias is None else float(bias))
+
+
 def evaluate_zeroshot(model: EmbeddingModel, samples: Sequence[Sample], classnames: Sequence[str], *,
                       label_field: str = "label", label_names: Sequence[str] | None = None,
                       templates: Sequence[str] | None = None, lang: str = "en",
@@ -164,12 +176,14 @@ def evaluate_zeroshot(model: EmbeddingModel, samples: Sequence[Sample], classnam
 
     tmpl = list(templates or TEMPLATES.get(lang, TEMPLATES["en"]))
     classes = class_embeddings(lambda t: model.embed(text=t), classnames, tmpl)
+    scale, bias = temperature(model)
     out: dict[str, Any] = {"classes": list(classnames), "templates": tmpl, "label_field": label_field}
     subs = {m: [s for s in samples if getattr(s, m) is not None and label(s) is not None]
             for m in modalities or [m for m in model.modalities if m != "text"]}
     subs = {m: sub for m, sub in subs.items() if sub}
     encode = _Encoder(model, sum(len(sub) for sub in subs.values()), progress)
     for m, sub in subs.items():
-        out[m] = zeroshot_metrics(encode(m, [model_input(s, m) for s in sub]), classes, [label(s) or 0 for s in sub])
+        out[m] = zeroshot_metrics(encode(m, [model_input(s, m) for s in sub]), classes, [label(s) or 0 for s in sub],
+                                  scale=scale, bias=bias)
     encode.close()
     return out
