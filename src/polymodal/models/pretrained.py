@@ -20,6 +20,7 @@ lists what was looked for."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,8 +218,27 @@ def load_pretrained(spec: str, device: str | torch.device = "cpu") -> EmbeddingM
     em = EmbeddingModel(model, transform, config, torch.device(device), name=spec)
     # The fingerprint names the weights and what shapes the inputs, not where the folder lies: the same
     # checkpoint in another folder embeds alike.
-    em._fingerprint = fingerprint(model, _without_paths(config))
+    # (only FINGERPRINT_KEYS of the config count, so the files' digest rides in "model")
+    portable = _without_paths(config)
+    em._fingerprint = fingerprint(model, {**portable, "model": {**portable["model"], "files": _files_digest(found)}})
     return em
+
+
+SMALL_FILES = (".json", ".txt", ".model", ".vocab", ".merges")
+
+
+def _files_digest(found: Detected) -> str:
+    """sha256 of the checkpoint's small files (configs, tokenizer, processor, vocabularies): they decide the
+    embeddings as much as the weights do, and unlike the folder's path they move with it."""
+    roots = {Path(v).parent if Path(v).is_file() else Path(v) for k, v in found.args.items()
+             if k in ("path", "model", "checkpoint") and isinstance(v, str) and Path(v).exists()}
+    h = hashlib.sha256()
+    for root in sorted(roots):
+        for f in sorted(root.rglob("*")):
+            if f.is_file() and f.suffix in SMALL_FILES and f.stat().st_size < 64 << 20:
+                h.update(f"{f.relative_to(root).as_posix()}\n".encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def _without_paths(obj: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import ConfigError, InvalidInput
+from ...errors import ConfigError, InvalidInput, MissingExtra, NotFound
 from .image import config_from_dict, config_to_dict
 
 Wave = np.ndarray | torch.Tensor
@@ -276,3 +276,80 @@ class AudioTransform:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AudioTransform:
         return config_from_dict(cls, d, "audio")
+
+
+@dataclass(frozen=True)
+class ClapAudioTransform:
+    """Waveform + sample rate -> a Hugging Face CLAP checkpoint's own log-mel ``(n_mels, frames)``: resampled to
+    the checkpoint's rate, cut to its first window, repeat-padded by its ``ClapFeatureExtractor`` (extra ``[hf]``).
+
+    The config is ``{"type": "hf_clap", "path": DIR, "sample_rate": 48000, "n_mels": 64, "frames": 1001}`` (what the
+    CLAP tower's ``preprocess()`` asks for). Deterministic: a clip longer than the window is cut to its first window
+    before the extractor sees it (transformers would take a random crop)."""
+
+    path: str
+    sample_rate: int = 48000
+    n_mels: int = 64
+    frames: int = 1001
+    type: str = "hf_clap"
+    crop: str = "start"  # the training data path reads it; CLAP features are never randomly cropped here
+
+    def __post_init__(self) -> None:
+        if self.type != "hf_clap":
+            raise ConfigError(f"type must be 'hf_clap', got {self.type!r}", field="audio.type")
+
+    @property
+    def max_seconds(self) -> float:
+        return float((self.frames - 1) * self.extractor.hop_length / self.sample_rate)
+
+    @property
+    def extractor(self) -> Any:
+        fe = _clap_extractor(self.path)
+        if int(fe.sampling_rate) != self.sample_rate or int(fe.feature_size) != self.n_mels:
+            raise ConfigError(f"the checkpoint's feature extractor is {fe.sampling_rate} Hz / {fe.feature_size} mels, "
+                              f"the transform says {self.sample_rate} Hz / {self.n_mels}", field="audio")
+        return fe
+
+    def __call__(self, wave: Wave, sample_rate: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+        if x.ndim != 1 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.floating):
+            raise InvalidInput(f"expected a non-empty float mono waveform (N,), got {x.dtype} {x.shape}",
+                               field="audio")
+        fe = self.extractor
+        clip = np.asarray(resample(x.astype(np.float32, copy=False), int(sample_rate), self.sample_rate))
+        clip = clip[: fe.nb_max_samples]
+        mel = fe([clip], sampling_rate=self.sample_rate, truncation=fe.truncation, padding=fe.padding,
+                 return_tensors="np")["input_features"]  # (1, C, T, F); C=4 identical copies for fused models
+        return torch.from_numpy(np.ascontiguousarray(mel[0, 0].T, dtype=np.float32))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "path": self.path, "sample_rate": self.sample_rate, "n_mels": self.n_mels,
+                "frames": self.frames}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClapAudioTransform:
+        known = {"type", "path", "sample_rate", "n_mels", "frames"}
+        if set(d) - known:
+            raise ConfigError(f"unknown keys {sorted(set(d) - known)}", field="audio")
+        if not isinstance(d.get("path"), str):
+            raise ConfigError("the CLAP checkpoint folder is required", field="audio.path")
+        return cls(**d)
+
+
+@lru_cache(maxsize=4)
+def _clap_extractor(path: str) -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise MissingExtra("CLAP audio features need transformers: pip install 'polymodal[hf]'") from None
+    try:
+        return transformers.ClapFeatureExtractor.from_pretrained(path, local_files_only=True)
+    except OSError as exc:
+        raise NotFound(f"cannot load the CLAP feature extractor: {exc}", source=path) from exc
+
+
+def audio_transform_from_dict(d: dict[str, Any]) -> AudioTransform | ClapAudioTransform:
+    """The audio transform a config describes: the library's log-mel, or a CLAP checkpoint's (``type: hf_clap``)."""
+    if isinstance(d, dict) and d.get("type") == "hf_clap":
+        return ClapAudioTransform.from_dict(d)
+    return AudioTransform.from_dict(d)

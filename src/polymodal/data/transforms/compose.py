@@ -12,7 +12,7 @@ import torch
 
 from ...errors import ConfigError, InvalidInput
 from ..sample import Sample
-from .audio import AudioTransform
+from .audio import AudioTransform, ClapAudioTransform, audio_transform_from_dict
 from .image import ImageTransform
 from .text import ByteTokenizer, Tokenizer, tokenizer_from_dict
 from .video import VideoTransform
@@ -31,7 +31,7 @@ class SampleTransform:
 
     text: Tokenizer | None = None
     image: ImageTransform | None = None
-    audio: AudioTransform | None = None
+    audio: AudioTransform | ClapAudioTransform | None = None
     video: VideoTransform | None = None
     max_text_len: int = 64
     generator: torch.Generator | None = field(default=None, compare=False, repr=False)
@@ -103,7 +103,7 @@ class SampleTransform:
         return cls(
             text=part("text", tokenizer_from_dict),
             image=part("image", ImageTransform.from_dict),
-            audio=part("audio", AudioTransform.from_dict),
+            audio=part("audio", audio_transform_from_dict),
             video=part("video", VideoTransform.from_dict),
             max_text_len=int(d.get("max_text_len", 64)),
         )

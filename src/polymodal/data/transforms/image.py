@@ -76,6 +76,7 @@ class ImageTransform:
     random_crop: bool = False
     crop_scale: tuple[float, ...] = (0.8, 1.0)
     hflip: bool = False
+    crop_rounding: str = "floor"  # center-crop offset: (h - size) // 2, or "round": torchvision's round((h - size) / 2)
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 1:
@@ -85,6 +86,9 @@ class ImageTransform:
                               field="image.resize_to")
         if self.crop not in ("center", "squash"):
             raise ConfigError(f"crop must be 'center' or 'squash', got {self.crop!r}", field="image.crop")
+        if self.crop_rounding not in ("floor", "round"):
+            raise ConfigError(f"crop_rounding must be 'floor' or 'round', got {self.crop_rounding!r}",
+                              field="image.crop_rounding")
         if self.interpolation not in _RESAMPLE:
             raise ConfigError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}",
                               field="image.interpolation")
@@ -125,7 +129,7 @@ class ImageTransform:
         elif not self.resize:
             if h < s or w < s:
                 raise InvalidInput(f"image {h}x{w} is smaller than size {s} and resize=False", field="image")
-            pil = _center_crop(pil, s)
+            pil = _center_crop(pil, s, self.crop_rounding)
         else:
             r = s if self.resize_to is None else self.resize_to
             if self.crop == "squash":
@@ -136,7 +140,7 @@ class ImageTransform:
             if (new_w, new_h) != (w, h):
                 pil = pil.resize((new_w, new_h), resample)
             if (new_w, new_h) != (s, s):
-                pil = _center_crop(pil, s)
+                pil = _center_crop(pil, s, self.crop_rounding)
         x = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
         if flip:
             x = x.flip(-1)
@@ -161,9 +165,12 @@ def _check_image(image: Any) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[1])
 
 
-def _center_crop(pil: Image.Image, s: int) -> Image.Image:
+def _center_crop(pil: Image.Image, s: int, rounding: str = "floor") -> Image.Image:
     w, h = pil.size
-    top, left = (h - s) // 2, (w - s) // 2
+    if rounding == "round":  # torchvision's CenterCrop (open_clip): int(round(d / 2)), ties to even
+        top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+    else:
+        top, left = (h - s) // 2, (w - s) // 2
     return pil.crop((left, top, left + s, top + s))
 
 

@@ -67,6 +67,8 @@ def _image_requirements(base: tuple[str, ...], need: Mapping[str, Any]) -> list[
         out.append(((*base, "resize_to"), int(need["resize_to"])))
     if need.get("interpolation") is not None:
         out.append(((*base, "interpolation"), need["interpolation"]))
+    if need.get("crop_rounding") is not None:  # torchvision-style center crop (open_clip)
+        out.append(((*base, "crop_rounding"), need["crop_rounding"]))
     if need.get("center_crop") is False:
         out.append(((*base, "crop"), "squash"))
     return out
@@ -77,6 +79,8 @@ _AUDIO_KEYS = ("sample_rate", "n_mels", "n_fft", "hop_length", "win_length", "f_
 
 
 def _audio_requirements(need: Mapping[str, Any], cfg: dict[str, Any]) -> list[tuple[tuple[str, ...], Any]]:
+    if isinstance(need.get("audio"), Mapping):  # a checkpoint's own audio features (CLAP): the whole transform
+        return [(("audio",), dict(need["audio"]))]
     out: list[tuple[tuple[str, ...], Any]] = [(("audio", k), need[k]) for k in _AUDIO_KEYS
                                               if need.get(k) is not None]
     if need.get("max_frames") is not None and cfg.get("audio"):

@@ -241,6 +241,58 @@ class HFTokenizer:
         return f"HFTokenizer({self.path!r})"
 
 
+class OpenClipTokenizer:
+    """open_clip's ``SimpleTokenizer`` (the OpenAI CLIP byte-level BPE shipped inside the ``open_clip`` package),
+    for OpenCLIP towers. ``encode`` returns open_clip's own ids (``<start_of_text> ... <end_of_text>``, truncated
+    with the end token kept) without its zero padding. ``options`` are the model config's ``tokenizer_kwargs``.
+    Needs the ``[openclip]`` extra."""
+
+    pad_id = 0  # open_clip pads with zeros
+
+    def __init__(self, context_length: int = 77, options: dict[str, Any] | None = None):
+        self.context_length = int(context_length)
+        self.options = dict(options or {})
+        open_clip = require("open_clip", "openclip")
+        self._tok = open_clip.SimpleTokenizer(context_length=self.context_length, **self.options)
+        self.bos_id = int(self._tok.sot_token_id)
+        self.eos_id = int(self._tok.eot_token_id)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tok.encoder)
+
+    def encode(self, text: str, max_len: int | None = None) -> list[int]:
+        _check_max_len(max_len)
+        n = self.context_length if max_len is None else min(int(max_len), self.context_length)
+        row = [int(i) for i in self._tok([text], context_length=n)[0]]
+        end = len(row) - 1 - row[::-1].index(self.eos_id)  # the last end token; zeros after it are padding
+        return row[: end + 1]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        kept = [int(i) for i in ids if int(i) not in (self.bos_id, self.eos_id)]
+        return str(self._tok.decode(kept)).strip()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "open_clip", "context_length": self.context_length, "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OpenClipTokenizer:
+        _check_kind(d, "open_clip")
+        options = d.get("options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError("'options' must be an object", field="tokenizer.options")
+        return cls(int(d.get("context_length", 77)), options)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OpenClipTokenizer) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(("open_clip", self.context_length, repr(sorted(self.options.items()))))
+
+    def __repr__(self) -> str:
+        return f"OpenClipTokenizer(context_length={self.context_length})"
+
+
 def _first_id(*candidates: int | None, default: int | None) -> Any:
     for c in candidates:
         if c is not None:
@@ -248,7 +300,8 @@ def _first_id(*candidates: int | None, default: int | None) -> Any:
     return default
 
 
-_KINDS: dict[str, Any] = {"byte": ByteTokenizer, "char": CharTokenizer, "hf": HFTokenizer}
+_KINDS: dict[str, Any] = {"byte": ByteTokenizer, "char": CharTokenizer, "hf": HFTokenizer,
+                          "open_clip": OpenClipTokenizer}
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
