@@ -1,4 +1,4 @@
-"""Tiny random pretrained checkpoints (CLIP, SigLIP, CLAP, sentence-transformers) built offline, for the
+"""Tiny random pretrained checkpoints (CLIP, SigLIP, Chinese-CLIP, ALIGN, CLAP, sentence-transformers) built offline, for the
 pretrained-tower tests and the encoder contract test.
 
 Each builder writes a directory that ``from_pretrained`` reads like a real checkpoint: random weights at a tiny
@@ -9,6 +9,7 @@ transformers is imported inside the builders, so importing this module never nee
 from __future__ import annotations
 
 import json
+import math
 import string
 from collections.abc import Callable
 from pathlib import Path
@@ -103,7 +104,10 @@ def build_tiny_clap(out: Path, fused: bool = False) -> Path:
                           fusion_type="aff_2d" if fused else None),
         projection_dim=16)
     torch.manual_seed(2)
-    transformers.ClapModel(cfg).save_pretrained(out)
+    model = transformers.ClapModel(cfg)
+    with torch.no_grad():  # audio-side and text-side temperatures differ, so which one a tower reports shows
+        model.logit_scale_a.fill_(math.log(20.0))
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     transformers.ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=1,
                                       fft_window_size=400, frequency_min=50, frequency_max=8000,
@@ -134,6 +138,63 @@ def build_tiny_sentence(out: Path) -> Path:
     return out
 
 
+BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ed", "一", "个", "红", "色", "的",
+              "圆", "蓝", "方", "形", "猫", "照", "片", "😀", "🐱", "##😀"]
+
+
+def bert_tokenizer(out: Path) -> Any:
+    """A real BERT WordPiece tokenizer (lower-cased, Chinese characters split one per token) over a tiny vocab
+    file with some Chinese characters and emoji; written into ``out`` as vocab.txt."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.txt").write_text("\n".join(BERT_VOCAB) + "\n", encoding="utf-8")
+    return _transformers().BertTokenizer.from_pretrained(str(out), local_files_only=True, do_lower_case=True)
+
+
+def tiny_bert_text(positions: int = 40) -> dict[str, Any]:
+    return tiny_text(len(BERT_VOCAB), max_position_embeddings=positions, pad_token_id=0, type_vocab_size=2)
+
+
+def build_tiny_chinese_clip(out: Path) -> Path:
+    """A random ChineseCLIPModel (BERT text, CLIP ViT) saved with its ChineseCLIPProcessor: a BERT tokenizer and
+    an image processor that resizes straight to 32 x 32 without a crop, like OFA-Sys/chinese-clip-*."""
+    transformers = _transformers()
+    tok = bert_tokenizer(out)
+    cfg = transformers.ChineseCLIPConfig(text_config=tiny_bert_text(), vision_config=tiny_vision(),
+                                         projection_dim=16, logit_scale_init_value=2.3)
+    torch.manual_seed(4)
+    transformers.ChineseCLIPModel(cfg).save_pretrained(out)
+    image = transformers.ChineseCLIPImageProcessorPil(size={"height": 32, "width": 32}, do_center_crop=False)
+    transformers.ChineseCLIPProcessor(image_processor=image, tokenizer=tok).save_pretrained(out)
+    return out
+
+
+def build_tiny_align(out: Path) -> Path:
+    """A random AlignModel (BERT text + a 3-stage EfficientNet) saved with its AlignProcessor, whose image
+    processor is configured like kakaobrain/align-base: square resize (here 40) and crop, x / 127.5 - 1 (rescale
+    offset), no mean/std normalisation, no include_top."""
+    transformers = _transformers()
+    tok = bert_tokenizer(out)
+    vision = dict(image_size=40, width_coefficient=1.0, depth_coefficient=1.0, kernel_sizes=[3, 3, 5],
+                  in_channels=[32, 8, 16], out_channels=[8, 16, 16], strides=[1, 2, 2], num_block_repeats=[1, 2, 1],
+                  expand_ratios=[1, 2, 2], hidden_dim=64)
+    # 72 positions: AlignProcessor pads text to 64 tokens (the real checkpoint has 512)
+    cfg = transformers.AlignConfig(text_config=tiny_bert_text(72), vision_config=vision, projection_dim=16,
+                                   temperature_init_value=0.05)
+    torch.manual_seed(5)
+    model = transformers.AlignModel(cfg)
+    with torch.no_grad():  # non-trivial batch-norm statistics, so eval-mode BN is really exercised
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    model.save_pretrained(out)
+    image = transformers.EfficientNetImageProcessorPil(
+        size={"height": 40, "width": 40}, crop_size={"height": 40, "width": 40}, do_center_crop=True,
+        rescale_factor=1 / 127.5, rescale_offset=True, do_normalize=False, include_top=False)
+    transformers.AlignProcessor(image_processor=image, tokenizer=tok).save_pretrained(out)
+    return out
+
+
 # family -> (builder, transformers class of the reference model)
 BUILDERS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "clip": (build_tiny_clip, "CLIPModel"),
@@ -142,6 +203,8 @@ BUILDERS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "siglip": (build_tiny_siglip, "SiglipModel"),
     "clap": (build_tiny_clap, "ClapModel"),
     "sentence": (build_tiny_sentence, "BertModel"),
+    "chinese_clip": (build_tiny_chinese_clip, "ChineseCLIPModel"),
+    "align": (build_tiny_align, "AlignModel"),
 }
 
 

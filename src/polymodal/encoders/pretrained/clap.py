@@ -23,13 +23,23 @@ from torch import nn
 from ...data.transforms.audio import resample
 from ...errors import InvalidInput
 from ..base import register_encoder
-from .hf_clip import Family, HFTextTower, PretrainedTower, from_pretrained, take_part, transformers_module
+from .hf_clip import Family, HFTextTower, PretrainedTower, _scalar, from_pretrained, transformers_module
+
+
+def audio_side_scale(model: Any) -> tuple[float | None, float | None]:
+    """CLAP keeps two temperatures: ``logit_scale_a`` multiplies ``logits_per_audio`` (audio rows against text
+    columns) and ``logit_scale_t`` multiplies ``logits_per_text``. Zero-shot audio classification ranks class
+    texts for each clip, i.e. softmax over ``logits_per_audio`` (transformers' zero-shot-audio-classification
+    pipeline does exactly that), so both CLAP towers report ``logit_scale_a``."""
+    return _scalar(model.logit_scale_a), None
+
 
 CLAP = Family(
     "ClapModel",
     {"text": ("text_model", "text_projection"), "audio": ("audio_model", "audio_projection")},
     {"text": "projection_dim", "audio": "projection_dim"},
     text_positions_reserved=2,  # RoBERTa text: positions 0 and 1 (pad) are never used by tokens
+    scales=audio_side_scale,
 )
 
 
@@ -40,7 +50,7 @@ class HFClapAudio(PretrainedTower):
 
     def __init__(self, path: str | Path | None, dtype: str | torch.dtype = "float32") -> None:
         super().__init__(path)
-        backbone, projection, cfg = take_part(CLAP, self.path, "audio", dtype)
+        backbone, projection, cfg, _, _ = self.take(CLAP, "audio", dtype)
         assert projection is not None
         self.backbone = backbone
         self.projection: nn.Module = projection

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -64,7 +64,18 @@ def torch_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 # ---- shared loading: each half of a two-tower checkpoint is handed out once --------------------------------
-_CACHE: OrderedDict[tuple[str, str, str], dict[str, tuple[nn.Module, nn.Module | None, Any]]] = OrderedDict()
+class Part(NamedTuple):
+    """One tower's share of a loaded checkpoint, plus the pair's contrastive temperature (read from the full
+    model before it is split: neither half holds it)."""
+
+    backbone: nn.Module
+    projection: nn.Module | None
+    config: Any
+    logit_scale: float | None
+    logit_bias: float | None
+
+
+_CACHE: OrderedDict[tuple[str, str, str], dict[str, Part]] = OrderedDict()
 _CACHE_SIZE = 2  # bounds memory held for halves nobody asked for yet
 
 
@@ -73,20 +84,21 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def take_part(family: Family, path: str | Path, part: str, dtype: str | torch.dtype) -> tuple[
-    nn.Module, nn.Module | None, Any
-]:
-    """-> (backbone, projection or None, full config) of one tower. Loads the checkpoint only when this part
-    of it was already handed out (a second tower of the same kind must not share weights with the first)."""
+def take_part(family: Family, path: str | Path, part: str, dtype: str | torch.dtype) -> Part:
+    """One tower's `Part`. Loads the checkpoint only when this part of it was already handed out (a second tower
+    of the same kind must not share weights with the first)."""
     dt = torch_dtype(dtype)
     key = (family.model_cls, resolve_source(path)[0], str(dt))
     parts = _CACHE.get(key)
     if parts is None or part not in parts:
         cls = getattr(transformers_module(), family.model_cls)
         model = from_pretrained(cls, path, dtype=dt)
-        cfg = model.config
+        scale, bias = family.scales(model)
+        for dotted in family.unused:  # modules the features never use (e.g. BERT's CLS pooler)
+            owner, _, name = dotted.rpartition(".")
+            setattr(getattr(model, owner) if owner else model, name, None)
         parts = {
-            name: (getattr(model, bb), getattr(model, proj) if proj else None, cfg)
+            name: Part(getattr(model, bb), getattr(model, proj) if proj else None, model.config, scale, bias)
             for name, (bb, proj) in family.parts.items()
         }
         _CACHE[key] = parts
@@ -98,25 +110,49 @@ def take_part(family: Family, path: str | Path, part: str, dtype: str | torch.dt
     return taken
 
 
+def _scalar(param: torch.Tensor) -> float:
+    return float(param.detach().float())
+
+
+def log_scale(model: Any) -> tuple[float | None, float | None]:
+    """CLIP-style: logits = exp(logit_scale) * cos; the parameter already holds the log."""
+    return _scalar(model.logit_scale), None
+
+
+def log_scale_and_bias(model: Any) -> tuple[float | None, float | None]:
+    """SigLIP: logits = exp(logit_scale) * cos + logit_bias."""
+    return _scalar(model.logit_scale), _scalar(model.logit_bias)
+
+
 @dataclass(frozen=True)
 class Family:
     """What differs between CLIP-like checkpoints: the model class, which attributes make up each tower, the
-    output width per tower, and how the text tower was trained to see padding."""
+    output width per tower, how the text tower pools and was trained to see padding, and where the checkpoint
+    keeps its temperature."""
 
     model_cls: str
     parts: dict[str, tuple[str, str | None]]  # modality -> (backbone attribute, projection attribute)
-    dims: dict[str, str]  # modality -> dotted config field holding the output width
+    dims: dict[str, str | Callable[[Any], int]]  # modality -> dotted config field (or function) of the width
     pad_text_to_max: bool = False  # SigLIP: fixed-length text padded with pad tokens, no attention mask
     text_positions_reserved: int = 0  # RoBERTa-style position ids start after pad_id, using 2 positions
+    text_pool: str = "pooler"  # "pooler": the backbone's pooler_output; "cls": last_hidden_state[:, 0] (BERT)
+    text_max_tokens: int | None = None  # the processor's own text limit when below the position table
+    unused: tuple[str, ...] = ()  # dotted module attributes set to None after loading (never in the features)
+    image_size_from_processor: bool = False  # convolutional towers take any size; the processor fixes one
+    scales: Callable[[Any], tuple[float | None, float | None]] = log_scale  # full model -> (logit_scale, bias)
 
     def dim(self, config: Any, modality: str) -> int:
+        field = self.dims[modality]
+        if callable(field):
+            return int(field(config))
         value = config
-        for name in self.dims[modality].split("."):
+        for name in field.split("."):
             value = getattr(value, name)
         return int(value)
 
     def text_max_len(self, config: Any) -> int:
-        return int(config.text_config.max_position_embeddings) - self.text_positions_reserved
+        n = int(config.text_config.max_position_embeddings) - self.text_positions_reserved
+        return n if self.text_max_tokens is None else min(n, self.text_max_tokens)
 
 
 CLIP = Family(
@@ -129,15 +165,30 @@ SIGLIP = Family(
     {"text": ("text_model", None), "image": ("vision_model", None)},  # the heads live inside the backbones
     {"text": "text_config.projection_size", "image": "vision_config.hidden_size"},
     pad_text_to_max=True,
+    scales=log_scale_and_bias,
 )
 
 
 class PretrainedTower(Encoder):
-    """Shared behaviour: per-tower freezing, running only the samples that are present."""
+    """Shared behaviour: per-tower freezing, running only the samples that are present, and the checkpoint's
+    contrastive temperature: ``logit_scale`` is the natural log of the logit multiplier (the parameterisation of
+    polymodal's ``AlignmentModel.logit_scale``), ``logit_bias`` SigLIP's additive bias; None where the checkpoint
+    has none (sentence-transformers)."""
+
+    logit_scale: float | None
+    logit_bias: float | None
 
     def __init__(self, path: str | Path | None) -> None:
         super().__init__()
         self.path = resolve_source(path)[0]
+        self.logit_scale = None
+        self.logit_bias = None
+
+    def take(self, family: Family, part: str, dtype: str | torch.dtype) -> Part:
+        """This tower's `Part` of the checkpoint at ``self.path``; records the pair's temperature."""
+        taken = take_part(family, self.path, part, dtype)
+        self.logit_scale, self.logit_bias = taken.logit_scale, taken.logit_bias
+        return taken
 
     def freeze(self, frozen: bool = True) -> PretrainedTower:
         """Lock the tower (LiT). A tower without trainable parameters also stays in eval mode, so dropout and
@@ -204,7 +255,7 @@ class HFTextTower(PretrainedTower):
     def __init__(self, path: str | Path | None, family: Family, dtype: str | torch.dtype = "float32") -> None:
         super().__init__(path)
         self.family = family
-        backbone, projection, cfg = take_part(family, self.path, "text", dtype)
+        backbone, projection, cfg, _, _ = self.take(family, "text", dtype)
         self.backbone = backbone
         self.projection = projection
         self.output_dim = family.dim(cfg, "text")
@@ -232,7 +283,8 @@ class HFTextTower(PretrainedTower):
             # SigLIP pools the last position and was trained on max-length padding without a mask.
             full = torch.full((ids.shape[0], self.max_len), pad_id, dtype=torch.long, device=ids.device)
             ids, attention = full.index_copy(1, torch.arange(ids.shape[1], device=ids.device), ids), None
-        pooled: torch.Tensor = self.backbone(input_ids=ids, attention_mask=attention).pooler_output
+        out = self.backbone(input_ids=ids, attention_mask=attention)
+        pooled: torch.Tensor = out.last_hidden_state[:, 0] if self.family.text_pool == "cls" else out.pooler_output
         return pooled if self.projection is None else _call(self.projection, pooled)
 
     @torch.no_grad()
@@ -264,9 +316,33 @@ def image_preprocess(processor: Any) -> dict[str, Any]:
         "center_crop": "shortest_edge" in size,
         "resize_to": resize,
         "interpolation": _RESAMPLE.get(int(getattr(processor, "resample", 3)), "bicubic"),
-        "mean": [float(x) for x in processor.image_mean],
-        "std": [float(x) for x in processor.image_std],
+        **pixel_affine(processor),
     }
+
+
+def pixel_affine(processor: Any) -> dict[str, list[float]]:
+    """``mean``/``std`` on [0, 1] pixels that give the processor's values: rescale by ``rescale_factor`` (minus 1
+    with EfficientNet's ``rescale_offset``: ALIGN's x / 127.5 - 1), ``(x - mean) / std`` when ``do_normalize``,
+    then EfficientNet's ``include_top`` (x / std again). Every step is affine per channel, so one (mean, std)
+    on x / 255 expresses it; for plain 1/255 rescaling the processor's own numbers are returned unchanged."""
+    mean, std = _triple(processor.image_mean), _triple(processor.image_std)
+    top = std if getattr(processor, "include_top", False) else [1.0] * 3
+    if not getattr(processor, "do_normalize", True):
+        mean, std = [0.0] * 3, [1.0] * 3
+    factor = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0
+    offset = 1.0 if getattr(processor, "rescale_offset", False) else 0.0
+    scale = 255.0 * factor  # processor value = (x/255 * scale - offset - mean) / (std * top)
+    if scale == 1.0 and offset == 0.0:
+        return {"mean": mean, "std": [s * t for s, t in zip(std, top, strict=True)]}
+    return {"mean": [(offset + m) / scale for m in mean],
+            "std": [s * t / scale for s, t in zip(std, top, strict=True)]}
+
+
+def _triple(v: Any) -> list[float]:
+    values = [float(x) for x in v] if isinstance(v, list | tuple) else [float(v)] * 3
+    if len(values) != 3:
+        raise ConfigError(f"expected 3 channel values, got {values}", field="image_mean/image_std")
+    return values
 
 
 def _square(hw: dict[str, Any], name: str) -> int:
@@ -284,12 +360,13 @@ class HFImageTower(PretrainedTower):
     def __init__(self, path: str | Path | None, family: Family, dtype: str | torch.dtype = "float32") -> None:
         super().__init__(path)
         self.family = family
-        backbone, projection, cfg = take_part(family, self.path, "image", dtype)
+        backbone, projection, cfg, _, _ = self.take(family, "image", dtype)
         self.backbone = backbone
         self.projection = projection
         self.output_dim = family.dim(cfg, "image")
-        self.image_size = int(cfg.vision_config.image_size)
         self._processor: Any = None
+        self.image_size = int(self.preprocess()["size"] if family.image_size_from_processor
+                              else cfg.vision_config.image_size)
 
     @property
     def processor(self) -> Any:
