@@ -118,6 +118,9 @@ def _search_parser() -> argparse.ArgumentParser:
         "query (weighted sum of normalized embeddings, renormalized)."))
     p.add_argument("--collection", required=True, metavar="DIR", help="collection folder to search (read-only)")
     p.add_argument("--model", metavar="RUN", help="run to embed text/image/audio/video queries with")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="run the model's towers with torch or onnxruntime (extra [onnx]; an export dir of "
+                        "`polymodal export` needs onnx) (default torch)")
     p.add_argument("--text", help="text query")
     p.add_argument("--image", metavar="FILE", help="image file")
     p.add_argument("--audio", metavar="FILE", help="audio file (flac, wav, ogg)")
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     media = [m for m in inputs if m != "vector"]
     if media and not args.model:
         raise InvalidInput(f"--model is needed to embed {', '.join(media)}", field="--model")
-    model = load(args.model) if media else None
+    model = load(args.model, runtime=args.runtime) if media else None
     filters = parse_filters(args.filter)
     with warnings.catch_warnings(record=True) as caught:   # shown as one plain line each, not a Python warning
         warnings.simplefilter("always")

@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable); CORS is off by default")
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="run the model's towers with torch or onnxruntime (extra [onnx]; an export dir of "
+                        "`polymodal export` needs onnx) (default torch)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default info)")
     return p
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..api import load
         from ..serve.app import create_app
 
-        model = load(args.model, device=args.device)
+        model = load(args.model, device=args.device, runtime=args.runtime)
         root, pinned = layout(args.collection, args.root)
         app = create_app(model, root, settings, collection=pinned)
         url = url_of(sock, args.host)

@@ -6,47 +6,85 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ..data.collate import collate
-from ..data.sample import Sample
+from ..data.sample import Batch, Sample
 from ..data.transforms.compose import SampleTransform
 from ..errors import InvalidInput
 from .alignment import AlignmentModel
 
 
-class EmbeddingModel:
-    """A trained alignment model plus its transform: raw inputs in, normalised embeddings out."""
+class TowerRunner(Protocol):
+    """Runs the towers outside torch (the runtime hook; `polymodal.models.onnx` is the one implementation):
+    ``embed_batch`` computes what `AlignmentModel.embed_batch` does -- the normalised (N, D) embeddings of the
+    rows of a collated batch that have ``modality`` -- with another runtime."""
 
-    def __init__(self, model: AlignmentModel, transform: SampleTransform, config: dict[str, Any],
-                 device: torch.device | None = None, name: str | None = None):
-        self.model = model.eval()
+    runtime: str                  # e.g. "onnx"
+    modalities: tuple[str, ...]
+    dim: int
+    fingerprint: str | None       # None: the torch model's (the runner embeds exactly like it)
+
+    def embed_batch(self, batch: Batch, modality: str) -> torch.Tensor: ...
+
+
+class EmbeddingModel:
+    """A trained alignment model plus its transform: raw inputs in, normalised embeddings out.
+
+    ``runner`` (optional) runs the towers in another runtime (onnxruntime, see `polymodal.models.onnx`); the
+    transform and collation stay polymodal's. ``model`` may then be None (an ONNX export without torch weights).
+    """
+
+    def __init__(self, model: AlignmentModel | None, transform: SampleTransform, config: dict[str, Any],
+                 device: torch.device | None = None, name: str | None = None, runner: TowerRunner | None = None):
+        if model is None and runner is None:
+            raise InvalidInput("an EmbeddingModel needs a torch model or a runner", field="model")
+        self.model = model.eval() if model is not None else None
+        self.runner = runner
         self.transform = transform.eval()
         self.config = config
         self.device = device or torch.device("cpu")
         self.name = name   # where it came from (the run `polymodal.load` read), for messages and records
-        self._fingerprint: str | None = None
+        self._fingerprint: str | None = runner.fingerprint if runner is not None else None
 
     @property
     def fingerprint(self) -> str:
         """sha256 (hex) of what decides the embeddings: the architecture, model and transform config and every
         tensor of the state dict (names, dtypes, shapes, bytes, in sorted order). Two models embed alike
         exactly when their fingerprints match; a collection remembers the fingerprint of the model that
-        filled it. Computed once, at first use (a pass over the weights)."""
+        filled it. Computed once, at first use (a pass over the weights). A runner may give its own (an INT8
+        export embeds differently from its source, see docs/export.md)."""
         if self._fingerprint is None:
+            assert self.model is not None  # a runner without a fingerprint always comes with the torch model
             self._fingerprint = fingerprint(self.model, self.config)
         return self._fingerprint
 
     @property
+    def runtime(self) -> str:
+        """Where the towers run: "torch", or the runner's runtime (e.g. "onnx")."""
+        return self.runner.runtime if self.runner is not None else "torch"
+
+    @property
     def modalities(self) -> tuple[str, ...]:
-        return self.model.modalities
+        return self.runner.modalities if self.runner is not None else self._torch().modalities
 
     @property
     def dim(self) -> int:
-        return self.model.dim
+        return self.runner.dim if self.runner is not None else self._torch().dim
+
+    def _torch(self) -> AlignmentModel:
+        assert self.model is not None  # see __init__: no runner means a torch model
+        return self.model
+
+    def embed_batch(self, batch: Batch, modality: str) -> torch.Tensor:
+        """Normalised (N, D) embeddings of the rows of a collated ``batch`` that have ``modality``, by the
+        runner when there is one, else by the torch model."""
+        if self.runner is not None:
+            return self.runner.embed_batch(batch, modality)
+        return self._torch().embed_batch(batch, modality)
 
     def embed(self, text: Sequence[str] | str | None = None, image: Sequence[np.ndarray] | np.ndarray | None = None,
               audio: Sequence[tuple[np.ndarray, int]] | None = None,
@@ -71,7 +109,7 @@ class EmbeddingModel:
         with torch.no_grad():
             for start in range(0, len(samples), batch_size):
                 batch = collate(samples[start:start + batch_size], self.transform).to(self.device)
-                emb = self.model.embed_batch(batch, modality)
+                emb = self.embed_batch(batch, modality)
                 out.append(emb.float().cpu().numpy())
         # rows are unit vectors already: AlignmentModel.encode normalises in float32 (the one normalisation)
         return np.concatenate(out).astype(np.float32, copy=False)
@@ -122,4 +160,4 @@ def _audio_sample(i: int, item: Any, src: str) -> Sample:
     return Sample(id=f"q{i}", audio=wave.astype(np.float32, copy=False), sample_rate=sr, source=src)
 
 
-__all__ = ["EmbeddingModel"]
+__all__ = ["EmbeddingModel", "TowerRunner"]
