@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, help="instead of --steps, train the main model for this many "
                         "wall-clock minutes (the schedule follows the clock); the step count, and so the result, "
                         "then depends on the machine and its load")
+    p.add_argument("--model", metavar="MODEL", help="skip training: evaluate, index and report with this model "
+                   "instead (anything polymodal.load accepts: a run, a Hugging Face CLIP/SigLIP/CLAP/Chinese-CLIP/ALIGN "
+                   "folder, open_clip:ARCH:CHECKPOINT, a sentence-transformers folder); the collection holds the test "
+                   "images, or the captions for a text-only model, and queries the model cannot embed are skipped")
     p.add_argument("--fusion-steps", type=int, help="optimizer steps of each fusion model (default: their recipes' "
                    "train.steps, 200)")
     p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing finished ones")
@@ -224,20 +228,28 @@ def _test_samples(data: Path) -> list[Any]:
     return list(open_dataset(data, "test"))
 
 
+def collection_modality(modalities: tuple[str, ...]) -> str:
+    """What the quickstart's collection holds: the test images, or the captions for a model without images."""
+    return "image" if "image" in modalities else "text"
+
+
 def _collection_step(steps: Steps, model: Any, tests: list[Any], path: Path, token: str) -> dict[str, Any]:
     from ..index import Collection, MediaStore
     from ..index.records import item_metadata
 
+    mod = collection_modality(model.modalities)
+
     def work() -> dict[str, Any]:
         _reset(path)
-        vecs = model.embed(image=[s.image for s in tests])
+        vecs = model.embed(**{mod: [getattr(s, mod) for s in tests]})
         thumbs = MediaStore(path)
         with Collection.create(path, dim=vecs.shape[1]) as coll:
-            coll.add(list(range(len(tests))), vecs, [item_metadata(s, "image", "test") for s in tests])
+            coll.add(list(range(len(tests))), vecs, [item_metadata(s, mod, "test") for s in tests])
             for i, s in enumerate(tests):
                 thumbs.put_media(i, image=s.image)
             info = coll.info()
-        return {"path": str(path), "count": info["count"], "kind": info["kind"], "thumbnails": True}
+        return {"path": str(path), "count": info["count"], "kind": info["kind"], "thumbnails": True,
+                "modality": mod}
 
     def done() -> bool:
         try:
@@ -248,7 +260,9 @@ def _collection_step(steps: Steps, model: Any, tests: list[Any], path: Path, tok
         coll.close()
         return n == len(tests)
 
-    return steps.run("collection", f"collection of {len(tests)} test images", {"train": token}, work, done)
+    what = "images" if mod == "image" else "captions"
+    return steps.run("collection", f"collection of {len(tests)} test {what}", {"train": token, "modality": mod},
+                     work, done)
 
 
 def _robustness_step(steps: Steps, runs: dict[str, Path], tokens: dict[str, str], digits: Path) -> dict[str, Any]:
@@ -269,6 +283,16 @@ def _robustness_step(steps: Steps, runs: dict[str, Path], tokens: dict[str, str]
 # ------------------------------------------------------------------------------------------- main
 
 def _report(args: argparse.Namespace, state: dict[str, Any], steps: Steps, serve: str) -> dict[str, Any]:
+    if args.model:
+        meta = {"data": f"shapes {args.n_shapes} (captions {'+'.join(args.langs)}, spoken)"
+                        + ("" if args.no_fusion else f", digits {args.n_digits}"),
+                "model": f"{args.model} (given with --model: not trained here)", "output": str(Path(args.out).resolve())}
+        return {"title": "polymodal quickstart", "subtitle": "a given model evaluated, indexed and queried on the "
+                "built-in data", "meta": meta,
+                "steps": [{k: s.get(k) for k in ("name", "status", "seconds", "took")} for s in steps.log],
+                "training": None, "retrieval": state["retrieval"], "queries": state["queries"],
+                "robustness": state.get("robustness"), "serve_command": serve,
+                "notes": [] if state.get("robustness") else ["Robustness panel: skipped (--no-fusion)."]}
     train = state["train"]
     summary = {"steps": train.get("step"), "samples seen": train.get("samples_seen"),
                "samples/s": train.get("samples_per_s"), "final loss": train.get("loss"),
@@ -294,16 +318,21 @@ def _pipeline(args: argparse.Namespace, steps: Steps, budgets: dict[str, dict[st
     state: dict[str, Any] = {}
     shapes = _data_step(steps, args, "shapes", args.n_shapes, shapes_dir)
     digits = None if args.no_fusion else _data_step(steps, args, "digits", args.n_digits, digits_dir)
-    trained = _train_step(steps, args, "train", RECIPE, budgets["train"], shapes_dir, shapes["token"], run)
-    state["train"], state["trained"] = trained["result"], {"train": _trained(trained)}
     from ..api import load
     from ..eval.tasks import evaluate_retrieval
 
-    model = load(run)
+    if args.model:
+        model = load(args.model)
+        model_token = f"model:{model.fingerprint}"
+        state["train"], state["trained"] = {}, {}
+    else:
+        trained = _train_step(steps, args, "train", RECIPE, budgets["train"], shapes_dir, shapes["token"], run)
+        state["train"], state["trained"] = trained["result"], {"train": _trained(trained)}
+        model, model_token = load(run), trained["token"]
     tests = _test_samples(shapes_dir)
     state["retrieval"] = steps.run("evaluate", "evaluate retrieval (test split, every direction)",
-                                   {"train": trained["token"]}, lambda: evaluate_retrieval(model, tests))["result"]
-    coll = _collection_step(steps, model, tests, coll_path, trained["token"])
+                                   {"train": model_token}, lambda: evaluate_retrieval(model, tests))["result"]
+    coll = _collection_step(steps, model, tests, coll_path, model_token)
     if digits is not None:
         runs = {f: out / "runs" / f"fusion_{f}" for f in FUSIONS}
         tokens = {}
@@ -312,11 +341,12 @@ def _pipeline(args: argparse.Namespace, steps: Steps, budgets: dict[str, dict[st
                                  digits["token"], runs[f])
             tokens[f], state["trained"][f"fusion_{f}"] = marker["token"], _trained(marker)
         state["robustness"] = _robustness_step(steps, runs, tokens, digits_dir)["result"]
-    state["queries"] = steps.run("queries", f"{len(query_specs(tests, args.langs))} example queries",
+    n_queries = len(query_specs(tests, args.langs, model.modalities))
+    state["queries"] = steps.run("queries", f"{n_queries} example queries",
                                  {"collection": coll["token"]},
                                  lambda: {"queries": run_queries(model, coll_path, tests, args.langs)},
                                  cache=False)["result"]["queries"]
-    state["curve"] = _loss_curve(run)
+    state["curve"] = _loss_curve(run) if not args.model else None
     return state
 
 
@@ -331,20 +361,26 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     budgets = _budgets(args)
+    if args.model:
+        budgets.pop("train")
     default = (args.steps, args.minutes, args.fusion_steps, args.n_shapes, args.n_digits) == (
         None, None, None, DEFAULTS["n_shapes"], DEFAULTS["n_digits"])
-    print(_plan(budgets, default), file=sys.stderr, flush=True)
-    steps = Steps(out, args.fresh, 6 if args.no_fusion else 10)
+    plan = _plan(budgets, default) if not args.model else (
+        f"quickstart plan: the given model {args.model} (no training): evaluate, index, query"
+        + ("" if args.no_fusion else "; fusion " + ", ".join(f"{k} {_budget_text(b)}" for k, b in budgets.items())))
+    print(plan, file=sys.stderr, flush=True)
+    steps = Steps(out, args.fresh, (6 if args.no_fusion else 10) - (1 if args.model else 0))
     run, coll_path = out / "runs" / "audioclip", out / "collection"
     state = _pipeline(args, steps, budgets, out, run, coll_path)
-    serve = shlex.join([*polymodal_command(), "serve", "--model", str(run), "--collection", str(coll_path)])
+    served = args.model or str(run)
+    serve = shlex.join([*polymodal_command(), "serve", "--model", served, "--collection", str(coll_path)])
     from ..report import write_report
 
     report = steps.run("report", "report.html", {}, lambda: {"path": str(write_report(
         _report(args, state, steps, serve), out / "report.html"))}, cache=False)["result"]["path"]
     # written again now that the step table can list the report step too, with the time it took (~0.1 s)
     write_report(_report(args, state, steps, serve), report)
-    summary = {"report": report, "serve_command": serve, "run": str(run), "collection": str(coll_path),
+    summary = {"report": report, "serve_command": serve, "run": served, "collection": str(coll_path),
                "seconds": round(time.perf_counter() - t0, 1), "steps": steps.log,
                "training": state["train"], "trained": state["trained"], "retrieval": state["retrieval"],
                "queries": queries_json(state["queries"]), "robustness": state.get("robustness")}

@@ -9,9 +9,10 @@ from typing import Any
 K = 8  # hits per query
 
 
-def query_specs(tests: list[Any], langs: list[str]) -> list[dict[str, Any]]:
+def query_specs(tests: list[Any], langs: list[str], modalities: tuple[str, ...] = ("audio", "image", "text")
+                ) -> list[dict[str, Any]]:
     """Example queries: test captions, spoken captions, speech + a text hint, hand-written text
-    (one of them a colour+shape pair held out of training)."""
+    (one of them a colour+shape pair held out of training); only those the model's ``modalities`` can embed."""
     plain = [s for s in tests if s.audio is not None and not s.metadata.get("heldout")] or tests
     a = next((s for s in plain if s.metadata.get("lang", "en") == "en"), plain[0])
     rest = [s for s in plain if s is not a] or plain
@@ -33,7 +34,8 @@ def query_specs(tests: list[Any], langs: list[str]) -> list[dict[str, Any]]:
     zh = next((s for s in tests if s.metadata.get("lang") == "zh" and s.text), None)
     if "zh" in langs and zh is not None:
         specs.insert(1, {"title": "Text (中文): a test caption", "kind": "text", "text": zh.text, "target": zh.id})
-    return specs
+    return [q for q in specs if all(m in modalities for m, key in (("text", "text"), ("audio", "audio"))
+                                    if q.get(key) is not None)]
 
 
 def _shows(sample: Any, want: dict[str, str]) -> bool:
@@ -48,7 +50,7 @@ def run_queries(model: Any, coll_path: Path, tests: list[Any], langs: list[str])
     by_id = {s.id: s for s in tests}
     out = []
     with Collection.open(coll_path, readonly=True) as coll:
-        for spec in query_specs(tests, langs):
+        for spec in query_specs(tests, langs, tuple(model.modalities)):
             res = search_with_model(coll, model, text=spec.get("text"), audio=spec.get("audio"), k=K)
             hits = []
             for h in res.hits(0):
