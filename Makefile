@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# CPU build of torch first (lies on this machine's disk); the range in pyproject then installs nothing more.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	# open_clip for the OpenCLIP parity test, without its torchvision requirement: PyPI's torchvision does not
+	# import beside this torch (the test stubs it; users of OpenCLIP have their own torchvision)
+	$(PY) -m pip install -q --no-deps 'open-clip-torch>=3' ftfy wcwidth
 	touch $(STAMP)
 
 demo: $(STAMP)

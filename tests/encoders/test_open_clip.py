@@ -144,3 +144,28 @@ def test_pipeline_matches_open_clip(tiny):
     with torch.no_grad():
         torch.testing.assert_close(text(batch.part("text")), ref.encode_text(ids), atol=ATOL, rtol=0)
         torch.testing.assert_close(image(batch.part("image")), ref.encode_image(px), atol=ATOL, rtol=0)
+
+
+def test_polymodal_load_of_an_open_clip_spec_and_folder(tiny, tmp_path):
+    """`polymodal.load("open_clip:CONFIG_JSON:CHECKPOINT")` and an OpenCLIP hub-style folder (open_clip_config.json +
+    open_clip_model.safetensors) embed like open_clip, normalised, with its temperature for zero-shot."""
+    import shutil
+
+    import polymodal
+
+    cfg_file, ckpt, ref = tiny
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": CFG, "preprocess_cfg": {}}))
+    shutil.copy(ckpt, folder / "open_clip_model.safetensors")
+    px = torch.stack([_pil_reference(im, 32, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+                      for im in _images()])
+    with torch.no_grad():
+        want_t = torch.nn.functional.normalize(ref.encode_text(open_clip.get_tokenizer(NAME)(TEXTS)), dim=-1)
+        want_i = torch.nn.functional.normalize(ref.encode_image(px), dim=-1)
+    for spec in (f"open_clip:{cfg_file}:{ckpt}", str(folder)):
+        model = polymodal.load(spec)
+        assert set(model.modalities) == {"image", "text"} and model.dim == 16
+        np.testing.assert_allclose(model.embed(text=TEXTS), want_t.numpy(), atol=ATOL, rtol=0)
+        np.testing.assert_allclose(model.embed(image=_images()), want_i.numpy(), atol=ATOL, rtol=0)
+        assert float(model.model.logit_scale.detach()) == pytest.approx(math.log(30.0), abs=1e-6)

@@ -98,6 +98,8 @@ def test_fp32_export_dir_loads_like_its_source(torch_model: polymodal.EmbeddingM
     assert {t["precision"] for t in manifest["towers"].values()} == {"fp32"}
     loaded = polymodal.load(out, runtime="onnx")
     assert loaded.model is None and loaded.fingerprint == torch_model.fingerprint
+    # the source's temperature travels in the manifest (zero-shot probabilities use it)
+    assert torch_model.temperature is not None and loaded.temperature == pytest.approx(torch_model.temperature)
     assert loaded.modalities == torch_model.modalities and loaded.dim == torch_model.dim
     items = media(5, seed=4)
     for m in MODALITIES:

@@ -43,7 +43,7 @@ def _unit(x: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(x.float(), dim=-1).detach().numpy()
 
 
-@pytest.mark.parametrize("family", ["clip", "siglip"])
+@pytest.mark.parametrize("family", ["clip", "siglip", "chinese_clip", "align"])
 def test_embeddings_equal_transformers_on_raw_inputs(ckpts, family):
     d = ckpts.dir(family)
     ref = ckpts.reference(family)
@@ -61,10 +61,11 @@ def test_embeddings_equal_transformers_on_raw_inputs(ckpts, family):
     np.testing.assert_allclose(model.embed(text=TEXTS), want_t, atol=ATOL, rtol=0)
     np.testing.assert_allclose(model.embed(image=_images(4)), want_i, atol=ATOL, rtol=0)
     # the checkpoint's own temperature (and SigLIP's bias) is the model's
-    assert float(model.model.logit_scale) == pytest.approx(float(ref.logit_scale), abs=1e-6)
+    want_scale = -float(torch.log(ref.temperature)) if family == "align" else float(ref.logit_scale)
+    assert float(model.model.logit_scale.detach()) == pytest.approx(want_scale, abs=1e-6)
     if family == "siglip":
         assert model.model.logit_bias is not None
-        assert float(model.model.logit_bias) == pytest.approx(float(ref.logit_bias), abs=1e-6)
+        assert float(model.model.logit_bias.detach()) == pytest.approx(float(ref.logit_bias), abs=1e-6)
     else:
         assert model.model.logit_bias is None
 

@@ -143,9 +143,12 @@ def label_value(meta: dict[str, Any], field: str) -> Any:
 
 
 def temperature(model: Any) -> tuple[float, float | None]:
-    """(logit multiplier, bias or None) of an embedding model: its alignment model's learned ``logit_scale``
-    (log-parameterised, like a checkpoint's) and SigLIP's ``logit_bias``; CLIP_benchmark's 100 for a model
-    without one (e.g. a sentence-transformers tower)."""
+    """(logit multiplier, bias or None) of an embedding model (`EmbeddingModel.temperature`: its alignment
+    model's learned ``logit_scale``, a checkpoint's own, and SigLIP's ``logit_bias``); CLIP_benchmark's 100 for a
+    model without one."""
+    own = getattr(model, "temperature", None)
+    if isinstance(own, tuple):
+        return own
     inner = getattr(model, "model", None)
     log_scale = getattr(inner, "logit_scale", None)
     if log_scale is None:

@@ -63,6 +63,26 @@ class EmbeddingModel:
         return self._fingerprint
 
     @property
+    def temperature(self) -> tuple[float, float | None] | None:
+        """(logit multiplier, bias or None) the model scores pairs with: exp of the alignment model's learned
+        ``logit_scale`` (a pretrained checkpoint's own) and SigLIP's ``logit_bias``; an ONNX export carries its
+        source's in the manifest. Zero-shot probabilities use it. None when unknown (an older export)."""
+        if self.model is not None:
+            bias = self.model.logit_bias
+            return (float(torch.exp(self.model.logit_scale.detach())),
+                    None if bias is None else float(bias.detach()))
+        t = self.config.get("temperature")
+        if isinstance(t, dict) and isinstance(t.get("logit_scale"), int | float):
+            b = t.get("logit_bias")
+            return float(np.exp(t["logit_scale"])), (float(b) if isinstance(b, int | float) else None)
+        return None
+
+    def temperature_config(self) -> dict[str, float | None] | None:
+        """`temperature` as the log-parameterised JSON an export's manifest keeps."""
+        t = self.temperature
+        return None if t is None else {"logit_scale": float(np.log(t[0])), "logit_bias": t[1]}
+
+    @property
     def runtime(self) -> str:
         """Where the towers run: "torch", or the runner's runtime (e.g. "onnx")."""
         return self.runner.runtime if self.runner is not None else "torch"

@@ -89,7 +89,7 @@ def load_export(path: Path, threads: int | None = None, precision: str | None = 
     runner = OrtTowers(sessions, int(manifest["dim"]), str(fp), kinds, threads)
     transform_cfg = _local_transform(manifest["transform"], path)
     transform = SampleTransform.from_dict(transform_cfg)
-    config = {**manifest["config"], "transform": transform_cfg}
+    config = {**manifest["config"], "transform": transform_cfg, "temperature": manifest.get("temperature")}
     return EmbeddingModel(None, transform, config, name=str(path), runner=runner)
 
 
@@ -212,6 +212,7 @@ def export_model(model: EmbeddingModel, out: str | os.PathLike[str], int8: str |
         "source": {"name": model.name, "fingerprint": source_fp},
         "fingerprint": int8_fingerprint(source_fp, towers) if quantized else source_fp,
         "transform": transform_cfg,
+        "temperature": model.temperature_config(),
         "config": {k: model.config[k] for k in FINGERPRINT_KEYS if k in model.config and k != "transform"},
         "towers": towers,
     }
