@@ -117,7 +117,8 @@ def _search_parser() -> argparse.ArgumentParser:
         "Query a collection with text, image, audio, video or a vector; several inputs are fused into one "
         "query (weighted sum of normalized embeddings, renormalized)."))
     p.add_argument("--collection", required=True, metavar="DIR", help="collection folder to search (read-only)")
-    p.add_argument("--model", metavar="RUN", help="run to embed text/image/audio/video queries with")
+    p.add_argument("--model", metavar="MODEL", help="model to embed text/image/audio/video queries with: a run, a "
+                   "pretrained checkpoint or an ONNX export (anything polymodal.load accepts)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="run the model's towers with torch or onnxruntime (extra [onnx]; an export dir of "
                         "`polymodal export` needs onnx) (default torch)")

@@ -64,7 +64,9 @@ def _number(lo: float, strict: bool) -> Callable[[str], float]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polymodal serve", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a trained alignment run directory")
+    p.add_argument("--model", required=True, metavar="MODEL", help="a trained alignment run, a pretrained checkpoint (Hugging Face "
+                   "CLIP/SigLIP/CLAP/Chinese-CLIP/ALIGN folder, open_clip:ARCH:CHECKPOINT, sentence-transformers folder) "
+                   "or an ONNX export (with --runtime onnx); see docs/pretrained.md")
     p.add_argument("--collection", required=True, help="a collection, a new folder, or a folder of collections")
     p.add_argument("--root", help="folder where POST /v1/collections/NAME creates collections "
                                   "(default: beside --collection)")
