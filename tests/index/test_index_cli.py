@@ -61,8 +61,8 @@ def make_samples(n: int = 12) -> list[Sample]:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeModel:
     model = FakeModel()
-    monkeypatch.setattr(cli, "load", lambda run: model)
-    monkeypatch.setattr(search_cli, "load", lambda run: model)
+    monkeypatch.setattr(cli, "load", lambda run, **_: model)
+    monkeypatch.setattr(search_cli, "load", lambda run, **_: model)
     return model
 
 
@@ -276,7 +276,7 @@ def test_build_records_the_model_and_search_checks_it(tmp_path: Path, fake: Fake
     assert out["hits"][0]["id"] == 3
     other = FakeModel()
     other.fingerprint = "b" * 64  # type: ignore[attr-defined]
-    monkeypatch.setattr(search_cli, "load", lambda run: other)
+    monkeypatch.setattr(search_cli, "load", lambda run, **_: other)
     base = ["search", "--collection", str(coll), "--model", "runs/B", "--text", "item 3", "-k", "1"]
     assert polymodal_main(base) == 1
     err = capsys.readouterr().err
@@ -285,7 +285,7 @@ def test_build_records_the_model_and_search_checks_it(tmp_path: Path, fake: Fake
     captured = capsys.readouterr()
     assert json.loads(captured.out)["hits"][0]["id"] == 3 and "runs/A" in captured.err
     # --append with another model would mix two embedding spaces: refused, nothing written
-    monkeypatch.setattr(cli, "load", lambda run: other)
+    monkeypatch.setattr(cli, "load", lambda run, **_: other)
     assert polymodal_main(["index", "build", "--model", "runs/B", "--data", "D", "--collection", str(coll),
                            "--append"]) == 1
     assert "runs/A" in capsys.readouterr().err
@@ -298,3 +298,14 @@ def test_filter_beyond_int64_is_one_line_not_a_traceback(built: Path, capsys: py
                            "--filter", "label=99999999999999999999"]) == 1
     err = capsys.readouterr().err
     assert "filter.label" in err and "int64" in err and "Traceback" not in err
+
+
+def test_build_passes_the_runtime_to_the_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[dict[str, Any]] = []
+    model = FakeModel()
+    monkeypatch.setattr(cli, "load", lambda run, **kw: seen.append({"run": run, **kw}) or model)
+    monkeypatch.setattr(cli, "_open_dataset", lambda path, split: make_samples(3))
+    assert cli.main(["build", "--model", "EXPORT", "--runtime", "onnx", "--data", "D", "--collection",
+                     str(tmp_path / "c"), "--index", "flat", "--json"]) == 0
+    assert seen == [{"run": "EXPORT", "runtime": "onnx"}]

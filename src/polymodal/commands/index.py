@@ -1,11 +1,14 @@
 """`polymodal index build|info|tune`: embed a data set into a collection, print its info, tune its search.
 
     polymodal index build --model RUN --data DIR [--split S] [--modality image] --collection DIR [--index auto]
+    polymodal index build --from-embeddings EMB --collection DIR [--index auto|IVF1024,PQ32] [--train-sample N]
     polymodal index info DIR
     polymodal index tune DIR [--target-recall 0.95]
 
 A build records the model (its fingerprint, the run, the modalities embedded) in the collection; `polymodal
-search` then refuses another model. Thumbnails and audio are written with the collection's save, so a build
+search` then refuses another model. ``--from-embeddings`` builds from the shards of ``polymodal embed`` instead
+(no model loaded: the fingerprint comes from their manifest), training the index once on a sample and then
+adding the shards (`polymodal.index.bulk`). Thumbnails and audio are written with the collection's save, so a build
 that fails or is killed leaves none behind."""
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def _build(args: argparse.Namespace) -> int:
     if not args.append and Path(args.collection).exists() and any(Path(args.collection).iterdir()):
         raise InvalidInput("exists; pass --append to add to it, or choose a new folder", field="--collection",
                            source=args.collection)
-    model = load(args.model)
+    model = load(args.model, runtime=args.runtime)
     supported = tuple(model.modalities)
     if args.modality is not None and args.modality not in supported:
         raise InvalidInput(f"the model embeds {', '.join(supported)}, not {args.modality}", field="--modality")
@@ -158,6 +161,34 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_from_embeddings(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..index.bulk import build_from_vectors
+    from ..jobs import EmbeddingShards
+
+    t0 = time.perf_counter()
+    shards = EmbeddingShards(args.from_embeddings)
+    with tqdm(total=len(shards), desc="adding", unit="vec", file=sys.stderr, disable=None) as bar:
+        coll, report = build_from_vectors(
+            args.collection, shards, metric=args.metric, index=args.index, memory_budget=args.memory_budget,
+            train_sample=args.train_sample, model=shards.model, modalities=shards.modalities, progress=bar.update)
+    try:
+        if args.tune:
+            coll.tune(target_recall=args.tune)
+            coll.save()
+        info = coll.info()
+    finally:
+        coll.close()
+    summary = {"collection": args.collection, "added": report["added"], "skipped": 0, "count": info["count"],
+               "kind": info["kind"], "faiss": info["faiss"], "trained_on": report["trained_on"],
+               "train_s": report["train_s"], "add_s": report["add_s"], "seconds": round(time.perf_counter() - t0, 2)}
+    print(json.dumps(summary) if args.json else
+          f"added {summary['added']} vectors from {args.from_embeddings} to {args.collection}: {info['count']} items, "
+          f"index {info['faiss'] or info['kind']}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- index main
 
 def _index_parser() -> argparse.ArgumentParser:
@@ -168,8 +199,15 @@ def _index_parser() -> argparse.ArgumentParser:
         "Embed every sample of a data set with a trained model (in batches, with a progress bar) and store "
         "the vectors, their metadata and thumbnails/audio in a collection. The collection records the model "
         "(fingerprint, run, modalities), so that searches with another model are refused."))
-    b.add_argument("--model", required=True, metavar="RUN", help="trained run folder (anything polymodal.load accepts)")
-    b.add_argument("--data", required=True, metavar="DIR", help="data set folder / .jsonl / shards")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="MODEL", help="a trained run, a pretrained checkpoint or an ONNX export "
+                     "(anything polymodal.load accepts, see docs/pretrained.md); needs --data")
+    b.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="run the model's towers with torch or onnxruntime (extra [onnx]; an export dir needs onnx)")
+    src.add_argument("--from-embeddings", metavar="EMB",
+                     help="build from the shards `polymodal embed` wrote (no model needed: the manifest gives the "
+                          "fingerprint); the index is trained once on a sample, then the shards are added")
+    b.add_argument("--data", metavar="DIR", help="data set folder / .jsonl / shards (with --model)")
     b.add_argument("--split", help="one split of a generated data set (default: all, one after another)")
     b.add_argument("--modality", choices=EMBED_PREFERENCE,
                    help="embed this modality (samples without it are skipped); default: per sample the first "
@@ -183,6 +221,8 @@ def _index_parser() -> argparse.ArgumentParser:
     b.add_argument("--memory-budget", default="4GiB", metavar="SIZE",
                    help="memory the index may use, e.g. 4GiB (default) or 512MB; guides --index auto")
     b.add_argument("--batch-size", type=int, default=64, metavar="N", help="samples per model.embed call (default 64)")
+    b.add_argument("--train-sample", type=int, metavar="N",
+                   help="with --from-embeddings: vectors to train an IVF/PQ index on (default max(64 nlist, 9984))")
     b.add_argument("--append", action="store_true",
                    help="add to an existing collection (ids continue after the largest; same model only)")
     b.add_argument("--tune", type=float, metavar="RECALL",
@@ -212,6 +252,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "build":
         if args.batch_size < 1:
             raise InvalidInput("must be >= 1", field="--batch-size")
+        if args.from_embeddings is not None:
+            for flag, given in (("--data", args.data), ("--split", args.split), ("--modality", args.modality),
+                                ("--append", args.append or None)):
+                if given is not None:
+                    raise InvalidInput("not with --from-embeddings (the shards were embedded already)", field=flag)
+            if args.train_sample is not None and args.train_sample < 1:
+                raise InvalidInput("must be >= 1", field="--train-sample")
+            if Path(args.collection).exists() and any(Path(args.collection).iterdir()):
+                raise InvalidInput("exists; choose a new folder", field="--collection", source=args.collection)
+            return _build_from_embeddings(args)
+        if args.data is None:
+            raise InvalidInput("--model needs --data", field="--data")
+        if args.train_sample is not None:
+            raise InvalidInput("only with --from-embeddings", field="--train-sample")
         return _build(args)
     if args.cmd == "info":
         coll = Collection.open(args.collection, readonly=True)

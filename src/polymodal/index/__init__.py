@@ -5,6 +5,7 @@ from ..errors import require
 
 require("faiss", "index")
 
+from .bulk import VectorSource, build_from_vectors  # noqa: E402
 from .collection import Collection, Items  # noqa: E402
 from .media import MediaStore  # noqa: E402
 from .persist import is_collection  # noqa: E402
@@ -12,4 +13,4 @@ from .query import Embedder, embed_query, fuse, search_query, search_with_model 
 from .searching import SearchResult  # noqa: E402
 
 __all__ = ["Collection", "Embedder", "Items", "MediaStore", "SearchResult", "embed_query", "fuse", "is_collection",
-           "search_query", "search_with_model"]
+           "search_query", "search_with_model", "VectorSource", "build_from_vectors"]

@@ -1,0 +1,185 @@
+"""`polymodal embed` with the local engine: shards + ids + metadata + manifest, equal to embedding the samples
+directly; resuming after a crash (finished shards verified and skipped, damaged ones redone); refusing to
+resume with another model or other options; parquet == npy; range reads of every data format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from jobkit import make_samples
+
+from polymodal import load
+from polymodal.commands import embed as embed_cli
+from polymodal.commands import main as polymodal_main
+from polymodal.data.formats import open_dataset, write_folder, write_jsonl
+from polymodal.errors import InvalidInput, ModelMismatch, NotFound
+from polymodal.jobs import DataSource, EmbeddingShards, EmbedOptions, embed_dataset, plan_shards
+
+OPTS = EmbedOptions(shard_size=16, batch_size=8, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model(job_run: Path) -> Any:
+    return load(job_run)
+
+
+def _read_all(out: Path) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    shards = EmbeddingShards(out)
+    ids = np.concatenate([np.load(out / f"{e['name']}.ids.npy") for e in shards.entries])
+    vecs, metas = [], []
+    for v, m in shards.chunks():
+        vecs.append(v)
+        metas += m
+    return ids, np.concatenate(vecs), metas
+
+
+def test_shards_hold_every_item_in_data_order_with_ids_vectors_and_metadata(job_data: Path, job_run: Path,
+                                                                             model: Any, tmp_path: Path) -> None:
+    summary = embed_dataset(str(job_run), job_data, tmp_path / "emb", OPTS, model=model)
+    assert summary["complete"] and summary["items"] == 50 and summary["count"] == 50 and summary["skipped"] == 0
+    assert summary["shards"] == 4 and summary["written_shards"] == 4 and summary["resumed_shards"] == 0
+    man = json.loads((tmp_path / "emb" / "manifest.json").read_text())
+    assert man["model"] == {"fingerprint": model.fingerprint, "name": str(job_run)}
+    assert man["dim"] == 16 and man["modalities"] == ["image", "text"] and man["planned"] == 4
+    assert [(e["start"], e["stop"], e["count"]) for e in man["shards"]] == [(0, 16, 16), (16, 32, 16), (32, 48, 16),
+                                                                             (48, 50, 2)]
+    samples = [(s, split) for split in ("train", "val") for s in open_dataset(job_data, split)]
+    ids, vecs, metas = _read_all(tmp_path / "emb")
+    assert ids.tolist() == [s.id for s, _ in samples]
+    # the same vectors as embedding the samples directly (images, and the text of the text-only ones)
+    expected = np.stack([model.embed(image=[s.image])[0] if s.image is not None else model.embed(text=[s.text])[0]
+                         for s, _ in samples])
+    np.testing.assert_allclose(vecs, expected, atol=1e-5)
+    assert vecs.dtype == np.float32 and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    assert [m["split"] for m in metas] == [split for _, split in samples]
+    assert metas[40]["modality"] == "text" and metas[41]["modality"] == "image"
+    assert metas[3]["label"] == 0 and metas[3]["nested.k"] == 3 and metas[3]["sample_id"] == "s0003"
+
+
+def test_one_modality_skips_samples_without_it(job_data: Path, job_run: Path, model: Any, tmp_path: Path) -> None:
+    opts = EmbedOptions(modality="image", split="val", shard_size=4, batch_size=3, progress=False)
+    summary = embed_dataset(str(job_run), job_data, tmp_path / "emb", opts, model=model)
+    assert summary["items"] == 10 and summary["count"] == 7 and summary["skipped"] == 3   # v0000, v0004, v0008
+    ids, vecs, metas = _read_all(tmp_path / "emb")
+    assert "v0004" not in ids.tolist() and len(ids) == 7 and {m["modality"] for m in metas} == {"image"}
+    assert EmbeddingShards(tmp_path / "emb").modalities == ["image"]
+
+
+class Crashing:
+    """The real model, but its embed raises after ``calls`` calls (a job killed mid-way)."""
+
+    def __init__(self, model: Any, calls: int):
+        self.model, self.calls = model, calls
+        self.fingerprint, self.name, self.dim, self.modalities = model.fingerprint, model.name, model.dim, model.modalities
+        self.seen = 0
+
+    def embed(self, **kw: Any) -> np.ndarray:
+        if self.seen >= self.calls:
+            raise KeyboardInterrupt
+        self.seen += 1
+        out: np.ndarray = self.model.embed(**kw)
+        return out
+
+
+def test_a_killed_job_resumes_from_its_finished_shards(job_data: Path, job_run: Path, model: Any,
+                                                        tmp_path: Path) -> None:
+    embed_dataset(str(job_run), job_data, tmp_path / "ref", OPTS, model=model)
+    out = tmp_path / "emb"
+    with pytest.raises(KeyboardInterrupt):   # 2 embed calls per full shard (16 items, batches of 8)
+        embed_dataset(str(job_run), job_data, out, OPTS, model=Crashing(model, calls=5))
+    man = json.loads((out / "manifest.json").read_text())
+    assert [e["index"] for e in man["shards"]] == [0, 1] and not man["complete"]
+    with pytest.raises(InvalidInput, match="not finished"):
+        EmbeddingShards(out)
+    # shard 1 is damaged after it was recorded (e.g. a copy cut short): verified, found bad, redone
+    (out / "shard-00001.npy").write_bytes((out / "shard-00001.npy").read_bytes()[:-8])
+    (out / ".shard-00002.npy.x1y2.tmp").write_bytes(b"half a shard")   # a write the crash cut short
+    counting = Crashing(model, calls=10**6)
+    summary = embed_dataset(str(job_run), job_data, out, OPTS, model=counting)
+    assert summary["resumed_shards"] == 1 and summary["written_shards"] == 3 and summary["complete"]
+    # embed calls: shard 1: 2 (16 images); shard 2: 3 (8 images, then 6 images + 2 texts); shard 3: 2 (1 + 1)
+    assert counting.seen == 2 + 3 + 2
+    assert not list(out.glob(".*.tmp"))
+    ref, got = _read_all(tmp_path / "ref"), _read_all(out)
+    assert ref[0].tolist() == got[0].tolist() and ref[2] == got[2]
+    np.testing.assert_array_equal(ref[1], got[1])
+    again = embed_dataset(str(job_run), job_data, out, OPTS, model=Crashing(model, calls=0))   # nothing left to do
+    assert again["written_shards"] == 0 and again["resumed_shards"] == 4
+
+
+def test_resuming_with_another_model_or_other_options_is_refused(job_data: Path, job_run: Path, model: Any,
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    with pytest.raises(KeyboardInterrupt):
+        embed_dataset(str(job_run), job_data, out, OPTS, model=Crashing(model, calls=1))
+    other = Crashing(model, 10**6)
+    other.fingerprint = "f" * 64
+    with pytest.raises(ModelMismatch, match="fingerprint"):
+        embed_dataset(str(job_run), job_data, out, OPTS, model=other)
+    for change in ({"shard_size": 8}, {"modality": "image"}, {"split": "train"}, {"format": "parquet"}):
+        opts = EmbedOptions(**{**OPTS.__dict__, **change})
+        with pytest.raises(InvalidInput, match=next(iter(change))):
+            embed_dataset(str(job_run), job_data, out, opts, model=model)
+    # batch size and engine settings do not change what the shards hold: resuming with them is fine
+    done = embed_dataset(str(job_run), job_data, out, EmbedOptions(shard_size=16, batch_size=5, progress=False),
+                         model=model)
+    assert done["complete"] and done["count"] == 50
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x.txt").write_text("mine")
+    with pytest.raises(InvalidInput, match="manifest.json"):
+        embed_dataset(str(job_run), job_data, tmp_path / "busy", OPTS, model=model)
+
+
+def test_parquet_shards_hold_the_same_rows_as_npy(job_data: Path, job_run: Path, model: Any, tmp_path: Path) -> None:
+    embed_dataset(str(job_run), job_data, tmp_path / "npy", OPTS, model=model)
+    embed_dataset(str(job_run), job_data, tmp_path / "pq", EmbedOptions(**{**OPTS.__dict__, "format": "parquet"}),
+                  model=model)
+    assert sorted(p.name for p in (tmp_path / "pq").iterdir()) == ["manifest.json"] + [
+        f"shard-0000{i}.parquet" for i in range(4)]
+    a, b = EmbeddingShards(tmp_path / "npy"), EmbeddingShards(tmp_path / "pq")
+    for (va, ma), (vb, mb) in zip(a.chunks(), b.chunks(), strict=True):
+        np.testing.assert_array_equal(va, vb)
+        assert ma == mb
+    np.testing.assert_array_equal(a.sample(20, seed=3), b.sample(20, seed=3))
+
+
+def test_cli_prints_a_summary_and_checks_its_flags(job_data: Path, job_run: Path, model: Any, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(embed_cli, "load", lambda spec, device: model)
+    rc = polymodal_main(["embed", str(job_run), "--data", str(job_data), "--out", str(tmp_path / "emb"),
+                         "--shard-size", "20", "--split", "train", "--json", "--no-progress"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["count"] == 40 and summary["shards"] == 2 and summary["engine"] == "local"
+    assert polymodal_main(["embed", "RUN", "--data", str(job_data), "--out", str(tmp_path / "x"),
+                           "--ray-address", "auto"]) == 1
+    assert "--engine ray" in capsys.readouterr().err
+    assert polymodal_main(["embed", "RUN", "--data", str(job_data), "--out", str(tmp_path / "x"),
+                           "--shard-size", "0"]) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_range_reads_cover_every_format_exactly(tmp_path: Path) -> None:
+    samples = make_samples(11, 2)
+    write_jsonl(samples, tmp_path / "j" / "data.jsonl")
+    write_folder(samples, tmp_path / "f")
+    from polymodal.data.formats import ShardWriter
+
+    with ShardWriter(tmp_path / "w", shard_size=4) as w:
+        for s in samples:
+            w.write(s)
+    (tmp_path / "nosizes").mkdir()
+    for tar in (tmp_path / "w").glob("*.tar"):
+        (tmp_path / "nosizes" / tar.name).write_bytes(tar.read_bytes())
+    for path in (tmp_path / "j" / "data.jsonl", tmp_path / "f", tmp_path / "w", tmp_path / "nosizes"):
+        src = DataSource.open(path)
+        assert len(src) == 11
+        got = [s.id for k, a, b in plan_shards(len(src), 3) for s, _ in src.read(a, b)]
+        assert got == [s.id for s in open_dataset(path)], path
+    with pytest.raises(NotFound):
+        DataSource.open(tmp_path / "missing")
