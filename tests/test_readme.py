@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from polymodal.commands import data, index, search, serve, train
+from polymodal.commands import data, embed, export, index, quickstart, search, serve, train
 from polymodal.commands import eval as eval_cmd
 from polymodal.config import Recipe
 from polymodal.data.synth import make_dataset
@@ -82,6 +82,27 @@ def test_the_python_block_saves_and_runs_again(workdir: Path) -> None:
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "data": data.build_parser, "train": train._parser, "eval": eval_cmd.build_parser,
     "index": index._index_parser, "search": search._search_parser, "serve": serve._parser}
+
+
+EVERY_PARSER: dict[str, Callable[[], argparse.ArgumentParser]] = {
+    **PARSERS, "export": export._parser, "embed": embed._parser, "quickstart": quickstart._parser}
+
+
+def test_every_polymodal_line_outside_the_tour_parses() -> None:
+    """The other sections' examples (`polymodal CMD ...` lines: bring your own model, export, batch embedding) use
+    flags their commands have."""
+    seen = set()
+    for block in blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] != ["polymodal"] or len(words) < 2 or words[1].startswith("-"):
+                continue
+            seen.add(words[1])
+            try:
+                EVERY_PARSER[words[1]]().parse_args(words[2:])
+            except SystemExit as exc:
+                raise AssertionError(f"README: `{line.strip()}` does not parse") from exc
+    assert {"export", "embed", "index", "search", "eval", "quickstart", "serve"} <= seen
 
 
 def tour() -> list[tuple[str, argparse.Namespace]]:
