@@ -14,12 +14,16 @@ import hashlib
 import io
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 from PIL import Image
 
+SAFETY = 20.0  # seconds; only reached when the behaviour under test is broken
 DIM = 16
 KEY = "s3cret"  # the API key of the `client` fixture (conftest.py)
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -111,3 +115,26 @@ def err(resp: Any, status: int, field: str | None = "-", kind: str | None = None
     if kind:
         assert body["type"] == kind, body
     return dict(body)
+
+
+@contextmanager
+def running(tmp_path: Path, model: Any = None, **settings: Any) -> Iterator[str]:
+    """A server on 127.0.0.1 (any free port) in a thread, as `polymodal serve` runs it; yields its base URL once it
+    listens."""
+    from polymodal.serve import ServeSettings, create_app
+    from polymodal.serve.server import bind, make_server, url_of
+
+    cfg = ServeSettings(**settings)
+    app = create_app(model or FakeModel(), root=tmp_path / "root", collection=tmp_path / "root" / "main", settings=cfg)
+    sock = bind("127.0.0.1", 0)
+    listening = threading.Event()
+    server = make_server(app, cfg, log_level="warning", on_listening=listening.set)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        assert listening.wait(SAFETY), "the server did not start"
+        yield url_of(sock, "127.0.0.1").rstrip("/")
+    finally:
+        server.should_exit = True
+        thread.join(SAFETY)
+        sock.close()

@@ -394,9 +394,11 @@ def test_cli_help_and_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         main(["--help"])
     assert exc.value.code == 0 and "--max-wait-ms" in capsys.readouterr().out
     args = _parser().parse_args(["--model", "m", "--collection", "c", "--api-key", "k", "--max-batch", "8",
-                                 "--queue-size", "4", "--max-body-mb", "1", "--cors-origin", "http://a"])
+                                 "--queue-size", "4", "--max-body-mb", "1", "--cors-origin", "http://a",
+                                 "--model-name", "clip-b32"])
     s = settings_from_args(args)
     assert (s.api_key, s.max_batch, s.queue_size, s.max_body_bytes, s.cors_origins) == ("k", 8, 4, 2**20, ("http://a",))
+    assert s.model_name == "clip-b32"
     new = tmp_path / "new"
     assert layout(str(new), None) == (tmp_path, new)
     Collection.create(tmp_path / "coll", dim=4).close()
@@ -422,7 +424,7 @@ def test_cli_main_wires_model_collection_and_settings(tmp_path: Path, monkeypatc
             assert "http://" not in capsys.readouterr().err  # the URL is printed once listening, not before
             self.on_listening()
 
-    monkeypatch.setattr(polymodal.api, "load", lambda run, device="cpu": FakeModel())
+    monkeypatch.setattr(polymodal.api, "load", lambda run, device="cpu", runtime="torch": FakeModel())
     monkeypatch.setattr(polymodal.serve.server, "make_server", lambda app, settings, *, log_level, on_listening:
                         FakeServer(app, settings, log_level, on_listening))
     monkeypatch.setenv("POLYMODAL_API_KEY", "from-env")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -249,3 +250,26 @@ def test_metrics_record_batch_sizes():
     assert 'polymodal_embed_batch_size_sum{modality="text"} 9' in text
     assert 'polymodal_embed_batch_requests_sum{modality="text"} 9' in text
     assert "polymodal_embed_queue_depth 0" in text
+
+
+def test_metrics_count_the_model_cpu_of_the_worker_thread_not_its_waiting():
+    """The model's CPU time (what the bench sets against the HTTP overhead): a model that burns CPU is counted,
+    one that sleeps (waiting for an accelerator) is not."""
+    def burn(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    class Busy(FakeModel):
+        def embed(self, **kw):
+            burn(0.05)
+            return super().embed(**kw)
+
+    for model, low, high in ((Busy(), 0.05, 5.0), (FakeModel(delay=0.2), 0.0, 0.1)):
+        metrics = ServiceMetrics()
+        b = MicroBatcher(model_embed_fn(model), max_batch=8, max_wait_ms=0, metrics=metrics)
+        b.embed("text", ["x"])
+        b.close()
+        cpu = metrics.model_cpu.value(modality="text")
+        assert low <= cpu < high, (type(model).__name__, cpu)
+    assert "polymodal_model_call_cpu_seconds_total{modality=\"text\"}" in metrics.render()

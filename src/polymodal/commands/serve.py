@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from ..serve.service import ServeSettings
 
 DESCRIPTION = """Serve a model and its collections over HTTP: a JSON API (/v1/embed, /v1/search,
-/v1/collections/..., OpenAPI docs at /docs), Prometheus metrics (/metrics) and a search page (/).
+/v1/collections/..., OpenAPI docs at /docs), the OpenAI-compatible /v1/embeddings and /v1/models, Prometheus
+metrics (/metrics) and a search page (/).
 
 --collection DIR is one of:
   a collection (e.g. built by `polymodal index build`)  served as the default collection; new collections
@@ -112,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable); CORS is off by default")
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    p.add_argument("--model-name", metavar="ID", default=None,
+                   help="the model id of the OpenAI-compatible endpoints (/v1/embeddings, /v1/models): what a client "
+                        "sends as \"model\" (default: the name of the model's folder, e.g. runs/clip -> clip)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="run the model's towers with torch or onnxruntime (extra [onnx]; an export dir of "
                         "`polymodal export` needs onnx) (default torch)")
@@ -131,7 +135,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:  # fastapi (a
                          max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_body_bytes=body,
                          limits=limits, cors_origins=tuple(args.cors_origin), max_connections=args.max_connections,
                          keep_alive_s=args.keep_alive_s, header_timeout_s=args.header_timeout_s,
-                         body_timeout_s=args.body_timeout_s, max_header_bytes=args.max_header_kb * 1024)
+                         body_timeout_s=args.body_timeout_s, max_header_bytes=args.max_header_kb * 1024,
+                         model_name=args.model_name)
 
 
 def layout(collection: str, root: str | None) -> tuple[Path | None, Path | None]:

@@ -27,6 +27,8 @@ from ..errors import ApiError, BatcherClosed, Conflict, InvalidInput, NotFound, 
 from ..index import is_collection
 from .docs import router as docs_router
 from .metrics import ServiceMetrics
+from .openai_api import is_openai_path, openai_error
+from .openai_api import router as openai_router
 from .routes import router
 from .schemas import INT64_MAX, INT64_MIN
 from .service import ServeSettings, Service
@@ -67,6 +69,7 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     app.state.service = service
     _install_errors(app)
     app.include_router(router)
+    app.include_router(openai_router)
     app.include_router(docs_router)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     if settings.cors_origins:
@@ -92,6 +95,10 @@ def _openapi(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
             models[model]["properties"][prop][key] = value
         for prop in ("text", "image", "audio", "video"):
             _nullable_list(models["EmbedRequest"]["properties"][prop])["maxItems"] = settings.max_items
+        openai = models["EmbeddingsRequest"]["properties"]
+        _nullable_list(openai["input"])["maxItems"] = settings.max_items
+        next(p for p in openai["dimensions"]["anyOf"] if p.get("type") == "integer")["maximum"] = \
+            app.state.service.dim
         _exact_int_bounds(schema)
         app.openapi_schema = schema
     return app.openapi_schema
@@ -125,10 +132,17 @@ def _printable(text: str) -> str:
 
 
 def error_response(status: int, kind: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": _printable(message),
-                                   "field": _printable(field) if field is not None else None}},
-                        status_code=status, headers=headers)
+                   headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
+    """The error body of the service, ``{"error": {"type", "message", "field"}}``, or OpenAI's envelope on the
+    OpenAI-compatible routes (``path``; see `openai_api.openai_error`)."""
+    message, field = _printable(message), _printable(field) if field is not None else None
+    if is_openai_path(path):
+        status, body = openai_error(status, kind, message, field)
+        if status == 401:
+            headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+        return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse({"error": {"type": kind, "message": message, "field": field}}, status_code=status,
+                        headers=headers)
 
 
 _STATUS_KIND = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
@@ -137,37 +151,39 @@ _STATUS_KIND = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "
 
 
 def _install_errors(app: FastAPI) -> None:
-    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return error_response(exc.status, exc.kind, exc.message, exc.field, exc.headers)
+        return error_response(exc.status, exc.kind, exc.message, exc.field, exc.headers, request.url.path)
 
-    async def polymodal_error(_: Request, exc: Exception) -> JSONResponse:
+    async def polymodal_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, PolymodalError)
         status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else \
             422 if isinstance(exc, InvalidInput) else 500
-        return error_response(status, type(exc).__name__, exc.message, exc.field)
+        return error_response(status, type(exc).__name__, exc.message, exc.field, path=request.url.path)
 
-    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = list(first.get("loc", ()))
         where = loc[0] if loc[:1] in (["body"], ["query"], ["path"]) else None
         field = field_path(loc[1:] if where else loc) or ("body" if where == "body" else None)
-        return error_response(422, "InvalidInput", str(first.get("msg", "invalid request")), field)
+        return error_response(422, "InvalidInput", str(first.get("msg", "invalid request")), field,
+                              path=request.url.path)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         kind = getattr(exc, "kind", None) or _STATUS_KIND.get(exc.status_code, "HTTPError")
         return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "field", None),
-                              headers=dict(exc.headers or {}))
+                              headers=dict(exc.headers or {}), path=request.url.path)
 
-    async def queue_full(_: Request, exc: Exception) -> JSONResponse:
+    async def queue_full(request: Request, exc: Exception) -> JSONResponse:
         retry = math.ceil(exc.retry_after_s) if isinstance(exc, QueueFull) else 5
-        return error_response(503, "Overloaded", str(exc), headers={"Retry-After": str(retry)})
+        return error_response(503, "Overloaded", str(exc), headers={"Retry-After": str(retry)},
+                              path=request.url.path)
 
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return error_response(500, "InternalError", "internal server error")
+        return error_response(500, "InternalError", "internal server error", path=request.url.path)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(PolymodalError, polymodal_error)
@@ -188,8 +204,8 @@ def field_path(loc: list[Any]) -> str | None:
 
 # ------------------------------------------------------------------------------------------- middleware
 
-async def _send_error(send: Send, status: int, kind: str, message: str) -> None:
-    response = error_response(status, kind, message)
+async def _send_error(scope: Scope, send: Send, status: int, kind: str, message: str) -> None:
+    response = error_response(status, kind, message, path=scope.get("path", ""))
     await response({"type": "http"}, _no_receive, send)
 
 
@@ -209,7 +225,7 @@ class HeaderLimit:
             size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + \
                 sum(len(k) + len(v) + 4 for k, v in scope["headers"])
             if size > self.max_bytes:
-                await _send_error(send, 431, "HeadersTooLarge", f"the request line and headers ({size} bytes) "
+                await _send_error(scope, send, 431, "HeadersTooLarge", f"the request line and headers ({size} bytes) "
                                   f"exceed the limit of {self.max_bytes} bytes")
                 return
         await self.app(scope, receive, send)
@@ -229,7 +245,7 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         too_big = f"request body exceeds the limit of {self.max_bytes} bytes"
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _send_error(send, 413, "PayloadTooLarge", too_big)
+            await _send_error(scope, send, 413, "PayloadTooLarge", too_big)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -240,7 +256,7 @@ class BodyLimit:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.max_bytes:
-                await _send_error(send, 413, "PayloadTooLarge", too_big)
+                await _send_error(scope, send, 413, "PayloadTooLarge", too_big)
                 return
         replayed = False
 

@@ -153,11 +153,12 @@ class MicroBatcher:
             self._execute(batch)
 
     def _call(self, modality: str, items: list[Any], n_requests: int) -> np.ndarray:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         out = self.embed_fn(modality, items)
         took = time.perf_counter() - start
         self._last_call_s = 0.8 * self._last_call_s + 0.2 * took
         self.metrics.model_latency.observe(took, modality=modality)
+        self.metrics.model_cpu.inc(time.thread_time() - cpu, modality=modality)
         self.metrics.batch_size.observe(len(items), modality=modality)
         self.metrics.batch_requests.observe(n_requests, modality=modality)
         if out.ndim != 2 or out.shape[0] != len(items):

@@ -138,6 +138,9 @@ class ServiceMetrics:
                                         ("modality",), BATCH_BUCKETS)
         self.model_latency = Histogram("polymodal_model_call_duration_seconds", "Duration of one model.embed call.",
                                        ("modality",))
+        self.model_cpu = Counter("polymodal_model_call_cpu_seconds_total", "CPU time of the embedding worker thread "
+                                 "inside model.embed calls (torch's own intra-op threads not included).",
+                                 ("modality",))
         self.queue_depth = Gauge("polymodal_embed_queue_depth", "Embedding requests waiting for the model.")
         self.rejected = Counter("polymodal_embed_rejected_total", "Embedding requests refused because the queue "
                                 "was full (answered 503).")
@@ -146,7 +149,7 @@ class ServiceMetrics:
 
     def all(self) -> list[_Metric]:
         return [self.requests, self.latency, self.batch_size, self.batch_requests, self.model_latency,
-                self.queue_depth, self.rejected]
+                self.model_cpu, self.queue_depth, self.rejected]
 
     def render(self) -> str:
         lines: list[str] = []

@@ -11,6 +11,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from pydantic_core import to_json
 
 from ..errors import InvalidInput, NotFound
 from ..index import search_query
@@ -111,7 +112,7 @@ def metrics(svc: Service = Depends(reader)) -> PlainTextResponse:
 # ------------------------------------------------------------------------------------------- embed / search
 
 @router.post("/v1/embed", response_model=EmbedResponse, tags=["embed"], responses=JSON_ERRORS)
-async def embed(body: EmbedRequest, svc: Service = Depends(reader)) -> EmbedResponse:
+async def embed(body: EmbedRequest, svc: Service = Depends(reader)) -> Response:
     """Embed lists of texts, images, audio clips and/or videos; one vector list per modality, in input order."""
     groups = {m: v for m in ("audio", "image", "text", "video") if (v := getattr(body, m)) is not None}
     if not groups:
@@ -125,8 +126,20 @@ async def embed(body: EmbedRequest, svc: Service = Depends(reader)) -> EmbedResp
         decoded = await run_in_threadpool(decode_groups, groups, svc.settings)
     names = [m for m in decoded if decoded[m]]
     outs = await asyncio.gather(*(svc.embed(m, decoded[m], m) for m in names))
+    for out in outs:
+        finite_rows(out)
     vectors = {m: [] for m in decoded} | {m: v.tolist() for m, v in zip(names, outs, strict=True)}
-    return EmbedResponse(dim=svc.dim, vectors=vectors)
+    # written directly (EmbedResponse is its schema): building and validating the model costs more than writing it
+    return Response(to_json({"dim": svc.dim, "vectors": vectors}), media_type="application/json")
+
+
+def finite_rows(vectors: np.ndarray) -> np.ndarray:
+    """The model's vectors, refused (a 500: the model's fault, not the client's) if any is NaN or infinite, which
+    JSON cannot carry. (pydantic_core's ``to_json`` writes floats ~10x faster than ``json.dumps``, whose float
+    ``repr`` took 150 us for one 128-d vector, but would write ``NaN``.)"""
+    if not np.isfinite(vectors).all():
+        raise RuntimeError("the model returned NaN or infinite embeddings")
+    return vectors
 
 
 @router.post("/v1/search", response_model=SearchResponse, tags=["search"], responses=JSON_ERRORS)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import socket
 from collections.abc import Callable
@@ -159,8 +160,19 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        # What exists once the server listens (torch, the model, FastAPI: some 200,000 objects) lives as long as
+        # the process: frozen, the garbage collector no longer walks it. An unfrozen full collection took 0.27 s
+        # (every thread waits for it, the model's included) and the young ones took ~30% of the CPU of a request.
+        gc.collect()
+        gc.freeze()
         if self.started and self.on_listening is not None:
             self.on_listening()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            gc.unfreeze()  # a process that runs several servers (tests) collects their leftovers again
 
 
 def make_server(app: Any, settings: ServeSettings, *, log_level: str = "info",

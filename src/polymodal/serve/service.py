@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,8 @@ class ServeSettings:
     header_timeout_s: float = 10.0      # a connection must send its request line and headers within this
     body_timeout_s: float = 30.0        # ... and then, from the end of its headers, its whole body within this
     max_header_bytes: int = 16 * 1024   # request line + headers; beyond: 400
+    # the id the OpenAI-compatible endpoints serve the model under; None: the folder it was loaded from
+    model_name: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_items <= MAX_INPUTS:   # the request schemas cap their lists at MAX_INPUTS
@@ -61,6 +64,7 @@ class Service:
                                     metrics=self.metrics)
         self.modalities = tuple(model.modalities)
         self.dim = int(model.dim)
+        self.model_id = served_model_id(model, settings.model_name)
         self.max_json_values = settings.max_json_values or settings.max_items * (self.dim + 1024) + 4096
         # os.environ holds undecodable bytes as surrogates ("surrogateescape"): give them back as the bytes
         self._key = settings.api_key.encode("utf-8", "surrogateescape") if settings.api_key else None
@@ -90,3 +94,14 @@ class Service:
     def close(self) -> None:
         self.batcher.close()
         self.store.close()
+
+
+def served_model_id(model: Any, configured: str | None = None) -> str:
+    """The id the OpenAI-compatible endpoints serve the model under: ``configured`` when given, else the name of
+    the folder it was loaded from (`EmbeddingModel.name`: ``runs/clip`` -> ``clip``), else ``polymodal``."""
+    if configured:
+        return configured
+    name = getattr(model, "name", None)
+    if isinstance(name, str) and name.strip():
+        return PurePath(name.rstrip("/\\")).name or name
+    return "polymodal"
