@@ -55,7 +55,7 @@ def test_collection_from_embeddings_equals_index_build_with_the_model(tmp_path: 
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     data, fake = _data(tmp_path / "data"), Fake()
-    monkeypatch.setattr(cli, "load", lambda run: fake)
+    monkeypatch.setattr(cli, "load", lambda run, **_: fake)
     assert cli.main(["build", "--model", "runs/fake", "--data", str(data), "--collection", str(tmp_path / "a"),
                      "--index", "flat", "--no-media", "--batch-size", "8", "--json"]) == 0
     embed_dataset("runs/fake", data, tmp_path / "emb", EmbedOptions(shard_size=7, batch_size=8, progress=False),
