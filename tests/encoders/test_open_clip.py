@@ -169,3 +169,27 @@ def test_polymodal_load_of_an_open_clip_spec_and_folder(tiny, tmp_path):
         np.testing.assert_allclose(model.embed(text=TEXTS), want_t.numpy(), atol=ATOL, rtol=0)
         np.testing.assert_allclose(model.embed(image=_images()), want_i.numpy(), atol=ATOL, rtol=0)
         assert float(model.model.logit_scale.detach()) == pytest.approx(math.log(30.0), abs=1e-6)
+
+
+def test_the_architecture_name_is_part_of_the_fingerprint(tiny, tmp_path):
+    """Two architectures over the same weights (here: GELU vs QuickGELU) embed differently, so their fingerprints
+    differ; the same architecture from a moved checkpoint keeps its fingerprint."""
+    import shutil
+
+    import polymodal
+
+    _, ckpt, _ = tiny
+    quick = json.loads(json.dumps(CFG))
+    quick["quick_gelu"] = True
+    open_clip.add_model_config(_write(tmp_path / f"{NAME}-quickgelu.json", quick))
+    a = polymodal.load(f"open_clip:{NAME}:{ckpt}")
+    b = polymodal.load(f"open_clip:{NAME}-quickgelu:{ckpt}")
+    assert not np.allclose(a.embed(text=TEXTS), b.embed(text=TEXTS), atol=1e-4)
+    assert a.fingerprint != b.fingerprint
+    moved = shutil.copy(ckpt, tmp_path / "elsewhere.safetensors")
+    assert polymodal.load(f"open_clip:{NAME}:{moved}").fingerprint == a.fingerprint
+
+
+def _write(path, cfg):
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    return path

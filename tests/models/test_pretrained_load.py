@@ -148,3 +148,23 @@ def test_fingerprint_names_the_weights_not_the_folder(ckpts, tmp_path):
         m.text_projection.weight.add_(0.01)
     m.save_pretrained(changed)
     assert polymodal.load(str(changed)).fingerprint != a.fingerprint
+
+
+def test_unrelated_files_beside_a_checkpoint_keep_its_fingerprint(ckpts, tmp_path):
+    """Only the files that decide the embeddings are hashed: notes beside the checkpoint change nothing, a changed
+    tokenizer file does."""
+    d = shutil.copytree(ckpts.dir("clip"), tmp_path / "clip")
+    before = polymodal.load(str(d)).fingerprint
+    (d / "notes.txt").write_text("downloaded on Tuesday")
+    (d / "eval").mkdir()
+    (d / "eval" / "results.json").write_text("{}")
+    assert polymodal.load(str(d)).fingerprint == before
+    tok = json.loads((d / "tokenizer.json").read_text())
+    tok["normalizer"] = None  # no more lowercasing: other ids for "A Red Circle"
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    assert polymodal.load(str(d)).fingerprint != before
+
+
+def test_an_open_clip_spec_needs_its_checkpoint():
+    with pytest.raises(InvalidInput, match="needs its checkpoint"):
+        detect("open_clip:ViT-B-32")

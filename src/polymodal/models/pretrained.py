@@ -9,7 +9,7 @@ takes a checkpoint the same way.
 What is recognised (`detect`), in this order:
 
 - an explicit spec ``KIND:PATH`` with KIND one of `KINDS` (``clip:``, ``siglip:``, ``clap:``, ``chinese_clip:``,
-  ``align:``, ``sentence_transformers:``), or ``open_clip:ARCH_OR_CONFIG_JSON[:CHECKPOINT]``;
+  ``align:``, ``sentence_transformers:``), or ``open_clip:ARCH_OR_CONFIG_JSON:CHECKPOINT``;
 - a sentence-transformers folder (``modules.json``): text only;
 - an OpenCLIP folder (``open_clip_config.json`` + ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin``);
 - a Hugging Face folder whose ``config.json`` names a ``CLIPModel``, ``SiglipModel``, ``ClapModel``,
@@ -134,14 +134,17 @@ def _hf_kind(path: Path) -> Kind | None:
 def _open_clip_spec(rest: str, spec: str) -> Detected:
     arch, _, checkpoint = rest.partition(":")
     if not arch:
-        raise InvalidInput("expected open_clip:ARCH[:CHECKPOINT], e.g. open_clip:ViT-B-32:/ckpt/model.safetensors",
+        raise InvalidInput("expected open_clip:ARCH:CHECKPOINT, e.g. open_clip:ViT-B-32:/ckpt/model.safetensors",
                            source=spec)
-    if checkpoint and not Path(checkpoint).expanduser().is_file():
+    if not checkpoint:
+        raise InvalidInput("an OpenCLIP model needs its checkpoint: open_clip:ARCH_OR_CONFIG_JSON:CHECKPOINT (nothing "
+                           "is downloaded, and random weights are not a model)", source=spec)
+    if not Path(checkpoint).expanduser().is_file():
         raise NotFound("OpenCLIP checkpoint file does not exist", source=checkpoint)
     if arch.endswith(".json") and not Path(arch).expanduser().is_file():
         raise NotFound("OpenCLIP model config does not exist", source=arch)
     args: dict[str, Any] = {"model": str(Path(arch).expanduser().resolve()) if arch.endswith(".json") else arch,
-                            "checkpoint": str(Path(checkpoint).expanduser().resolve()) if checkpoint else None}
+                            "checkpoint": str(Path(checkpoint).expanduser().resolve())}
     return Detected(KINDS["open_clip"], args, spec)
 
 
@@ -224,30 +227,69 @@ def load_pretrained(spec: str, device: str | torch.device = "cpu") -> EmbeddingM
     return em
 
 
-SMALL_FILES = (".json", ".txt", ".model", ".vocab", ".merges")
+# The files of a checkpoint folder that decide its embeddings besides the weights: model, processor and tokenizer
+# configs and vocabularies (Hugging Face, sentence-transformers, OpenCLIP names). A fixed list, so unrelated files
+# beside a checkpoint never change its fingerprint and the digest reads a bounded amount.
+DECIDING_FILES = (
+    "config.json", "preprocessor_config.json", "processor_config.json", "feature_extractor_config.json",
+    "image_processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "tokenizer.model", "modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+    "open_clip_config.json",
+)
+MAX_DIGEST_FILE = 64 << 20
 
 
 def _files_digest(found: Detected) -> str:
-    """sha256 of the checkpoint's small files (configs, tokenizer, processor, vocabularies): they decide the
-    embeddings as much as the weights do, and unlike the folder's path they move with it."""
-    roots = {Path(v).parent if Path(v).is_file() else Path(v) for k, v in found.args.items()
-             if k in ("path", "model", "checkpoint") and isinstance(v, str) and Path(v).exists()}
+    """sha256 of the checkpoint's `DECIDING_FILES` (and of sentence-transformers' module configs, and of an
+    OpenCLIP config JSON given as a file): they decide the embeddings as much as the weights do, and unlike the
+    folder's path they move with it."""
+    files: list[tuple[str, Path]] = []
+    for key in ("path", "model"):
+        value = found.args.get(key)
+        if not isinstance(value, str):
+            continue
+        p = Path(value)
+        if p.is_file():
+            files.append((p.name, p))
+        elif p.is_dir():
+            files += [(name, p / name) for name in DECIDING_FILES if (p / name).is_file()]
+            files += [(f"{m}/config.json", p / m / "config.json") for m in _st_module_dirs(p)]
     h = hashlib.sha256()
-    for root in sorted(roots):
-        for f in sorted(root.rglob("*")):
-            if f.is_file() and f.suffix in SMALL_FILES and f.stat().st_size < 64 << 20:
-                h.update(f"{f.relative_to(root).as_posix()}\n".encode())
-                h.update(hashlib.sha256(f.read_bytes()).digest())
+    for name, f in sorted(files):
+        if f.stat().st_size > MAX_DIGEST_FILE:
+            raise InvalidInput(f"a configuration file larger than {MAX_DIGEST_FILE >> 20} MiB", source=str(f))
+        h.update(f"{name}\n".encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()
 
 
+def _st_module_dirs(root: Path) -> list[str]:
+    """The module folders a sentence-transformers ``modules.json`` lists (e.g. ``1_Pooling``)."""
+    try:
+        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    dirs = [m.get("path") for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+    return sorted({d for d in dirs if isinstance(d, str) and d and ".." not in d and (root / d).is_dir()})
+
+
+PATH_KEYS = ("path", "checkpoint", "spec")
+
+
 def _without_paths(obj: Any) -> Any:
+    """``obj`` without where its files lie: path-valued keys dropped, and an OpenCLIP ``model`` that is a config
+    file (its content is in the files' digest); an architecture name (``ViT-B-32-quickgelu``) is kept."""
     if isinstance(obj, dict):
         return {k: _without_paths(v) for k, v in obj.items()
-                if k not in ("path", "checkpoint", "spec", "model") or not isinstance(v, str)}
+                if not (isinstance(v, str) and (k in PATH_KEYS or (k == "model" and _is_path(v))))}
     if isinstance(obj, list):
         return [_without_paths(v) for v in obj]
     return obj
+
+
+def _is_path(value: str) -> bool:
+    return value.endswith(".json") or "/" in value or "\\" in value
 
 
 __all__ = ["KINDS", "LOOKED_FOR", "Detected", "Kind", "build_pretrained", "detect", "load_pretrained"]
