@@ -87,3 +87,22 @@ def test_quickstart_with_a_given_model_trains_nothing(clip_dir, tmp_path):
     # a text+image model asks no speech query
     assert summary["queries"] and all(q["kind"] == "text" for q in summary["queries"])
     assert (out / "report.html").is_file() and "not trained here" in (out / "report.html").read_text()
+
+
+def test_eval_runs_an_onnx_export_of_a_checkpoint(clip_dir, shapes, tmp_path):
+    """`polymodal export CHECKPOINT` then `eval EXPORT --runtime onnx`: the same retrieval numbers as torch (fp32
+    export, 1e-4 parity), and the export's own temperature for zero-shot."""
+    pytest.importorskip("onnxruntime")
+    export = tmp_path / "export"
+    rc, _, err = _run("export", str(clip_dir), "--format", "onnx", "--out", str(export))
+    assert rc == 0, err
+    results = {}
+    for runtime, model in (("torch", clip_dir), ("onnx", export)):
+        rc, out, err = _run("eval", str(model), "--data", str(shapes), "--task", "retrieval", "--json",
+                            "--no-progress", "--runtime", runtime)
+        assert rc == 0, err
+        results[runtime] = json.loads(out)["directions"]
+    for d, m in results["torch"].items():
+        assert results["onnx"][d]["R@1"] == pytest.approx(m["R@1"]) and results["onnx"][d]["n_queries"] == m["n_queries"]
+    rc, _, err = _run("eval", str(export), "--data", str(shapes), "--task", "retrieval", "--no-progress")
+    assert rc == 1 and "--runtime onnx" in err

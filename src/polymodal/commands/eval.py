@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", default="en", choices=("en", "zh"), help="zeroshot: prompt language")
     p.add_argument("--robustness", action="store_true", help="classification: missing-modality and noise sweeps")
     p.add_argument("--late-fusion", default=None, help="classification: a late-fusion run for effective robustness")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="retrieval/zeroshot: run the towers with torch or onnxruntime (extra [onnx]; an ONNX export "
+                        "written by `polymodal export` needs onnx)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the status lines still go to stderr)")
     return p
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..eval.tasks import evaluate_retrieval, evaluate_zeroshot
 
         _say(f"loading the model {args.run}")
-        model = load(args.run)
+        model = load(args.run, runtime=args.runtime)
         _say(f"encoding {len(samples)} samples ({args.task})")
         if args.task == "retrieval":
             result.update(evaluate_retrieval(model, samples, all_captions=args.all_captions, modalities=mods,

@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                    "instead (anything polymodal.load accepts: a run, a Hugging Face CLIP/SigLIP/CLAP/Chinese-CLIP/ALIGN "
                    "folder, open_clip:ARCH:CHECKPOINT, a sentence-transformers folder); the collection holds the test "
                    "images, or the captions for a text-only model, and queries the model cannot embed are skipped")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="with --model: run its towers with torch or onnxruntime (an ONNX export needs onnx)")
     p.add_argument("--fusion-steps", type=int, help="optimizer steps of each fusion model (default: their recipes' "
                    "train.steps, 200)")
     p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing finished ones")
@@ -322,7 +324,7 @@ def _pipeline(args: argparse.Namespace, steps: Steps, budgets: dict[str, dict[st
     from ..eval.tasks import evaluate_retrieval
 
     if args.model:
-        model = load(args.model)
+        model = load(args.model, runtime=args.runtime)
         model_token = f"model:{model.fingerprint}"
         state["train"], state["trained"] = {}, {}
     else:
