@@ -162,3 +162,36 @@ def test_cli_refuses_mixed_sources_and_unfinished_embeddings(tmp_path: Path, cap
     with pytest.raises(SystemExit):   # argparse: --model and --from-embeddings exclude each other
         cli.main(["build", "--model", "RUN", "--from-embeddings", "E", "--collection", str(tmp_path / "c")])
     assert not (tmp_path / "c").exists()
+
+
+def test_from_embeddings_checks_tune_first_and_a_failed_tune_leaves_nothing(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """--tune out of (0, 1] is refused before any vector is added; a tune that fails after the build removes
+    the collection (as the --model path does); flags that only --model uses are refused, naming the flag."""
+    data = _data(tmp_path / "data", n=10)
+    embed_dataset("runs/fake", data, tmp_path / "emb", EmbedOptions(shard_size=4, progress=False), model=Fake())
+    base = ["build", "--from-embeddings", str(tmp_path / "emb"), "--collection", str(tmp_path / "c")]
+
+    def no_build(*a: Any, **k: Any) -> Any:
+        raise AssertionError("built before the arguments were checked")
+
+    import polymodal.index.bulk as bulk_mod
+
+    with monkeypatch.context() as m:
+        m.setattr(bulk_mod, "build_from_vectors", no_build)
+        for bad in ("1.5", "0", "-0.1", "nan"):
+            with pytest.raises(InvalidInput, match="--tune"):
+                cli.main([*base, "--tune", bad])
+        for extra in (["--runtime", "onnx"], ["--runtime", "torch"], ["--batch-size", "8"], ["--no-media"],
+                      ["--split", "train"]):
+            with pytest.raises(InvalidInput, match=extra[0]):
+                cli.main([*base, *extra])
+    assert not (tmp_path / "c").exists()
+
+    def failing_tune(self: Collection, **_: Any) -> Any:
+        raise InvalidInput("tuning failed", field="target_recall")
+
+    monkeypatch.setattr(Collection, "tune", failing_tune)
+    with pytest.raises(InvalidInput, match="tuning failed"):
+        cli.main([*base, "--tune", "0.9"])
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())

@@ -16,6 +16,7 @@ from polymodal import load
 from polymodal.commands import embed as embed_cli
 from polymodal.commands import main as polymodal_main
 from polymodal.data.formats import open_dataset, write_folder, write_jsonl
+from polymodal.data.sample import Sample
 from polymodal.errors import InvalidInput, ModelMismatch, NotFound
 from polymodal.jobs import DataSource, EmbeddingShards, EmbedOptions, embed_dataset, plan_shards
 
@@ -150,7 +151,7 @@ def test_parquet_shards_hold_the_same_rows_as_npy(job_data: Path, job_run: Path,
 def test_cli_prints_a_summary_and_checks_its_flags(job_data: Path, job_run: Path, model: Any, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(embed_cli, "load", lambda spec, device: model)
+    monkeypatch.setattr(embed_cli, "load", lambda spec, device, runtime: model)
     rc = polymodal_main(["embed", str(job_run), "--data", str(job_data), "--out", str(tmp_path / "emb"),
                          "--shard-size", "20", "--split", "train", "--json", "--no-progress"])
     assert rc == 0
@@ -183,3 +184,119 @@ def test_range_reads_cover_every_format_exactly(tmp_path: Path) -> None:
         assert got == [s.id for s in open_dataset(path)], path
     with pytest.raises(NotFound):
         DataSource.open(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+
+def test_cli_runtime_onnx_embeds_with_an_export(job_data: Path, job_run: Path, model: Any, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """An ONNX export (a MODEL `embed --help` lists) is usable with --runtime onnx; without it the loader's
+    error names --runtime onnx; the runtime reaches the job's options (what the Ray actors load with)."""
+    pytest.importorskip("onnxruntime")
+    from polymodal.models.onnx import export_model
+
+    export_model(model, tmp_path / "exp")
+    args = ["--data", str(job_data), "--split", "val", "--shard-size", "4", "--json", "--no-progress"]
+    assert polymodal_main(["embed", str(tmp_path / "exp"), "--out", str(tmp_path / "e0"), *args]) == 1
+    assert "--runtime onnx" in capsys.readouterr().err
+    assert polymodal_main(["embed", str(tmp_path / "exp"), "--runtime", "onnx", "--out", str(tmp_path / "e1"),
+                           *args]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["count"] == 10 and summary["options"]["runtime"] == "onnx"
+    embed_dataset(str(job_run), job_data, tmp_path / "ref", EmbedOptions(split="val", shard_size=4, progress=False),
+                  model=model)
+    (_, got, _), (_, ref, _) = _read_all(tmp_path / "e1"), _read_all(tmp_path / "ref")
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    with pytest.raises(SystemExit):
+        embed_cli.main(["RUN", "--data", "D", "--out", "O", "--runtime", "tensorrt"])
+
+
+def test_the_batch_size_reaches_the_model_above_its_default(job_run: Path, model: Any, tmp_path: Path) -> None:
+    """--batch-size 100 runs forward passes of 100 (not the model's default 64)."""
+    write_jsonl([Sample(id=f"t{i}", text=f"text {i}") for i in range(150)], tmp_path / "j" / "data.jsonl")
+    sizes: list[int] = []
+    fresh = load(job_run)
+    orig = fresh.embed_batch
+
+    def spy(batch: Any, modality: str) -> Any:
+        out = orig(batch, modality)
+        sizes.append(int(out.shape[0]))
+        return out
+
+    fresh.embed_batch = spy   # type: ignore[method-assign]
+    opts = EmbedOptions(batch_size=100, shard_size=1000, progress=False)
+    embed_dataset(str(job_run), tmp_path / "j" / "data.jsonl", tmp_path / "emb", opts, model=fresh)
+    assert sizes == [100, 50]
+
+
+def test_resuming_on_edited_data_is_refused(job_run: Path, model: Any, tmp_path: Path) -> None:
+    """Data edited in place (same size, same item count) is noticed: JSONL by its content, folders by each
+    file's size and mtime."""
+    samples = make_samples(6, 3)
+    jsonl, folder = tmp_path / "j" / "data.jsonl", tmp_path / "f"
+    write_jsonl(samples, jsonl)
+    write_folder(samples, folder)
+    opts = EmbedOptions(shard_size=2, batch_size=2, progress=False)
+    for path, name in ((jsonl, "ej"), (folder, "ef")):
+        with pytest.raises(KeyboardInterrupt):
+            embed_dataset(str(job_run), path, tmp_path / name, opts, model=Crashing(model, calls=1))
+    text = jsonl.read_text()
+    jsonl.write_text(text.replace("number 0", "number 9", 1))   # same size, same lines
+    assert len(jsonl.read_text()) == len(text)
+    txt = sorted(folder.rglob("*.txt"))[0]
+    txt.write_text(txt.read_text().replace("a square", "b square"))
+    for path, name in ((jsonl, "ej"), (folder, "ef")):
+        with pytest.raises(InvalidInput, match="data_digest"):
+            embed_dataset(str(job_run), path, tmp_path / name, opts, model=model)
+
+
+def test_the_local_engine_reads_unindexed_data_once(job_run: Path, model: Any, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """JSONL / folders / tars without sizes.json: the shards are read in one pass (not each from the start)."""
+    import polymodal.jobs.source as source_mod
+
+    samples = make_samples(12, 4)
+    write_jsonl(samples, tmp_path / "j" / "data.jsonl")
+    write_folder(samples, tmp_path / "f")
+    from polymodal.data.formats import ShardWriter
+
+    with ShardWriter(tmp_path / "w", shard_size=4) as w:
+        for s in samples:
+            w.write(s)
+    (tmp_path / "w" / "sizes.json").unlink()
+    enumerated = {"n": 0}
+
+    def counting(fn: Any) -> Any:
+        def wrapped(*a: Any, **k: Any) -> Any:
+            for item in fn(*a, **k):
+                enumerated["n"] += 1
+                yield item
+        return wrapped
+
+    for name in ("jsonl_items", "folder_items", "wds_items"):
+        monkeypatch.setattr(source_mod, name, counting(getattr(source_mod, name)))
+    opts = EmbedOptions(shard_size=2, batch_size=4, progress=False)
+    for path in (tmp_path / "j" / "data.jsonl", tmp_path / "f", tmp_path / "w"):
+        enumerated["n"] = 0
+        out = tmp_path / f"emb-{path.name}"
+        summary = embed_dataset(str(job_run), path, out, opts, model=model)
+        assert summary["count"] == 12 and enumerated["n"] == 12, path
+        ids, _, _ = _read_all(out)
+        assert ids.tolist() == [s.id for s in samples]
+
+
+def test_ray_workers_get_the_specs_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray worker runs in another folder: relative paths inside KIND:PATH specs are made absolute."""
+    from polymodal.jobs.ray_engine import _spec_for_workers
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel" / "dir").mkdir(parents=True)
+    (tmp_path / "cfg.json").write_text("{}")
+    (tmp_path / "rel" / "ckpt.bin").write_bytes(b"x")
+    here = tmp_path.resolve()
+    assert _spec_for_workers("rel/dir") == str(here / "rel" / "dir")
+    assert _spec_for_workers("clip:rel/dir") == f"clip:{here / 'rel' / 'dir'}"
+    assert _spec_for_workers("open_clip:cfg.json:rel/ckpt.bin") == f"open_clip:{here / 'cfg.json'}:{here / 'rel' / 'ckpt.bin'}"
+    assert _spec_for_workers("open_clip:ViT-B-32:rel/ckpt.bin") == f"open_clip:ViT-B-32:{here / 'rel' / 'ckpt.bin'}"
+    assert _spec_for_workers("open_clip:ViT-B-32") == "open_clip:ViT-B-32"
+    assert _spec_for_workers(f"clip:{here / 'rel' / 'dir'}") == f"clip:{here / 'rel' / 'dir'}"

@@ -3,6 +3,7 @@ process or on Ray.
 
     polymodal embed runs/clip --data data/shapes --out emb/ [--modality image] [--split S] [--batch-size 64]
         [--shard-size 10000] [--format npy|parquet] [--engine local|ray] [--ray-address ADDR] [--workers 2]
+        [--device cpu] [--runtime torch|onnx]
 
 Writes ``EMB/shard-NNNNN.npy`` + ``.ids.npy`` + ``.meta.jsonl`` (or one ``.parquet`` per shard) and
 ``EMB/manifest.json``; run it again with the same arguments after a crash and it continues from the shards
@@ -16,7 +17,7 @@ import json
 
 from ..api import load
 from ..errors import InvalidInput
-from ..jobs import ENGINES, FORMATS, EmbedOptions, embed_dataset
+from ..jobs import ENGINES, FORMATS, RUNTIMES, EmbedOptions, embed_dataset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C",
                    help="CPUs each Ray actor reserves and its torch threads (default 1)")
     p.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="run the model's towers with torch (default) or onnxruntime (extra [onnx]; an ONNX export "
+                        "needs onnx); the Ray actors load the model with it too")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of one line")
     return p
@@ -56,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = EmbedOptions(modality=args.modality, split=args.split, batch_size=args.batch_size,
                         shard_size=args.shard_size, format=args.format, engine=args.engine,
                         ray_address=args.ray_address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                        device=args.device, progress=args.progress)
+                        device=args.device, runtime=args.runtime, progress=args.progress)
     opts.check()   # before the model is loaded
-    model = load(args.model, args.device)
+    model = load(args.model, args.device, runtime=args.runtime)
     summary = embed_dataset(args.model, args.data, args.out, opts, model=model)
     if args.json:
         print(json.dumps(summary))

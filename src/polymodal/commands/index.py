@@ -174,12 +174,14 @@ def _build_from_embeddings(args: argparse.Namespace) -> int:
             args.collection, shards, metric=args.metric, index=args.index, memory_budget=args.memory_budget,
             train_sample=args.train_sample, model=shards.model, modalities=shards.modalities, progress=bar.update)
     try:
-        if args.tune:
+        if args.tune is not None:
             coll.tune(target_recall=args.tune)
             coll.save()
         info = coll.info()
-    finally:
-        coll.close()
+    except BaseException:
+        coll.drop()   # like the --model path: a failed build leaves no half-built collection
+        raise
+    coll.close()   # saved already: nothing left to write
     summary = {"collection": args.collection, "added": report["added"], "skipped": 0, "count": info["count"],
                "kind": info["kind"], "faiss": info["faiss"], "trained_on": report["trained_on"],
                "train_s": report["train_s"], "add_s": report["add_s"], "seconds": round(time.perf_counter() - t0, 2)}
@@ -202,8 +204,9 @@ def _index_parser() -> argparse.ArgumentParser:
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="MODEL", help="a trained run, a pretrained checkpoint or an ONNX export "
                      "(anything polymodal.load accepts, see docs/pretrained.md); needs --data")
-    b.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="run the model's towers with torch or onnxruntime (extra [onnx]; an export dir needs onnx)")
+    b.add_argument("--runtime", choices=["torch", "onnx"],
+                   help="with --model: run the model's towers with torch (default) or onnxruntime (extra [onnx]; an "
+                        "export dir needs onnx)")
     src.add_argument("--from-embeddings", metavar="EMB",
                      help="build from the shards `polymodal embed` wrote (no model needed: the manifest gives the "
                           "fingerprint); the index is trained once on a sample, then the shards are added")
@@ -220,16 +223,17 @@ def _index_parser() -> argparse.ArgumentParser:
                    help="similarity: cosine (default; vectors are normalized), ip (inner product) or l2")
     b.add_argument("--memory-budget", default="4GiB", metavar="SIZE",
                    help="memory the index may use, e.g. 4GiB (default) or 512MB; guides --index auto")
-    b.add_argument("--batch-size", type=int, default=64, metavar="N", help="samples per model.embed call (default 64)")
+    b.add_argument("--batch-size", type=int, metavar="N",
+                   help="with --model: samples per model.embed call (default 64)")
     b.add_argument("--train-sample", type=int, metavar="N",
                    help="with --from-embeddings: vectors to train an IVF/PQ index on (default max(64 nlist, 9984))")
     b.add_argument("--append", action="store_true",
                    help="add to an existing collection (ids continue after the largest; same model only)")
     b.add_argument("--tune", type=float, metavar="RECALL",
                    help="after building, tune search parameters to reach this recall@10 (e.g. 0.95)")
-    b.add_argument("--no-media", dest="media", action="store_false",
-                   help="do not store thumbnails/audio beside the collection (default: store them, for the "
-                        "search page of `polymodal serve`)")
+    b.add_argument("--no-media", dest="media", action="store_false", default=None,
+                   help="with --model: do not store thumbnails/audio beside the collection (default: store them, "
+                        "for the search page of `polymodal serve`)")
     b.add_argument("--json", action="store_true", help="print a JSON summary instead of one line")
     i = sub.add_parser("info", help="print a collection's info as JSON", description=(
         "Print what a collection holds as JSON: count, dimension, metric, index kind and FAISS string, search "
@@ -250,11 +254,14 @@ def _index_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _index_parser().parse_args(argv)
     if args.cmd == "build":
-        if args.batch_size < 1:
-            raise InvalidInput("must be >= 1", field="--batch-size")
+        # every cheap check before any work (a bulk build of 100M vectors takes hours)
+        if args.tune is not None and not 0 < args.tune <= 1:   # also refuses nan
+            raise InvalidInput(f"expected a recall in (0, 1], got {args.tune!r}", field="--tune")
         if args.from_embeddings is not None:
+            # what only --model uses: the shards were embedded already (and hold no media)
             for flag, given in (("--data", args.data), ("--split", args.split), ("--modality", args.modality),
-                                ("--append", args.append or None)):
+                                ("--append", args.append or None), ("--runtime", args.runtime),
+                                ("--batch-size", args.batch_size), ("--no-media", args.media)):
                 if given is not None:
                     raise InvalidInput("not with --from-embeddings (the shards were embedded already)", field=flag)
             if args.train_sample is not None and args.train_sample < 1:
@@ -262,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             if Path(args.collection).exists() and any(Path(args.collection).iterdir()):
                 raise InvalidInput("exists; choose a new folder", field="--collection", source=args.collection)
             return _build_from_embeddings(args)
+        args.runtime = args.runtime or "torch"
+        args.batch_size = 64 if args.batch_size is None else args.batch_size
+        args.media = True if args.media is None else args.media
+        if args.batch_size < 1:
+            raise InvalidInput("must be >= 1", field="--batch-size")
         if args.data is None:
             raise InvalidInput("--model needs --data", field="--data")
         if args.train_sample is not None:

@@ -2,9 +2,9 @@
 (extra ``[ray]``), and reading those shards back (what ``index build --from-embeddings`` consumes)."""
 
 from .embed import embed_dataset, plan_shards
-from .options import ENGINES, EmbedOptions
+from .options import ENGINES, RUNTIMES, EmbedOptions
 from .shards import FORMATS, EmbeddingShards, ShardData, read_manifest
 from .source import DataSource
 
-__all__ = ["ENGINES", "FORMATS", "DataSource", "EmbedOptions", "EmbeddingShards", "ShardData", "embed_dataset",
+__all__ = ["ENGINES", "FORMATS", "DataSource", "EmbedOptions", "EmbeddingShards", "RUNTIMES", "ShardData", "embed_dataset",
            "plan_shards", "read_manifest"]

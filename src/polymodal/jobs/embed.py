@@ -34,7 +34,7 @@ from .shards import (
     write_manifest,
     write_shard,
 )
-from .source import DataSource, describe
+from .source import DataSource, SequentialReader, describe
 from .worker import ShardEmbedder
 
 # options that decide what the shards hold: a resumed job must match them (batch size, engine, workers do not)
@@ -157,7 +157,7 @@ def _run(opts: EmbedOptions, model: Any, spec: str, source: DataSource, pending:
     if not pending:
         return
     if opts.engine == "local":
-        embedder = ShardEmbedder(model, source, opts.modality, opts.batch_size)
+        embedder = ShardEmbedder(model, SequentialReader(source), opts.modality, opts.batch_size)   # one pass
         for index, start, stop in pending:
             yield (index, start, stop), embedder.embed_range(start, stop, update)
         return

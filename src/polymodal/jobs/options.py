@@ -9,6 +9,7 @@ from .shards import FORMATS
 
 ENGINES = ("local", "ray")
 MODALITIES = ("text", "image", "audio", "video")
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class EmbedOptions:
     workers: int = 2                 # Ray actors, each holding one copy of the model
     cpus_per_worker: float = 1.0
     device: str = "cpu"
-    runtime: str = "torch"
+    runtime: str = "torch"              # torch | onnx (an ONNX export needs onnx)
     progress: bool = True
 
     def check(self) -> None:
@@ -35,10 +36,12 @@ class EmbedOptions:
             raise InvalidInput(f"expected one of {', '.join(FORMATS)}, got {self.format!r}", field="format")
         if self.engine not in ENGINES:
             raise InvalidInput(f"expected one of {', '.join(ENGINES)}, got {self.engine!r}", field="engine")
+        if self.runtime not in RUNTIMES:
+            raise InvalidInput(f"expected one of {', '.join(RUNTIMES)}, got {self.runtime!r}", field="runtime")
         if self.modality is not None and self.modality not in MODALITIES:
             raise InvalidInput(f"expected one of {', '.join(MODALITIES)}, got {self.modality!r}", field="modality")
         if not self.cpus_per_worker > 0:
             raise InvalidInput(f"must be > 0, got {self.cpus_per_worker!r}", field="cpus_per_worker")
 
 
-__all__ = ["ENGINES", "MODALITIES", "EmbedOptions"]
+__all__ = ["ENGINES", "MODALITIES", "RUNTIMES", "EmbedOptions"]

@@ -7,7 +7,13 @@ One row per shard keeps the object store small (a row's result is one shard of v
 read its shard's input files itself: on a cluster (``ray_address``) the data set and the model must be at the
 same path on every node (a shared file system), and polymodal installed there; the output is written by the
 driver only. Without an address a local Ray instance is started with ``workers * cpus_per_worker`` CPUs, and
-shut down at the end; an already initialised Ray (``ray.init`` by the caller) is used as it is."""
+shut down at the end; an already initialised Ray (``ray.init`` by the caller) is used as it is. The model
+spec's local paths are made absolute for the actors, which load it with the job's device and runtime.
+
+Data without per-tar counts (JSONL, folders, tars without ``sizes.json``) can only be enumerated from its first
+item: each actor keeps one enumeration open (`SequentialReader`) and continues it for the next shard it gets,
+so as shards arrive roughly in order it walks the data about once; WebDataset with ``sizes.json`` avoids
+the walk altogether (each shard opens only its tars)."""
 
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import numpy as np
 from ..errors import ModelMismatch, require
 from .options import EmbedOptions
 from .shards import ShardData
-from .source import DataSource
+from .source import DataSource, SequentialReader
 from .worker import ShardEmbedder
 
 
@@ -39,7 +45,9 @@ class ShardActor:
             raise ModelMismatch(f"the Ray worker loaded {spec} with fingerprint {model.fingerprint[:12]}, but the "
                                 f"driver's model has {fingerprint[:12]}: the file differs on this node",
                                 field="model", source=spec)
-        self.embedder = ShardEmbedder(model, source, modality, batch_size)
+        # one reader per actor: shards arrive mostly in order, so data without per-tar counts is walked
+        # about once per actor rather than from its start for every shard
+        self.embedder = ShardEmbedder(model, SequentialReader(source), modality, batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         payloads = [self.embedder.embed_range(int(a), int(b)).to_bytes()
@@ -49,10 +57,26 @@ class ShardActor:
         return {"shard": np.asarray(batch["shard"], dtype=np.int64), "payload": out}
 
 
+def _absolute(path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p.resolve()) if path and p.exists() else path
+
+
 def _spec_for_workers(spec: str) -> str:
-    """An existing local path made absolute (a worker's working folder is not the driver's)."""
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
+    """The spec with its local paths made absolute (a worker's working folder is not the driver's): a plain
+    path, the PATH of ``KIND:PATH``, and the config / checkpoint of ``open_clip:ARCH[:CHECKPOINT]`` (the grammar
+    of `polymodal.models.pretrained.detect`). Names that are no existing path (an OpenCLIP architecture) stay."""
+    from ..models.pretrained import ALIASES, KINDS, _is_drive
+
+    head, sep, rest = spec.partition(":")
+    key = ALIASES.get(head, head)
+    if sep and key in KINDS and not _is_drive(head):
+        if key == "open_clip":
+            arch, sep2, checkpoint = rest.partition(":")
+            arch = _absolute(arch) if arch.endswith(".json") else arch
+            return f"{head}:{arch}{sep2}{_absolute(checkpoint)}"
+        return f"{head}:{_absolute(rest)}"
+    return _absolute(spec)
 
 
 def run_ray(spec: str, source: DataSource, pending: list[tuple[int, int, int]], opts: EmbedOptions,

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import InvalidInput
 from ..index.records import EMBED_PREFERENCE, item_metadata
 from .shards import ShardData
-from .source import DataSource
+from .source import DataSource, SequentialReader
 
 
 def pick_modality(sample: Any, wanted: str | None, supported: tuple[str, ...]) -> str | None:
@@ -28,10 +28,11 @@ def _value(sample: Any, modality: str) -> Any:
 
 
 class ShardEmbedder:
-    """Embeds ranges of ``source`` with ``model`` (anything with ``embed(**{modality: values})``, ``dim`` and
-    ``modalities``)."""
+    """Embeds ranges of ``source`` (a `DataSource`, or a `SequentialReader` of one) with ``model`` (anything with
+    ``embed(**{modality: values}, batch_size=n)``, ``dim`` and ``modalities``); each model call gets
+    ``batch_size`` inputs, run as one forward pass of that size."""
 
-    def __init__(self, model: Any, source: DataSource, modality: str | None, batch_size: int):
+    def __init__(self, model: Any, source: DataSource | SequentialReader, modality: str | None, batch_size: int):
         self.model, self.source, self.modality, self.batch_size = model, source, modality, batch_size
         self.supported = tuple(model.modalities)
         self.dim = int(model.dim)
@@ -49,7 +50,8 @@ class ShardEmbedder:
             buf = buffers.pop(modality, [])
             if not buf:
                 return
-            emb = np.asarray(self.model.embed(**{modality: [v for _, v in buf]}), dtype=np.float32)
+            values = [v for _, v in buf]
+            emb = np.asarray(self.model.embed(**{modality: values}, batch_size=self.batch_size), dtype=np.float32)
             if emb.shape != (len(buf), self.dim):
                 raise InvalidInput(f"the model returned {emb.shape} embeddings for {len(buf)} {modality} inputs, "
                                    f"expected ({len(buf)}, {self.dim})", field="model")
