@@ -5,6 +5,7 @@ resume with another model or other options; parquet == npy; range reads of every
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +301,18 @@ def test_ray_workers_get_the_specs_paths_absolute(tmp_path: Path, monkeypatch: p
     assert _spec_for_workers("open_clip:ViT-B-32:rel/ckpt.bin") == f"open_clip:ViT-B-32:{here / 'rel' / 'ckpt.bin'}"
     assert _spec_for_workers("open_clip:ViT-B-32") == "open_clip:ViT-B-32"
     assert _spec_for_workers(f"clip:{here / 'rel' / 'dir'}") == f"clip:{here / 'rel' / 'dir'}"
+
+
+def test_without_ray_the_engine_names_the_extra(job_data: Path, job_run: Path, model: Any, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`--engine ray` where ray is not installed: one line with the install hint, exit 1, no shard written."""
+    monkeypatch.setattr(embed_cli, "load", lambda spec, device, runtime: model)
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    rc = polymodal_main(["embed", str(job_run), "--data", str(job_data), "--out", str(tmp_path / "emb"),
+                         "--engine", "ray", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "pip install 'polymodal[ray]'" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("emb/shard-*"))

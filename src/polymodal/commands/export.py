@@ -26,6 +26,9 @@ The folder loads like a run with the onnx runtime:
   MOD=MODE,...  per tower, e.g. text=dynamic,image=dynamic,audio=static (towers not named stay fp32)
 An export with INT8 towers embeds differently from its source: it gets its own fingerprint, so collections
 built with the source refuse it (rebuild them with the export).
+
+The export is written into a hidden sibling of --out and renamed into place when complete: a failed export leaves
+--out as it was (retry without --overwrite); --overwrite replaces an earlier export only once the new one is done.
 """
 
 
@@ -43,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="samples read from --calib (default 256)")
     p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (>= 14; default 17)")
     p.add_argument("--device", default="cpu", help="torch device to load the model on for tracing (default cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (the whole folder)")
     p.add_argument("--json", action="store_true", help="print the written polymodal_export.json")
     return p
 

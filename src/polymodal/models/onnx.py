@@ -1,8 +1,10 @@
 """ONNX export and the onnxruntime runtime of an `EmbeddingModel` (extra ``[onnx]``; docs/export.md).
 
 An export dir holds one graph per modality (``{modality}.onnx``, fp32, always kept; ``{modality}.int8.onnx``
-when that tower was quantized), ``polymodal_export.json`` (written last: a folder without it is no export) and,
-for a Hugging Face tokenizer, a copy of it under ``tokenizer/``. Loading one gives an `EmbeddingModel` whose
+when that tower was quantized), ``polymodal_export.json`` (written last: a folder without it is no export),
+for a Hugging Face tokenizer a copy of it under ``tokenizer/`` and for a CLAP checkpoint's audio preprocessing a
+copy of its feature extractor under ``audio_features/``. The folder is written beside ``out`` and renamed into
+place when complete (`_publish`). Loading one gives an `EmbeddingModel` whose
 towers run in onnxruntime; preprocessing stays polymodal's transform + collate.
 
 Fingerprints: an fp32 export embeds like its source (checked at export to 1e-4), so it keeps the source's
@@ -25,6 +27,7 @@ from .._io import atomic_write_bytes, json_bytes, read_json_object
 from .._version import __version__
 from ..data.collate import collate
 from ..data.sample import Sample
+from ..data.transforms.audio import ClapAudioTransform
 from ..data.transforms.compose import SampleTransform
 from ..errors import InvalidInput, NotFound
 from .embedding import FINGERPRINT_KEYS, EmbeddingModel
@@ -43,6 +46,7 @@ EXPORT_FILE = "polymodal_export.json"
 EXPORT_FORMAT = "polymodal-onnx-export"
 EXPORT_VERSION = 1
 TOKENIZER_DIR = "tokenizer"
+AUDIO_FEATURES_DIR = "audio_features"
 INT8_MIN_COSINE = 0.9   # an INT8 tower whose embeddings drift further from fp32 is refused at export
 
 
@@ -120,10 +124,13 @@ def _verified(root: Path, entry: Mapping[str, Any]) -> bytes:
 
 
 def _local_transform(cfg: dict[str, Any], root: Path) -> dict[str, Any]:
-    """The stored transform with a tokenizer copied into the export resolved against the export dir."""
-    text = cfg.get("text")
+    """The stored transform with a tokenizer and a CLAP feature extractor copied into the export resolved against
+    the export dir."""
+    text, audio = cfg.get("text"), cfg.get("audio")
     if isinstance(text, dict) and text.get("kind") == "hf" and text.get("path") == TOKENIZER_DIR:
-        return {**cfg, "text": {**text, "path": str((root / TOKENIZER_DIR).resolve())}}
+        cfg = {**cfg, "text": {**text, "path": str((root / TOKENIZER_DIR).resolve())}}
+    if isinstance(audio, dict) and audio.get("type") == "hf_clap" and audio.get("path") == AUDIO_FEATURES_DIR:
+        cfg = {**cfg, "audio": {**audio, "path": str((root / AUDIO_FEATURES_DIR).resolve())}}
     return cfg
 
 
@@ -167,15 +174,35 @@ def export_model(model: EmbeddingModel, out: str | os.PathLike[str], int8: str |
                  calib: Sequence[Sample] | None = None, opset: int = DEFAULT_OPSET, overwrite: bool = False,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write ``model`` as an export dir ``out`` (see the module doc); returns the manifest. ``int8``: see
-    `parse_int8`; ``calib``: samples for static INT8 (and for ``auto`` on CNN towers)."""
+    `parse_int8`; ``calib``: samples for static INT8 (and for ``auto`` on CNN towers).
+
+    Everything is written into a hidden sibling ``.{name}.tmp-{pid}`` and published at the end by rename (see
+    `_publish`): a failed export removes it and leaves ``out`` (an earlier export included) as it was."""
     if model.model is None:
         raise InvalidInput("this model is an ONNX export already; export its source run instead", field="model",
                            source=model.name)
     ort_module()
-    say = log or (lambda _msg: None)
-    root = Path(out)
-    _prepare(root, overwrite)
+    root = Path(out).resolve()
+    _check_target(root, overwrite)
     modes = parse_int8(int8, model.modalities)
+    stage = _sibling(root, "tmp")
+    if stage.exists():   # left by an earlier process with our pid (one that crashed): nothing to keep
+        shutil.rmtree(stage)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    stage.mkdir()
+    try:
+        manifest = _write_export(model, stage, modes, calib, opset, log or (lambda _msg: None))
+        _publish(stage, root, overwrite)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_export(model: EmbeddingModel, root: Path, modes: Mapping[str, str], calib: Sequence[Sample] | None,
+                  opset: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every file of the export into the (new, empty) folder ``root``, the manifest last."""
+    assert model.model is not None
     transform_cfg = model.transform.to_dict()
     towers: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="polymodal-export-") as tmp:
@@ -200,9 +227,10 @@ def export_model(model: EmbeddingModel, out: str | os.PathLike[str], int8: str |
                 if mode == "static" and calib:
                     tower["calibration"] = {"samples": sum(getattr(s, m) is not None for s in calib)}
             towers[m] = tower
-        tokenizer = _copy_tokenizer(model.transform, root)
-    if tokenizer:
+    if _copy_tokenizer(model.transform, root):
         transform_cfg = {**transform_cfg, "text": {**transform_cfg["text"], "path": TOKENIZER_DIR}}
+    if _copy_audio_features(model.transform, root):
+        transform_cfg = {**transform_cfg, "audio": {**transform_cfg["audio"], "path": AUDIO_FEATURES_DIR}}
     source_fp = model.fingerprint
     quantized = any(t["precision"] != "fp32" for t in towers.values())
     manifest = {
@@ -220,7 +248,8 @@ def export_model(model: EmbeddingModel, out: str | os.PathLike[str], int8: str |
     return manifest
 
 
-def _prepare(root: Path, overwrite: bool) -> None:
+def _check_target(root: Path, overwrite: bool) -> None:
+    """Refuse ``out`` unless it is missing, an empty folder, or (with ``overwrite``) an earlier export."""
     if root.exists() and not root.is_dir():
         raise InvalidInput("not a folder", field="out", source=str(root))
     if root.is_dir() and any(root.iterdir()):
@@ -230,13 +259,33 @@ def _prepare(root: Path, overwrite: bool) -> None:
         if not is_export_dir(root):
             raise InvalidInput("--overwrite replaces an earlier export only; this folder holds something else",
                                field="out", source=str(root))
-        (root / EXPORT_FILE).unlink()  # first: a crash from here on leaves no export that looks complete
-        for child in root.iterdir():
-            if child.suffix == ".onnx" and child.is_file():
-                child.unlink()
-            elif child.name == TOKENIZER_DIR and child.is_dir():
-                shutil.rmtree(child)
-    root.mkdir(parents=True, exist_ok=True)
+
+
+def _sibling(root: Path, kind: str) -> Path:
+    """A hidden folder beside ``root`` (same file system, so renames between them are atomic)."""
+    return root.parent / f".{root.name}.{kind}-{os.getpid()}"
+
+
+def _publish(stage: Path, root: Path, overwrite: bool) -> None:
+    """Put the complete export ``stage`` at ``root``. ``root`` missing or empty: one rename. An earlier export
+    there (``overwrite``): it is renamed aside to ``.{name}.old-{pid}``, ``stage`` is renamed in, then the old one
+    is deleted. A failed rename in between puts the old export back. A crash between the two renames leaves no
+    ``root`` but two complete exports beside it (the old under ``.old-``, the new under ``.tmp-``); a crash
+    after them leaves the new export at ``root`` and at most a stale ``.old-`` folder."""
+    _check_target(root, overwrite)   # again: the folder may have changed while the towers were exported
+    if not root.is_dir() or not any(root.iterdir()):
+        os.rename(stage, root)   # POSIX: replaces an empty folder in one step
+        return
+    aside = _sibling(root, "old")
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.rename(root, aside)
+    try:
+        os.rename(stage, root)
+    except BaseException:
+        os.rename(aside, root)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _write(root: Path, name: str, data: bytes) -> dict[str, Any]:
@@ -267,6 +316,16 @@ def _copy_tokenizer(transform: SampleTransform, root: Path) -> bool:
     if tok is None or not hasattr(tok, "save_pretrained"):
         return False
     tok.save_pretrained(str(root / TOKENIZER_DIR))
+    return True
+
+
+def _copy_audio_features(transform: SampleTransform, root: Path) -> bool:
+    """A Hugging Face CLAP checkpoint's feature extractor (what ``hf_clap`` audio preprocessing loads from the
+    checkpoint folder) is saved into the export, like the tokenizer."""
+    audio = transform.audio
+    if not isinstance(audio, ClapAudioTransform):
+        return False
+    audio.extractor.save_pretrained(str(root / AUDIO_FEATURES_DIR))
     return True
 
 
