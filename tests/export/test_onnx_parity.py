@@ -89,7 +89,7 @@ def test_fp32_export_dir_loads_like_its_source(torch_model: polymodal.EmbeddingM
                                                 tmp_path: Path) -> None:
     out = tmp_path / "export"
     manifest = export_model(torch_model, out, opset=17)
-    assert sorted(p.name for p in out.iterdir()) == ["audio.onnx", "image.onnx", "polymodal_export.json",
+    assert sorted(p.name for p in out.iterdir()) == ["audio.onnx", "embed_onnx.py", "image.onnx", "polymodal_export.json",
                                                      "text.onnx", "video.onnx"]
     assert manifest == read_manifest(out)
     assert manifest["modalities"] == list(MODALITIES) and manifest["dim"] == torch_model.dim

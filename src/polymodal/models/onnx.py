@@ -43,6 +43,7 @@ from .onnx_export import (
 from .onnx_session import OrtTowers, feeds, input_names, new_session, ort_module
 
 EXPORT_FILE = "polymodal_export.json"
+STANDALONE_FILE = "embed_onnx.py"  # a copy of polymodal/models/onnx_standalone.py: runs the export without torch
 EXPORT_FORMAT = "polymodal-onnx-export"
 EXPORT_VERSION = 1
 TOKENIZER_DIR = "tokenizer"
@@ -231,6 +232,8 @@ def _write_export(model: EmbeddingModel, root: Path, modes: Mapping[str, str], c
         transform_cfg = {**transform_cfg, "text": {**transform_cfg["text"], "path": TOKENIZER_DIR}}
     if _copy_audio_features(model.transform, root):
         transform_cfg = {**transform_cfg, "audio": {**transform_cfg["audio"], "path": AUDIO_FEATURES_DIR}}
+    # the torch-free runner (numpy + PIL + onnxruntime [+ tokenizers]): the same preprocessing, read from the manifest
+    atomic_write_bytes(root / STANDALONE_FILE, Path(__file__).with_name("onnx_standalone.py").read_bytes())
     source_fp = model.fingerprint
     quantized = any(t["precision"] != "fp32" for t in towers.values())
     manifest = {
