@@ -79,7 +79,7 @@ def child(args: argparse.Namespace) -> int:
         model: Any = SimulatedModel()
     else:
         from polymodal import load
-        model = load(args.model)
+        model = load(args.model, runtime=args.runtime)
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size)
     root = Path(args.root)
     app = create_app(model, root=root, settings=settings, collection=root / "bench")
@@ -109,12 +109,13 @@ def free_port() -> int:
 class Server:
     """A `create_app` server in a child process (a fresh one per configuration)."""
 
-    def __init__(self, model: str, max_batch: int, max_wait_ms: float, queue_size: int, items: int, threads: int):
+    def __init__(self, model: str, max_batch: int, max_wait_ms: float, queue_size: int, items: int, threads: int,
+                 runtime: str = "torch"):
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="serve_load_"))
         cmd = [sys.executable, __file__, "--child", "--port", str(self.port), "--model", model, "--root",
                str(self.root), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--queue-size",
-               str(queue_size), "--items", str(items), "--threads", str(threads)]
+               str(queue_size), "--items", str(items), "--threads", str(threads), "--runtime", runtime]
         self.proc = subprocess.Popen(cmd)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -303,8 +304,9 @@ def batching(model: str, label: str, args: argparse.Namespace, openai: bool = Fa
     runs: dict[int, list[dict[str, Any]]] = {1: [], top: []}
     extra: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
+        runtime = args.runtime if model != "simulated" else "torch"
         servers = {mb: stack.enter_context(Server(model, mb, args.max_wait_ms, args.queue_size, args.items,
-                                                               args.threads))
+                                                               args.threads, runtime))
                    for mb in (1, top)}
         model_id = httpx.get(servers[top].url + "/v1/models").json()["data"][0]["id"]
         for srv in servers.values():  # warm-up: connections, caches, the batcher's thread
@@ -469,6 +471,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--queue-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="the server runs the model's towers with torch or onnxruntime (polymodal serve --runtime)")
     p.add_argument("--out", default="docs/results/serve.md")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -491,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             print("training a tiny clip_tiny model (10 steps on 200 generated shapes)...", file=sys.stderr)
             model, label = tiny_model(work), "clip_tiny (text tower: 2-layer byte transformer, width 128), 10 steps"
         search = []
-        with Server(model, args.max_batch, args.max_wait_ms, args.queue_size, args.items, args.threads) as srv:
+        with Server(model, args.max_batch, args.max_wait_ms, args.queue_size, args.items, args.threads,
+                    args.runtime if model != "simulated" else "torch") as srv:
             for c in (int(x) for x in args.concurrency.split(",")):
                 search.append(load(srv, "/v1/search", args.requests, c, seed=c))
                 print(f"search c={c}: {search[-1]['rps']} req/s", file=sys.stderr)
