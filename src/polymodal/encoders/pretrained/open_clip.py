@@ -231,10 +231,7 @@ class OpenClipImage(_OpenClipTower):
         return self.run_present(part, self._features)
 
     def _features(self, part: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = part["values"].to(self._dtype())
-        if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (self.image_size, self.image_size):
-            raise InvalidInput(f"expected images (B, 3, {self.image_size}, {self.image_size}), got {tuple(x.shape)}",
-                               field="image")
+        x = self.square_images(part, self.image_size)
         out: torch.Tensor = self.visual(x)
         return out
 
