@@ -243,12 +243,34 @@ def _polyphase_filter(up: int, down: int) -> tuple[np.ndarray, int]:
     return H, half_len
 
 
+MAX_POLYPHASE_RATIO = 4096
+
+
+def _fft_resample(x: np.ndarray, n_out: int) -> np.ndarray:
+    """Band-limited resampling in the frequency domain to ``n_out`` samples (``scipy.signal.resample``'s
+    definition): the spectrum truncated or zero-padded, the Nyquist bin split or halved. For rate ratios whose
+    polyphase filter would be huge (a rate like 383,999 Hz against 16 kHz); cost O(N log N) whatever the ratio."""
+    n_in = x.shape[0]
+    spec = np.fft.rfft(x)
+    out = np.zeros(n_out // 2 + 1, dtype=np.complex128)
+    keep = min(len(spec), len(out))
+    out[:keep] = spec[:keep]
+    if n_out < n_in and n_out % 2 == 0:  # the new Nyquist bin holds both signs' share
+        out[n_out // 2] = spec[n_out // 2].real * 2.0 if n_out // 2 < len(spec) else 0.0
+    if n_out > n_in and n_in % 2 == 0:  # the old Nyquist bin is split between +/- frequencies
+        out[n_in // 2] *= 0.5
+    y: np.ndarray = np.fft.irfft(out, n_out) * (n_out / n_in)
+    return y
+
+
 def resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     """Band-limited, zero-phase resampling of a mono float32 waveform (polymodal's ``resample``)."""
     if orig_sr == new_sr:
         return x
     g = math.gcd(int(orig_sr), int(new_sr))
     up, down = int(new_sr) // g, int(orig_sr) // g
+    if max(up, down) > MAX_POLYPHASE_RATIO:  # polymodal: frequency-domain resampling for awkward ratios
+        return _fft_resample(x.astype(np.float64), -(-x.shape[0] * up // down)).astype(np.float32)
     H, half_len = _polyphase_filter(up, down)
     xd = x.astype(np.float64)
     n_taps = H.shape[1]

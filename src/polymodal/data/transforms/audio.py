@@ -45,8 +45,14 @@ def _polyphase_filter(up: int, down: int) -> tuple[np.ndarray, int]:
     return H, half_len
 
 
+MAX_POLYPHASE_RATIO = 4096  # beyond: 20 * ratio filter taps would cost seconds and tens of MB; FFT resampling instead
+
+
 def resample(wave: Wave, orig_sr: int, new_sr: int) -> Wave:
-    """Resample a mono waveform ``(N,)`` from ``orig_sr`` to ``new_sr`` Hz (band-limited, zero-phase).
+    """Resample a mono waveform ``(N,)`` from ``orig_sr`` to ``new_sr`` Hz (band-limited, zero-phase): polyphase
+    filtering as ``scipy.signal.resample_poly`` when the reduced ratio ``up/down`` has both terms <=
+    `MAX_POLYPHASE_RATIO` (every common rate pair), else in the frequency domain (``scipy.signal.resample``), so an
+    odd rate such as 383,999 Hz costs O(N log N), not a multi-million-tap filter.
 
     Output length is ``ceil(N * new_sr / orig_sr)``; equal rates return the input unchanged. Numpy in, numpy out;
     torch in, torch out (float32 unless the input is float64)."""
@@ -61,8 +67,29 @@ def resample(wave: Wave, orig_sr: int, new_sr: int) -> Wave:
         raise InvalidInput(f"expected a non-empty mono waveform (N,), got shape {x.shape}", field="audio")
     out_dtype = np.float64 if x.dtype == np.float64 else np.float32
     g = math.gcd(int(orig_sr), int(new_sr))
-    y = _polyphase(x.astype(np.float64), int(new_sr) // g, int(orig_sr) // g).astype(out_dtype)
+    up, down = int(new_sr) // g, int(orig_sr) // g
+    if max(up, down) > MAX_POLYPHASE_RATIO:
+        y = _fft_resample(x.astype(np.float64), -(-x.shape[0] * up // down)).astype(out_dtype)
+    else:
+        y = _polyphase(x.astype(np.float64), up, down).astype(out_dtype)
     return torch.from_numpy(y) if is_torch else y
+
+
+def _fft_resample(x: np.ndarray, n_out: int) -> np.ndarray:
+    """Band-limited resampling in the frequency domain to ``n_out`` samples (``scipy.signal.resample``'s
+    definition): the spectrum truncated or zero-padded, the Nyquist bin split or halved. For rate ratios whose
+    polyphase filter would be huge (a rate like 383,999 Hz against 16 kHz); cost O(N log N) whatever the ratio."""
+    n_in = x.shape[0]
+    spec = np.fft.rfft(x)
+    out = np.zeros(n_out // 2 + 1, dtype=np.complex128)
+    keep = min(len(spec), len(out))
+    out[:keep] = spec[:keep]
+    if n_out < n_in and n_out % 2 == 0:  # the new Nyquist bin holds both signs' share
+        out[n_out // 2] = spec[n_out // 2].real * 2.0 if n_out // 2 < len(spec) else 0.0
+    if n_out > n_in and n_in % 2 == 0:  # the old Nyquist bin is split between +/- frequencies
+        out[n_in // 2] *= 0.5
+    y: np.ndarray = np.fft.irfft(out, n_out) * (n_out / n_in)
+    return y
 
 
 def _polyphase(x: np.ndarray, up: int, down: int) -> np.ndarray:
