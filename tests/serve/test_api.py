@@ -395,10 +395,10 @@ def test_cli_help_and_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert exc.value.code == 0 and "--max-wait-ms" in capsys.readouterr().out
     args = _parser().parse_args(["--model", "m", "--collection", "c", "--api-key", "k", "--max-batch", "8",
                                  "--queue-size", "4", "--max-body-mb", "1", "--cors-origin", "http://a",
-                                 "--model-name", "clip-b32"])
+                                 "--model-name", "clip-b32", "--max-aspect", "8"])
     s = settings_from_args(args)
     assert (s.api_key, s.max_batch, s.queue_size, s.max_body_bytes, s.cors_origins) == ("k", 8, 4, 2**20, ("http://a",))
-    assert s.model_name == "clip-b32"
+    assert s.model_name == "clip-b32" and s.limits.max_aspect == 8.0
     new = tmp_path / "new"
     assert layout(str(new), None) == (tmp_path, new)
     Collection.create(tmp_path / "coll", dim=4).close()

@@ -116,6 +116,41 @@ def test_the_request_budget_spans_inputs_modalities_and_endpoints(client: Client
     assert sorted(decodes) == ["decode_audio", "decode_image"]
 
 
+def test_images_too_thin_are_refused_from_their_headers_on_every_route(client: Client, decodes: list[str]):
+    """A 1 x W image is scaled up to size x (size * W) before the crop: beyond max_aspect it is refused from its
+    header (a 1 x 100,000 PNG is a few hundred bytes), whichever route it comes by; film strips are judged by
+    their frames."""
+    c = client()
+    limits = MediaLimits()
+    assert limits.max_aspect == 64.0
+    wide, tall = b64(png_bomb(100_000, 1)), b64(png_bomb(2, 200))   # aspect 100,000 and 100
+    ok_img = b64(png_bomb(64, 1))                                      # exactly the bound
+
+    def thin(body: dict[str, Any], ratio: str) -> None:
+        assert "max_aspect" in body["message"] and ratio in body["message"], body
+
+    thin(err(c.post("/v1/embed", json={"image": [ok_img, wide]}), 422, "image[1]", "InvalidInput"), "100000")
+    thin(err(c.post("/v1/embed", json={"image": [tall]}), 422, "image[0]", "InvalidInput"), "100")
+    # a film strip of 4 frames 2 x 64 is fine (each frame 2:1); one of 2 frames of 256 x 2 is not (128:1)
+    thin(err(c.post("/v1/embed", json={"video": [{"data": b64(png_bomb(256, 4)), "frames": 2}]}), 422,
+             "video[0].data"), "128")
+    thin(err(c.post("/v1/search", json={"image": wide}), 422, "image"), "100000")
+    thin(err(c.post("/v1/search", json={"video": {"data": b64(png_bomb(1, 300)), "frames": 1}}), 422, "video.data"),
+         "300")
+    items = [{"id": 1, "text": "x", "image": ok_img}, {"id": 2, "text": "y", "image": wide}]
+    thin(err(c.post("/v1/collections/main/items", json={"items": items}, headers=AUTH), 422, "items[1].image"),
+         "100000")
+    r = c.post("/v1/embeddings", json={"model": "polymodal", "input": ["x", f"data:image/png;base64,{wide}"]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[1]", r.text
+    thin(r.json()["error"], "100000")
+    assert decodes == []
+    ok = c.post("/v1/embed", json={"image": [ok_img], "video": [{"data": b64(png_bomb(2, 256)), "frames": 4}]})
+    assert ok.status_code == 200, ok.text
+    # the bound is a setting
+    strict = client(limits=MediaLimits(max_aspect=4.0))
+    thin(err(strict.post("/v1/embed", json={"image": [b64(png_bomb(10, 2))]}), 422, "image[0]"), "5")
+
+
 def test_audio_channels_count_toward_the_request_budget(client: Client, decodes: list[str]):
     buf = io.BytesIO()
     sf.write(buf, np.zeros((8000, 8), np.float32), 8000, format="WAV", subtype="PCM_16")  # 1 s, 64,000 samples

@@ -206,6 +206,61 @@ def test_models_list_and_retrieve(client: Any):
     assert exc.value.code == "model_not_found"
 
 
+def test_model_ids_with_a_slash_can_be_retrieved(tmp_path: Path):
+    """Hugging Face style ids (``BAAI/bge-small``) are listed and retrieved, as OpenAI's client asks for them."""
+    with running(tmp_path, model_name="BAAI/bge-small") as base, \
+            openai.OpenAI(base_url=base + "/v1", api_key="k", max_retries=0, timeout=20) as c:
+        assert [m.id for m in c.models.list().data] == ["BAAI/bge-small"]
+        card = c.models.retrieve("BAAI/bge-small")
+        assert (card.id, card.object, card.owned_by) == ("BAAI/bge-small", "model", "polymodal")
+        r = httpx.get(base + "/v1/models/BAAI/bge-small", timeout=20)
+        assert r.status_code == 200 and r.json()["id"] == "BAAI/bge-small"
+        for other in ("BAAI/bge-large", "BAAI", "BAAI/bge-small/x"):
+            with pytest.raises(openai.NotFoundError) as exc:
+                c.models.retrieve(other)
+            assert exc.value.code == "model_not_found" and other in exc.value.message
+        assert c.embeddings.create(model="BAAI/bge-small", input="x").model == "BAAI/bge-small"
+
+
+@pytest.mark.parametrize("value", [True, False, "3", 3.0, 2.5, "", [3], {"n": 3}, 0, -1])
+def test_dimensions_must_be_a_strict_positive_int(server: tuple[str, FakeModel], value: Any):
+    r = httpx.post(server[0] + "/v1/embeddings", json={"model": MODEL_ID, "input": "x", "dimensions": value},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=20)
+    assert r.status_code == 400, (value, r.text)
+    body = r.json()["error"]
+    assert set(body) == {"message", "type", "param", "code"}
+    assert (body["param"], body["type"], body["code"]) == ("dimensions", "invalid_request_error", "invalid_input")
+
+
+class _Tokenizer:
+    """Counts characters as tokens (up to max_len), recording whether it ran on an event loop's thread."""
+
+    def __init__(self) -> None:
+        self.on_loop: list[bool] = []
+
+    def encode(self, text: str, max_len: int | None = None) -> list[int]:
+        try:
+            asyncio.get_running_loop()
+            self.on_loop.append(True)
+        except RuntimeError:
+            self.on_loop.append(False)
+        return list(range(min(len(text), max_len or len(text))))
+
+
+def test_usage_is_counted_off_the_event_loop(tmp_path: Path):
+    """The model's tokenizer can take seconds on a big request: it must not stall the server's event loop."""
+    model: Any = FakeModel()
+    tok = _Tokenizer()
+    model.transform = type("T", (), {"text": tok, "max_text_len": 7})()
+    texts = ["a red circle", "ab", "a blue square above a star"]
+    with running(tmp_path, model) as base, \
+            openai.OpenAI(base_url=base + "/v1", api_key="k", max_retries=0, timeout=20) as c:
+        resp = c.embeddings.create(model="polymodal", input=[*texts, f"data:image/png;base64,{IMG}"])
+        assert resp.usage.prompt_tokens == resp.usage.total_tokens == 7 + 2 + 7
+        assert c.embeddings.create(model="polymodal", input="abc").usage.prompt_tokens == 3
+    assert len(tok.on_loop) == 4 and not any(tok.on_loop), tok.on_loop
+
+
 def test_requests_share_the_micro_batcher(tmp_path: Path):
     model = FakeModel(delay=0.2)
 

@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="request body limit in MiB; also the limit of one media file (default 32)")
     g.add_argument("--max-pixels", type=_int_in(1), default=4096 * 4096,
                    help="pixels of one image, or of all frames of one video (default 16777216 = 4096x4096)")
+    g.add_argument("--max-aspect", type=_number(1, strict=False), default=64.0,
+                   help="long side / short side of one image or video frame (default 64): a thin image is scaled up "
+                        "to the model's size before its crop, so its cost grows with this ratio")
     g.add_argument("--max-request-pixels", type=_int_in(1), default=2 * 4096 * 4096,
                    help="pixels of all images and videos of one request together, checked from their headers "
                         "before any is decoded (default 33554432)")
@@ -130,7 +133,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:  # fastapi (a
 
     body = int(args.max_body_mb * 2**20)
     limits = MediaLimits(max_bytes=body, max_pixels=args.max_pixels, max_seconds=args.max_audio_seconds,
-                         max_request_pixels=args.max_request_pixels, max_request_samples=args.max_request_samples)
+                         max_request_pixels=args.max_request_pixels, max_request_samples=args.max_request_samples,
+                         max_aspect=args.max_aspect)
     return ServeSettings(api_key=args.api_key or None, auth_reads=args.auth_reads, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_body_bytes=body,
                          limits=limits, cors_origins=tuple(args.cors_origin), max_connections=args.max_connections,

@@ -28,6 +28,9 @@ class MediaLimits:
     max_pixels: int = 4096 * 4096      # image, or all frames of a video together
     max_seconds: float = 60.0          # audio duration
     max_frames: int = 64               # video frames
+    # long side / short side of an image (of each frame of a film strip): models scale the short side up to
+    # their input size before the crop, so a 1 x 1,000,000 image of a few KiB would cost gigabytes
+    max_aspect: float = 64.0
     # what one request may decode in all (a small file can declare a huge image or hours of silence)
     max_request_pixels: int = 2 * 4096 * 4096   # images and video frames together
     max_request_samples: int = 32 * 2**20       # audio samples, frames x channels (128 MiB as float32)
@@ -71,19 +74,32 @@ def b64_bytes(value: object, field: str, max_bytes: int) -> bytes:
 
 # Each check_* reads only the header, checks the limits, charges the request's budget and returns the decoder.
 
-def _check_image(value: object, field: str, limits: MediaLimits,
-                 budget: RequestBudget) -> tuple[int, Callable[[], np.ndarray]]:
+def _check_image(value: object, field: str, limits: MediaLimits, budget: RequestBudget,
+                 frames: int = 1) -> Callable[[], np.ndarray]:
+    """``frames`` > 1: a film strip of that many frames stacked vertically (each frame's shape is checked)."""
     data = b64_bytes(value, field, limits.max_bytes)
     w, h = image_size(data, "request", field, IMAGE_FORMATS)
     if w * h > limits.max_pixels:
         raise InvalidInput(f"image of {w}x{h} pixels exceeds the limit of {limits.max_pixels} pixels", field=field)
+    if h % frames:
+        raise InvalidInput(f"film strip of height {h} cannot hold {frames} frames", field=field)
+    fw, fh = w, h // frames
+    ratio = max(fw, fh) / max(min(fw, fh), 1)
+    if ratio > limits.max_aspect:
+        what = f"image of {w}x{h} pixels" if frames == 1 else f"film strip of {frames} frames of {fw}x{fh} pixels"
+        raise InvalidInput(f"{what} has an aspect ratio (long side / short side) of {_num(ratio)}, beyond the "
+                           f"limit of {_num(limits.max_aspect)} (max_aspect)", field=field)
     budget.charge_pixels(w * h, f"an image of {w}x{h} pixels", field)
-    return h, lambda: decode_image(data, "request", field, IMAGE_FORMATS)
+    return lambda: decode_image(data, "request", field, IMAGE_FORMATS)
+
+
+def _num(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".")
 
 
 def check_image(value: object, field: str, limits: MediaLimits, budget: RequestBudget) -> Callable[[], np.ndarray]:
     """An image file as base64 -> the decoder of its uint8 HxWx3 array."""
-    return _check_image(value, field, limits, budget)[1]
+    return _check_image(value, field, limits, budget)
 
 
 def check_audio(value: object, field: str, limits: MediaLimits,
@@ -116,9 +132,7 @@ def check_video(value: object, frames: object, field: str, limits: MediaLimits,
     decoder of its uint8 TxHxWx3 array."""
     if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= limits.max_frames:
         raise InvalidInput(f"frames must be an int in [1, {limits.max_frames}], got {frames!r}", field=f"{field}.frames")
-    height, decode_strip = _check_image(value, f"{field}.data", limits, budget)
-    if height % frames:
-        raise InvalidInput(f"film strip of height {height} cannot hold {frames} frames", field=f"{field}.data")
+    decode_strip = _check_image(value, f"{field}.data", limits, budget, frames)
 
     def decode() -> np.ndarray:
         strip = decode_strip()

@@ -12,9 +12,10 @@ served model.
 - ``encoding_format``: ``"float"`` (default) or ``"base64"`` (little-endian float32 bytes, what OpenAI's Python
   client asks for unless told otherwise and decodes itself).
 - ``dimensions``: the first N dimensions, re-normalised (as OpenAI's text-embedding-3 models shorten theirs); more
-  than the model has is a 400.
+  than the model has, or anything but a JSON integer >= 1 (``true``, ``"3"``), is a 400.
 - ``usage``: the text tokens the model read (its own tokenizer, up to its maximum text length; words when it
-  exposes no tokenizer); media count 0.
+  exposes no tokenizer); media count 0. Counted in the thread pool (a tokenizer can take seconds on a big
+  request, which would stall the event loop).
 
 Errors on these routes use OpenAI's envelope, ``{"error": {"message", "type", "param", "code"}}`` (`openai_error`),
 with the status codes OpenAI's clients map to their exception types: invalid input is a 400 (not the 422 of the
@@ -84,7 +85,9 @@ class EmbeddingsRequest(BaseModel):
                                                      "maxItems": MAX_INPUTS}]})
     encoding_format: Literal["float", "base64"] | None = Field(
         "float", description="float: lists of numbers; base64: little-endian float32 bytes")
-    dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions, re-normalised")
+    # strict: JSON true or "3" is not a dimension count (lax mode would take them as 1 and 3)
+    dimensions: int | None = Field(None, ge=1, strict=True,
+                                   description="keep the first N dimensions, re-normalised")
     user: str | None = Field(None, description="ignored (accepted for compatibility)")
 
 
@@ -158,7 +161,8 @@ async def list_models(svc: Service = Depends(reader)) -> ModelList:
     return ModelList(data=[model_card(svc)])
 
 
-@router.get("/v1/models/{model}", response_model=ModelCard, responses=ERRORS)
+# {model:path}: ids may hold slashes (Hugging Face style, ``BAAI/bge-small``), which OpenAI's client sends as is
+@router.get("/v1/models/{model:path}", response_model=ModelCard, responses=ERRORS)
 async def get_model(model: Annotated[str, Path()], svc: Service = Depends(reader)) -> ModelCard:
     check_model(svc, model)
     return model_card(svc)
@@ -192,7 +196,10 @@ async def embeddings(body: EmbeddingsRequest, svc: Service = Depends(reader)) ->
         vectors[[i for i, _ in decoded[m]]] = out
     if dims is not None and dims < svc.dim:
         vectors = shorten(vectors, dims)
-    tokens = count_tokens(svc.model, [v for _, v in groups.get("text", [])])
+    # the tokenizer can take seconds on a big request: off the event loop, and only once the embedding succeeded
+    # (a request refused with a 503 costs no tokenizing)
+    texts = [v for _, v in groups.get("text", [])]
+    tokens = await run_in_threadpool(count_tokens, svc.model, texts) if texts else 0
     return Response(render(vectors, body.encoding_format == "base64", svc.model_id, tokens),
                     media_type="application/json")
 
