@@ -177,7 +177,7 @@ def export_model(model: EmbeddingModel, out: str | os.PathLike[str], int8: str |
     """Write ``model`` as an export dir ``out`` (see the module doc); returns the manifest. ``int8``: see
     `parse_int8`; ``calib``: samples for static INT8 (and for ``auto`` on CNN towers).
 
-    Everything is written into a hidden sibling ``.{name}.tmp-{pid}`` and published at the end by rename (see
+    Everything is written into a hidden sibling ``.{name}.tmp-XXXX`` (a unique name) and published at the end by rename (see
     `_publish`): a failed export removes it and leaves ``out`` (an earlier export included) as it was."""
     if model.model is None:
         raise InvalidInput("this model is an ONNX export already; export its source run instead", field="model",
@@ -186,11 +186,8 @@ def export_model(model: EmbeddingModel, out: str | os.PathLike[str], int8: str |
     root = Path(out).resolve()
     _check_target(root, overwrite)
     modes = parse_int8(int8, model.modalities)
-    stage = _sibling(root, "tmp")
-    if stage.exists():   # left by an earlier process with our pid (one that crashed): nothing to keep
-        shutil.rmtree(stage)
     root.parent.mkdir(parents=True, exist_ok=True)
-    stage.mkdir()
+    stage = _sibling(root, "tmp")
     try:
         manifest = _write_export(model, stage, modes, calib, opset, log or (lambda _msg: None))
         _publish(stage, root, overwrite)
@@ -265,13 +262,14 @@ def _check_target(root: Path, overwrite: bool) -> None:
 
 
 def _sibling(root: Path, kind: str) -> Path:
-    """A hidden folder beside ``root`` (same file system, so renames between them are atomic)."""
-    return root.parent / f".{root.name}.{kind}-{os.getpid()}"
+    """A new hidden folder beside ``root`` (same file system, so renames between them are atomic), with a unique
+    name: two exporters never share one, even in two containers whose processes both have pid 1."""
+    return Path(tempfile.mkdtemp(prefix=f".{root.name}.{kind}-", dir=root.parent))
 
 
 def _publish(stage: Path, root: Path, overwrite: bool) -> None:
     """Put the complete export ``stage`` at ``root``. ``root`` missing or empty: one rename. An earlier export
-    there (``overwrite``): it is renamed aside to ``.{name}.old-{pid}``, ``stage`` is renamed in, then the old one
+    there (``overwrite``): it is renamed aside to ``.{name}.old-XXXX``, ``stage`` is renamed in, then the old one
     is deleted. A failed rename in between puts the old export back. A crash between the two renames leaves no
     ``root`` but two complete exports beside it (the old under ``.old-``, the new under ``.tmp-``); a crash
     after them leaves the new export at ``root`` and at most a stale ``.old-`` folder."""
@@ -280,8 +278,7 @@ def _publish(stage: Path, root: Path, overwrite: bool) -> None:
         os.rename(stage, root)   # POSIX: replaces an empty folder in one step
         return
     aside = _sibling(root, "old")
-    if aside.exists():
-        shutil.rmtree(aside)
+    os.rmdir(aside)  # a unique free name: the old export is renamed onto it
     os.rename(root, aside)
     try:
         os.rename(stage, root)
