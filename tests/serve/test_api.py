@@ -93,6 +93,9 @@ def test_embed_errors_name_the_field(client: Client):
     err(c.post("/v1/embed", json={"audio": [wav_b64(tone(200, seconds=2.0), 16000)]}), 422, "audio[0]")
     err(c.post("/v1/embed", json={"video": [{"data": png_b64(solid((1, 1, 1), 10, 4)), "frames": 3}]}), 422,
         "video[0].data")
+    for frames in (True, "3", 3.0):  # a count is a JSON integer, not something pydantic could coerce into one
+        err(c.post("/v1/embed", json={"video": [{"data": png_b64(solid((1, 1, 1), 12, 4)), "frames": frames}]}),
+            422, "frames")
     err(c.post("/v1/embed", json={"text": "not a list"}), 422, "text")
     err(c.post("/v1/embed", json={"txt": ["typo"]}), 422, "txt")
     err(c.post("/v1/embed", content=b"{not json", headers={"content-type": "application/json"}), 400, "body",

@@ -37,7 +37,7 @@ class _Strict(BaseModel):
 class VideoIn(_Strict):
     data: str = Field(description=f"base64 film strip: T frames stacked vertically in one image "
                                   f"({format_list(IMAGE_FORMATS)})")
-    frames: int = Field(ge=1, description="number of frames T in the strip")
+    frames: int = Field(ge=1, strict=True, description="number of frames T in the strip")
 
 
 class EmbedRequest(_Strict):
