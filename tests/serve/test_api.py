@@ -95,7 +95,7 @@ def test_embed_errors_name_the_field(client: Client):
         "video[0].data")
     for frames in (True, "3", 3.0):  # a count is a JSON integer, not something pydantic could coerce into one
         err(c.post("/v1/embed", json={"video": [{"data": png_b64(solid((1, 1, 1), 12, 4)), "frames": frames}]}),
-            422, "frames")
+            422, "video[0].frames")
     err(c.post("/v1/embed", json={"text": "not a list"}), 422, "text")
     err(c.post("/v1/embed", json={"txt": ["typo"]}), 422, "txt")
     err(c.post("/v1/embed", content=b"{not json", headers={"content-type": "application/json"}), 400, "body",
