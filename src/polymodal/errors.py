@@ -4,6 +4,7 @@ and the HTTP service can map it to a 4xx JSON body."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 
@@ -76,10 +77,21 @@ class ApiError(Exception):
 
 
 def require(module: str, extra: str) -> ModuleType:
-    """Import an optional dependency or raise a one-line install hint."""
+    """Import an optional dependency or raise a one-line install hint. A package that is installed but fails to
+    import (a dependency of its own missing or built for another version, e.g. open_clip's torchvision) says so,
+    with the reason, instead of claiming it is not installed."""
     try:
         return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    except (ImportError, RuntimeError, OSError) as exc:
+        top = module.split(".")[0]
+        try:
+            installed = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            installed = False
+        if installed and not (isinstance(exc, ModuleNotFoundError) and exc.name == top):
+            reason = " ".join(str(exc).split())[:200]
+            raise MissingExtra(f"'{module}' is installed but cannot be imported ({type(exc).__name__}: {reason}); "
+                               f"install what it needs with: pip install 'polymodal[{extra}]'") from exc
         raise MissingExtra(
             f"'{module}' is not installed; install it with: pip install 'polymodal[{extra}]'"
         ) from exc
