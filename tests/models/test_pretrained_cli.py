@@ -106,3 +106,25 @@ def test_eval_runs_an_onnx_export_of_a_checkpoint(clip_dir, shapes, tmp_path):
         assert results["onnx"][d]["R@1"] == pytest.approx(m["R@1"]) and results["onnx"][d]["n_queries"] == m["n_queries"]
     rc, _, err = _run("eval", str(export), "--data", str(shapes), "--task", "retrieval", "--no-progress")
     assert rc == 1 and "--runtime onnx" in err
+
+
+def test_the_service_serves_a_checkpoint(clip_dir, tmp_path):
+    """`polymodal serve --model CHECKPOINT`'s app: /v1/embed and the OpenAI-compatible /v1/embeddings return the
+    checkpoint's own embeddings, under the checkpoint folder's name as the model id."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from polymodal.serve import create_app
+
+    model = polymodal.load(str(clip_dir))
+    want = model.embed(text=["a red circle", "一个红色的圆"])
+    with TestClient(create_app(model, root=tmp_path / "root", collection=tmp_path / "root" / "main")) as c:
+        got = c.post("/v1/embed", json={"text": ["a red circle", "一个红色的圆"]})
+        assert got.status_code == 200, got.text
+        np.testing.assert_allclose(np.array(got.json()["vectors"]["text"]), want, atol=1e-6)
+        ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+        assert ids == [clip_dir.name]
+        oa = c.post("/v1/embeddings", json={"model": clip_dir.name, "input": ["a red circle", "一个红色的圆"],
+                                            "encoding_format": "float"})
+        assert oa.status_code == 200, oa.text
+        np.testing.assert_allclose(np.array([d["embedding"] for d in oa.json()["data"]]), want, atol=1e-6)
