@@ -28,6 +28,7 @@ from ..rundir import CONFIG, MODEL
 from ._steps import Steps
 from ._steps import reset as _reset
 from .quickstart_queries import queries_json, query_specs, run_queries
+from .quickstart_report import budget_text, report_results
 
 RECIPE = "audioclip_tiny"
 FUSIONS = ("late", "attention")  # late fusion first: it is the reference curve for effective robustness
@@ -145,14 +146,10 @@ def _budgets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _budget_text(budget: dict[str, Any]) -> str:
-    return f"{budget['steps']} steps" if "steps" in budget else f"{budget['minutes']:g} min of wall clock"
-
-
 def _plan(budgets: dict[str, dict[str, Any]], default: bool) -> str:
     """The line printed before anything runs: what each training gets, and what that means for the time
     (``default``: the default sizes, whose total time docs/quickstart.md gives)."""
-    parts = [f"{RECIPE if k == 'train' else k} {_budget_text(b)}" for k, b in budgets.items()]
+    parts = [f"{RECIPE if k == 'train' else k} {budget_text(b)}" for k, b in budgets.items()]
     fixed = all("steps" in b for b in budgets.values())
     how = ("fixed step counts: the result does not depend on this machine's speed or load" if fixed
            else "a wall-clock budget: how many steps it buys depends on this machine and its load")
@@ -195,7 +192,7 @@ def _train_step(steps: Steps, args: argparse.Namespace, name: str, recipe: str, 
     def done() -> bool:
         return (run / MODEL).is_file() and (run / CONFIG).is_file()
 
-    return steps.run(name, f"train {recipe} ({_budget_text(budget)})", params, work, done)
+    return steps.run(name, f"train {recipe} ({budget_text(budget)})", params, work, done)
 
 
 def _trained(marker: dict[str, Any]) -> dict[str, Any]:
@@ -284,35 +281,6 @@ def _robustness_step(steps: Steps, runs: dict[str, Path], tokens: dict[str, str]
 
 # ------------------------------------------------------------------------------------------- main
 
-def _report(args: argparse.Namespace, state: dict[str, Any], steps: Steps, serve: str) -> dict[str, Any]:
-    if args.model:
-        meta = {"data": f"shapes {args.n_shapes} (captions {'+'.join(args.langs)}, spoken)"
-                        + ("" if args.no_fusion else f", digits {args.n_digits}"),
-                "model": f"{args.model} (given with --model: not trained here)", "output": str(Path(args.out).resolve())}
-        return {"title": "polymodal quickstart", "subtitle": "a given model evaluated, indexed and queried on the "
-                "built-in data", "meta": meta,
-                "steps": [{k: s.get(k) for k in ("name", "status", "seconds", "took")} for s in steps.log],
-                "training": None, "retrieval": state["retrieval"], "queries": state["queries"],
-                "robustness": state.get("robustness"), "serve_command": serve,
-                "notes": [] if state.get("robustness") else ["Robustness panel: skipped (--no-fusion)."]}
-    train = state["train"]
-    summary = {"steps": train.get("step"), "samples seen": train.get("samples_seen"),
-               "samples/s": train.get("samples_per_s"), "final loss": train.get("loss"),
-               "validation loss": train.get("val_loss"), "stopped by": train.get("stopped_by"),
-               "train seconds": train.get("elapsed_s")}
-    budgets = ", ".join(f"{t['recipe']} {_budget_text(t['budget'])} -> {t['steps']} steps in {t['train_s']:g} s"
-                        for t in state["trained"].values())
-    meta = {"data": f"shapes {args.n_shapes} (captions {'+'.join(args.langs)}, spoken)"
-                    + ("" if args.no_fusion else f", digits {args.n_digits}"),
-            "recipe": RECIPE, "training budget": budgets, "output": str(Path(args.out).resolve())}
-    return {"title": "polymodal quickstart", "subtitle": "text + image + speech in one embedding space, "
-            "trained from scratch on the built-in data", "meta": meta,
-            "steps": [{k: s.get(k) for k in ("name", "status", "seconds", "took")} for s in steps.log],
-            "training": {**state["curve"], "summary": summary}, "retrieval": state["retrieval"],
-            "queries": state["queries"], "robustness": state.get("robustness"), "serve_command": serve,
-            "notes": [] if state.get("robustness") else ["Robustness panel: skipped (--no-fusion)."]}
-
-
 def _pipeline(args: argparse.Namespace, steps: Steps, budgets: dict[str, dict[str, Any]], out: Path, run: Path,
               coll_path: Path) -> dict[str, Any]:
     """Every step but the report; returns what the report and the summary show."""
@@ -369,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         None, None, None, DEFAULTS["n_shapes"], DEFAULTS["n_digits"])
     plan = _plan(budgets, default) if not args.model else (
         f"quickstart plan: the given model {args.model} (no training): evaluate, index, query"
-        + ("" if args.no_fusion else "; fusion " + ", ".join(f"{k} {_budget_text(b)}" for k, b in budgets.items())))
+        + ("" if args.no_fusion else "; fusion " + ", ".join(f"{k} {budget_text(b)}" for k, b in budgets.items())))
     print(plan, file=sys.stderr, flush=True)
     steps = Steps(out, args.fresh, (6 if args.no_fusion else 10) - (1 if args.model else 0))
     run, coll_path = out / "runs" / "audioclip", out / "collection"
@@ -379,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..report import write_report
 
     report = steps.run("report", "report.html", {}, lambda: {"path": str(write_report(
-        _report(args, state, steps, serve), out / "report.html"))}, cache=False)["result"]["path"]
+        report_results(args, state, steps, serve, RECIPE), out / "report.html"))}, cache=False)["result"]["path"]
     # written again now that the step table can list the report step too, with the time it took (~0.1 s)
-    write_report(_report(args, state, steps, serve), report)
+    write_report(report_results(args, state, steps, serve, RECIPE), report)
     summary = {"report": report, "serve_command": serve, "run": served, "collection": str(coll_path),
                "seconds": round(time.perf_counter() - t0, 1), "steps": steps.log,
                "training": state["train"], "trained": state["trained"], "retrieval": state["retrieval"],
