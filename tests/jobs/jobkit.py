@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from polymodal.config import Recipe
-from polymodal.data.formats import ShardWriter
+from polymodal.data.formats import ShardWriter, write_folder, write_jsonl
 from polymodal.data.sample import Sample
 
 
@@ -56,3 +56,27 @@ def tiny_run(data: Path, run: Path, seed: int = 0) -> Path:
 
     train(tiny_recipe(seed), data, run, progress=False)
     return run
+
+
+class Crashing:
+    """The real model, but its embed raises KeyboardInterrupt after ``calls`` calls (a job killed mid-way)."""
+
+    def __init__(self, model: Any, calls: int):
+        self.model, self.calls, self.seen = model, calls, 0
+        self.fingerprint, self.name, self.dim, self.modalities = model.fingerprint, model.name, model.dim, model.modalities
+
+    def embed(self, **kw: Any) -> np.ndarray:
+        if self.seen >= self.calls:
+            raise KeyboardInterrupt
+        self.seen += 1
+        out: np.ndarray = self.model.embed(**kw)
+        return out
+
+
+def write_every_format(samples: list[Sample], root: Path, shard_size: int = 4) -> None:
+    """The same samples as root/j/data.jsonl, a folder root/f and WebDataset shards root/w."""
+    write_jsonl(samples, root / "j" / "data.jsonl")
+    write_folder(samples, root / "f")
+    with ShardWriter(root / "w", shard_size=shard_size) as w:
+        for s in samples:
+            w.write(s)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from jobkit import make_samples
+from jobkit import Crashing, make_samples, write_every_format
 
 from polymodal import load
 from polymodal.commands import embed as embed_cli
@@ -69,22 +69,6 @@ def test_one_modality_skips_samples_without_it(job_data: Path, job_run: Path, mo
     ids, vecs, metas = _read_all(tmp_path / "emb")
     assert "v0004" not in ids.tolist() and len(ids) == 7 and {m["modality"] for m in metas} == {"image"}
     assert EmbeddingShards(tmp_path / "emb").modalities == ["image"]
-
-
-class Crashing:
-    """The real model, but its embed raises after ``calls`` calls (a job killed mid-way)."""
-
-    def __init__(self, model: Any, calls: int):
-        self.model, self.calls = model, calls
-        self.fingerprint, self.name, self.dim, self.modalities = model.fingerprint, model.name, model.dim, model.modalities
-        self.seen = 0
-
-    def embed(self, **kw: Any) -> np.ndarray:
-        if self.seen >= self.calls:
-            raise KeyboardInterrupt
-        self.seen += 1
-        out: np.ndarray = self.model.embed(**kw)
-        return out
 
 
 def test_a_killed_job_resumes_from_its_finished_shards(job_data: Path, job_run: Path, model: Any,
@@ -168,13 +152,7 @@ def test_cli_prints_a_summary_and_checks_its_flags(job_data: Path, job_run: Path
 
 def test_range_reads_cover_every_format_exactly(tmp_path: Path) -> None:
     samples = make_samples(11, 2)
-    write_jsonl(samples, tmp_path / "j" / "data.jsonl")
-    write_folder(samples, tmp_path / "f")
-    from polymodal.data.formats import ShardWriter
-
-    with ShardWriter(tmp_path / "w", shard_size=4) as w:
-        for s in samples:
-            w.write(s)
+    write_every_format(samples, tmp_path)
     (tmp_path / "nosizes").mkdir()
     for tar in (tmp_path / "w").glob("*.tar"):
         (tmp_path / "nosizes" / tar.name).write_bytes(tar.read_bytes())
@@ -257,13 +235,7 @@ def test_the_local_engine_reads_unindexed_data_once(job_run: Path, model: Any, t
     import polymodal.jobs.source as source_mod
 
     samples = make_samples(12, 4)
-    write_jsonl(samples, tmp_path / "j" / "data.jsonl")
-    write_folder(samples, tmp_path / "f")
-    from polymodal.data.formats import ShardWriter
-
-    with ShardWriter(tmp_path / "w", shard_size=4) as w:
-        for s in samples:
-            w.write(s)
+    write_every_format(samples, tmp_path)
     (tmp_path / "w" / "sizes.json").unlink()
     enumerated = {"n": 0}
 

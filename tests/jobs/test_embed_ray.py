@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from jobkit import Crashing
 
 from polymodal import load
 from polymodal.jobs import EmbeddingShards, EmbedOptions, embed_dataset
@@ -36,19 +37,6 @@ def _rows(out: Path) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
     return [m["sample_id"] for m in metas], np.concatenate(vecs), metas
 
 
-class _Killed:
-    def __init__(self, model: Any, calls: int):
-        self.model, self.calls, self.seen = model, calls, 0
-        self.fingerprint, self.name, self.dim, self.modalities = model.fingerprint, model.name, model.dim, model.modalities
-
-    def embed(self, **kw: Any) -> np.ndarray:
-        if self.seen >= self.calls:
-            raise KeyboardInterrupt
-        self.seen += 1
-        out: np.ndarray = self.model.embed(**kw)
-        return out
-
-
 def test_ray_engine_finishes_a_killed_local_job_with_the_local_engines_embeddings(
         job_data: Path, job_run: Path, tmp_path: Path) -> None:
     """One Ray execution (actor start-up is the slow part): a local job killed after its first shard is
@@ -58,7 +46,7 @@ def test_ray_engine_finishes_a_killed_local_job_with_the_local_engines_embedding
     embed_dataset(str(job_run), job_data, tmp_path / "local", LOCAL, model=model)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        embed_dataset(str(job_run), job_data, out, LOCAL, model=_Killed(model, calls=3))
+        embed_dataset(str(job_run), job_data, out, LOCAL, model=Crashing(model, calls=3))
     summary = embed_dataset(str(job_run), job_data, out, RAY, model=model)
     assert summary["engine"] == "ray" and summary["workers"] == 2 and summary["complete"]
     assert summary["resumed_shards"] == 1 and summary["written_shards"] == 3 and summary["count"] == 50
