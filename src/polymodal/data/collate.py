@@ -56,6 +56,7 @@ def collate(samples: Sequence[Sample], transform: TransformFn | None = None) -> 
     return Batch(
         ids=[s.id for s in samples], data=data, mask=mask, pad_mask=pad_mask,
         texts=[s.text for s in samples], metadata=[s.metadata for s in samples],
+        targets=[s.targets for s in samples],
     )
 
 

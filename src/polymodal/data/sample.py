@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInput
+from .targets import EMPTY, Targets, targets_field
 
 MODALITIES: tuple[str, ...] = ("audio", "image", "text", "video")  # sorted, the order every module uses
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
@@ -26,7 +27,9 @@ class Sample:
     - ``image``: ``uint8`` array ``H x W x 3``
     - ``audio``: ``float32`` mono waveform ``(N,)`` in [-1, 1] with ``sample_rate`` (Hz)
     - ``video``: ``uint8`` array ``T x H x W x 3``
-    - ``metadata``: JSON-serialisable ``dict`` (labels, split, captions, ...)
+    - ``metadata``: JSON-serialisable ``dict`` (labels, split, ...)
+    - ``targets``: what a generator should produce (`polymodal.data.targets.Targets`: reference captions,
+      question/answer pairs, transcript, dialog); a JSON dict is accepted and converted
     - ``source``: where the sample came from (file or shard), used in error messages only
     """
 
@@ -38,6 +41,7 @@ class Sample:
     video: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+    targets: Targets = EMPTY
 
     def __post_init__(self) -> None:
         src = self.source
@@ -61,6 +65,7 @@ class Sample:
             json.dumps(self.metadata, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"not JSON-serialisable ({exc})", field="metadata", source=src) from None
+        object.__setattr__(self, "targets", targets_field(self.targets, src))
         if not self.modalities:
             raise InvalidInput("sample has no modality (text, image, audio or video)", field="id", source=src)
 
@@ -133,6 +138,7 @@ class Batch:
     pad_mask: dict[str, torch.Tensor]
     texts: list[str | None]
     metadata: list[dict[str, Any]]
+    targets: list[Targets] = field(default_factory=list)  # per sample (empty Targets when it has none)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -144,7 +150,8 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         mv = {k: v.to(device) for k, v in self.data.items()}
         return Batch(self.ids, mv, {k: v.to(device) for k, v in self.mask.items()},
-                     {k: v.to(device) for k, v in self.pad_mask.items()}, self.texts, self.metadata)
+                     {k: v.to(device) for k, v in self.pad_mask.items()}, self.texts, self.metadata,
+                     self.targets)
 
     def part(self, modality: str) -> dict[str, torch.Tensor]:
         """What an encoder of ``modality`` receives: values, presence mask and (if any) padding mask."""

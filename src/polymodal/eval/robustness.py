@@ -42,7 +42,7 @@ EvalFn = Callable[[Condition], tuple[Sequence[int] | np.ndarray, Sequence[int] |
 def mask_out(batch: Batch, modalities: Sequence[str]) -> Batch:
     """A copy of ``batch`` in which ``modalities`` are missing for every row (values kept, masks False)."""
     mask = {m: (v.new_zeros(v.shape) if m in modalities else v) for m, v in batch.mask.items()}
-    return Batch(batch.ids, batch.data, mask, batch.pad_mask, batch.texts, batch.metadata)
+    return Batch(batch.ids, batch.data, mask, batch.pad_mask, batch.texts, batch.metadata, batch.targets)
 
 
 def accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import time
 from contextlib import AbstractContextManager
@@ -89,6 +90,7 @@ class Trainer:
         transform = SampleTransform.from_dict(self.transform_cfg)
         self.data = self._train_data(transform, mods)
         self.val = self._val_data(transform, mods)
+        self._fit_data()
         self.total_steps = self._total_steps()
         self.model.to(self.env.device)
         self.optimizer = build_optimizer(self.model, self.cfg.optimizer, self.cfg.lr, self.cfg.weight_decay,
@@ -130,6 +132,34 @@ class Trainer:
             self.sampler = StepSampler(len(samples), self.cfg.batch_size, self.env.world, self.env.rank,
                                        self.cfg.accum_freq, self.cfg.seed)
         return MemoryData(samples, transform, self.cfg.seed, mods)
+
+    def _fit_data(self) -> None:
+        """Models that learn something from the data before training (a generative model's BPE tokenizer) see
+        the training samples here, before the run config is written; every rank computes the same."""
+        fit = getattr(self.model, "fit_data", None)
+        if not callable(fit):
+            return
+        if isinstance(self.data, MemoryData):
+            fit(self.data.samples)
+        else:
+            dc = self.recipe.data
+            fit(iter(open_checked(self.data_dir, dc.split, [], dc.on_error)))
+
+    def _save_hf(self) -> None:
+        """A generative run also saves its transformers model + tokenizer under RUN/hf (``from_pretrained``
+        loads it), written beside and renamed into place so a reader never sees half a folder."""
+        save = getattr(self.model, "save_hf", None)
+        if not callable(save) or not self.env.is_main:
+            return
+        final = self.run_dir / "hf"
+        stage = self.run_dir / f".hf.tmp-{os.getpid()}"
+        shutil.rmtree(stage, ignore_errors=True)
+        save(stage)
+        old = self.run_dir / f".hf.old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        stage.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
 
     def _step_batches(self) -> list[Batch]:
         if isinstance(self.data, StreamData):
@@ -278,6 +308,7 @@ class Trainer:
         val = self._validate() if stopped_by != "stop_after" else None
         if self.last_ckpt is None or self.last_ckpt.name != rundir.checkpoint_name(self.step):
             self._save()
+        self._save_hf()
         elapsed = self._elapsed()
         return TrainResult(str(self.run_dir), self.step, self.samples_seen, loss_value, val, elapsed,
                            self.samples_seen / max(elapsed, 1e-9), str(self.last_ckpt) if self.last_ckpt else None,
