@@ -12,18 +12,36 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .errors import InvalidInput
 from .models import EmbeddingModel, load_embedding_model
+from .models.generative import GENERATIVE_ARCHS, GenerativeModel, load_generative_model, run_arch
 
 if TYPE_CHECKING:  # the index needs the [index] extra; imported on use
     from .index import Collection, SearchResult
 
 
 def load(model: str | os.PathLike[str], device: str | torch.device = "cpu", runtime: str = "torch"
-         ) -> EmbeddingModel:
+         ) -> EmbeddingModel | GenerativeModel:
+    """Load a model: a generative run (lm, captioner, vqa, asr) as a `GenerativeModel` (``.generate(...)``),
+    anything else as an `EmbeddingModel` (``.embed(...)``, see `load_embedding`)."""
+    if run_arch(model) in GENERATIVE_ARCHS:
+        if runtime != "torch":
+            raise InvalidInput(f"a generative run runs on torch, not {runtime!r}", field="runtime")
+        return load_generative_model(model, device)
+    return load_embedding(model, device, runtime)
+
+
+def load_embedding(model: str | os.PathLike[str], device: str | torch.device = "cpu", runtime: str = "torch"
+                   ) -> EmbeddingModel:
     """Load a model for embedding (see `EmbeddingModel.embed`): a trained alignment run, a pretrained checkpoint
     (Hugging Face CLIP / SigLIP / CLAP / Chinese-CLIP / ALIGN folder, ``open_clip:ARCH:CHECKPOINT``, a
     sentence-transformers folder), or an ONNX export. ``runtime="onnx"`` runs the towers with onnxruntime."""
     return load_embedding_model(model, device, runtime)
+
+
+def load_generator(run: str | os.PathLike[str], device: str | torch.device = "cpu") -> GenerativeModel:
+    """Load a generative run (see `GenerativeModel.generate`); any other model is an error naming its arch."""
+    return load_generative_model(run, device)
 
 
 def search(collection: Collection | str | os.PathLike[str],
@@ -40,7 +58,7 @@ def search(collection: Collection | str | os.PathLike[str],
     from .index import Collection, search_with_model
 
     if isinstance(model, str | os.PathLike):
-        model = load(model)
+        model = load_embedding(model)
     query: dict[str, Any] = {"text": text, "image": image, "audio": audio, "video": video, "vector": vector,
                              "weights": weights, "k": k, "filter": filter, "params": params,
                              "allow_model_mismatch": allow_model_mismatch}
@@ -53,4 +71,4 @@ def search(collection: Collection | str | os.PathLike[str],
         coll.close(save=False)
 
 
-__all__ = ["load", "search"]
+__all__ = ["load", "load_embedding", "load_generator", "search"]

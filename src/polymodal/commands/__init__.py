@@ -56,6 +56,11 @@ def _embed(argv: list[str]) -> int:
     return embed.main(argv)
 
 
+def _generate(argv: list[str]) -> int:
+    from . import generate
+    return generate.main(argv)
+
+
 def _quickstart(argv: list[str]) -> int:
     from . import quickstart
     return quickstart.main(argv)
@@ -64,12 +69,13 @@ def _quickstart(argv: list[str]) -> int:
 # command -> (entry point, one-line help)
 COMMANDS: dict[str, tuple[Main, str]] = {
     "data": (_data, "make built-in data sets, inspect and convert data dirs"),
-    "train": (_train, "train a recipe (alignment or fusion), 1 process or torchrun"),
-    "eval": (_eval, "evaluate a run: retrieval, zero-shot, classification/robustness"),
+    "train": (_train, "train a recipe (alignment, fusion or generative), 1 process or torchrun"),
+    "eval": (_eval, "evaluate a run: retrieval, zero-shot, classification/robustness, captioning/VQA/ASR"),
     "index": (_index, "build, inspect and tune a persistent FAISS collection"),
     "search": (_search, "query a collection with text/image/audio/video"),
     "serve": (_serve, "HTTP API + search page over a model and a collection"),
     "export": (_export, "export a model's towers to ONNX (fp32 or INT8) to run without torch"),
+    "generate": (_generate, "captions, answers, transcripts from a generative run (one input or a data set)"),
     "embed": (_embed, "batch-embed a data set into sharded arrays (local or on Ray), resumable"),
     "quickstart": (_quickstart, "the main job end to end on built-in data"),
 }

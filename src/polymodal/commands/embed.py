@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..api import load
+from ..api import load_embedding as load
 from ..errors import InvalidInput
 from ..jobs import ENGINES, FORMATS, RUNTIMES, EmbedOptions, embed_dataset
 

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(evaluate_classification(args.run, samples, robustness=args.robustness,
                                               late_fusion_report=late, progress=progress))
     else:
-        from ..api import load
+        from ..api import load_embedding as load
         from ..eval.tasks import evaluate_retrieval, evaluate_zeroshot
 
         _say(f"loading the model {args.run}")

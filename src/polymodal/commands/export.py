@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.calib_samples < 1:
         raise InvalidInput(f"--calib-samples must be >= 1, got {args.calib_samples}", field="--calib-samples")
-    from ..api import load
+    from ..api import load_embedding as load
     from ..models.onnx import export_model, parse_int8
 
     model = load(args.model, device=args.device)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api import load
+from ..api import load_embedding as load
 from ..data.formats import open_dataset
 from ..errors import InvalidInput
 from ..index import Collection

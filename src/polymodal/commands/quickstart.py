@@ -288,7 +288,7 @@ def _pipeline(args: argparse.Namespace, steps: Steps, budgets: dict[str, dict[st
     state: dict[str, Any] = {}
     shapes = _data_step(steps, args, "shapes", args.n_shapes, shapes_dir)
     digits = None if args.no_fusion else _data_step(steps, args, "digits", args.n_digits, digits_dir)
-    from ..api import load
+    from ..api import load_embedding as load
     from ..eval.tasks import evaluate_retrieval
 
     if args.model:

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..api import load, search
+from ..api import load_embedding as load
+from ..api import search
 from ..data import codec
 from ..errors import InvalidInput, NotFound
 

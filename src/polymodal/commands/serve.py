@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_loopback(args.host) and not settings.api_key:
             print(f"polymodal serve: warning: listening on {args.host} without an API key: anyone who can reach "
                   "it can change collections", file=sys.stderr)
-        from ..api import load
+        from ..api import load_embedding as load
         from ..serve.app import create_app
 
         model = load(args.model, device=args.device, runtime=args.runtime)

@@ -52,6 +52,8 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Any):
         self.tok = tokenizer
+        # "</s>" typed in a prompt is text, not the end of the sequence: specials never come from user text
+        self.tok.encode_special_tokens = True
         for i, name in enumerate(SPECIALS):
             if tokenizer.token_to_id(name) != i:
                 raise ConfigError(f"special token {name!r} must have id {i}, has {tokenizer.token_to_id(name)}",
@@ -104,7 +106,7 @@ class TextTokenizer:
         transformers = require("transformers", "hf")
         return transformers.PreTrainedTokenizerFast(
             tokenizer_object=self.tok, pad_token=SPECIALS[PAD], bos_token=SPECIALS[BOS], eos_token=SPECIALS[EOS],
-            sep_token=SPECIALS[SEP])
+            sep_token=SPECIALS[SEP], split_special_tokens=True)
 
 
 def tokenizer_from_config(cfg: Any) -> TextTokenizer | None:
