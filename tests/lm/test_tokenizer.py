@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 
 from polymodal.errors import ConfigError, InvalidInput
-from polymodal.lm.tokenizer import BOS, EOS, PAD, SEP, SPECIALS, TextTokenizer, tokenizer_from_config, train_bpe
+from polymodal.lm.tokenizer import (
+    BOS,
+    EOS,
+    PAD,
+    SEP,
+    SPECIALS,
+    TextTokenizer,
+    tokenizer_from_config,
+    train_bpe,
+)
 
 CORPUS = ["A small red circle on the left.", "A large blue square above a small green star.",
           "图片左边是一个红色的小圆形。", "蓝色的大正方形在绿色的小星形的上方。", "what color is the star?", "red"] * 20
@@ -31,7 +40,7 @@ def test_specials_have_fixed_ids(tok: TextTokenizer) -> None:
 
 def test_merges_learned_and_bounded(tok: TextTokenizer) -> None:
     assert 260 < tok.vocab_size <= 400
-    assert len(tok.encode("A small red circle on the left.")) < len("A small red circle on the left.".encode()) / 2
+    assert len(tok.encode("A small red circle on the left.")) < len(b"A small red circle on the left.") / 2
     assert len(tok.encode("红色的小圆形")) < len("红色的小圆形".encode())
 
 
