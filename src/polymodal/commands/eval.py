@@ -1,8 +1,15 @@
-"""`polymodal eval RUN --data DIR [--split test] --task retrieval|zeroshot|classification [--json] [--no-progress]`.
+"""`polymodal eval RUN --data DIR [--split test] --task retrieval|zeroshot|classification|captioning|vqa|asr
+[--json] [--no-progress]`.
 
 The run's arch is checked before anything is read (a fusion run needs --task classification, an alignment run
-retrieval or zeroshot); then the samples are read and encoded with progress bars on stderr, and the result is
-printed as tables (or one JSON object)."""
+retrieval or zeroshot, a generative run the task it generates: captioner -> captioning, vqa -> vqa, asr -> asr,
+lm -> vqa as text-only question answering); then the samples are read and encoded (or generated from) with
+progress bars on stderr, and the result is printed as tables (or one JSON object).
+
+Generation tasks put baselines in the same table: captioning the nearest training caption by an embedding model
+(--baseline-model), VQA the per-type prior answer of the train split (--train-split) and a question-only run
+(--blind); ASR reports the test sentences that occur in the train split, and the error rates without them.
+--out FILE writes every item's prediction (and the baselines') as JSON lines."""
 
 from __future__ import annotations
 
@@ -12,6 +19,11 @@ import sys
 from typing import Any
 
 from ..errors import InvalidInput
+
+GENERATION: tuple[str, ...] = ("captioning", "vqa", "asr")
+GENERATIVE_TASK = {"captioner": "captioning", "vqa": "vqa", "asr": "asr", "lm": "vqa"}  # arch -> its eval task
+NEEDS = {"retrieval": "an alignment run", "zeroshot": "an alignment run", "classification": "a fusion run",
+         "captioning": "a generative captioner run", "vqa": "a generative vqa (or lm) run", "asr": "an asr run"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "zeroshot) a pretrained checkpoint: a Hugging Face CLIP/SigLIP/CLAP/Chinese-CLIP/ALIGN folder, "
                    "open_clip:ARCH:CHECKPOINT, a sentence-transformers folder (see docs/pretrained.md)")
     p.add_argument("--data", required=True, help="data set (generated dir, shard dir, .jsonl or folder)")
-    p.add_argument("--split", default="test", help="split of a generated data set (default: test)")
-    p.add_argument("--task", choices=("retrieval", "zeroshot", "classification"), default="retrieval")
+    p.add_argument("--split", default=None, help="split of a generated data set (default: test; other sources are "
+                   "read whole)")
+    p.add_argument("--task", choices=("retrieval", "zeroshot", "classification", *GENERATION), default="retrieval")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many samples")
     p.add_argument("--all-captions", action="store_true",
                    help="retrieval: every metadata caption (e.g. English and Chinese) is an extra caption")
@@ -38,12 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zeroshot: metadata field holding the label, dotted (e.g. labels.color)")
     p.add_argument("--classes", default=None, help="zeroshot: comma list of class names (default: from the "
                    "data set manifest)")
-    p.add_argument("--lang", default="en", choices=("en", "zh"), help="zeroshot: prompt language")
+    p.add_argument("--lang", default=None, choices=("en", "zh"), help="zeroshot: prompt language (default en); "
+                   "captioning/vqa/asr: only items in this language (default: every language the model writes)")
     p.add_argument("--robustness", action="store_true", help="classification: missing-modality and noise sweeps")
     p.add_argument("--late-fusion", default=None, help="classification: a late-fusion run for effective robustness")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="retrieval/zeroshot: run the towers with torch or onnxruntime (extra [onnx]; an ONNX export "
                         "written by `polymodal export` needs onnx)")
+    g = p.add_argument_group("generation (captioning, vqa, asr)")
+    g.add_argument("--baseline-model", metavar="MODEL", help="captioning: an alignment run or pretrained embedding "
+                   "model; its nearest training caption per test image is the retrieval baseline")
+    g.add_argument("--blind", metavar="RUN", help="vqa: a question-only run (lm, or vqa with blind: true) answering "
+                   "the same questions without the picture")
+    g.add_argument("--train-split", default="train", metavar="SPLIT", help="split the baselines learn from (VQA "
+                   "prior answers, captions to retrieve, ASR sentence overlap; default train; 'none': skip)")
+    g.add_argument("--out", metavar="FILE", help="write one JSON line per item (prediction, references, baselines)")
+    g.add_argument("--beams", type=int, default=1, metavar="N", help="beam search with N beams (default 1: greedy)")
+    g.add_argument("--max-new-tokens", type=int, default=48, metavar="N", help="tokens to generate at most (48)")
+    g.add_argument("--batch-size", type=int, default=16, metavar="N", help="inputs decoded together (16)")
+    g.add_argument("--no-meteor", dest="meteor", action="store_false", default=None,
+                   help="captioning: skip METEOR (run when Java is present; its start takes ~45 s per system)")
+    g.add_argument("--device", default="cpu", help="torch device for generation (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the status lines still go to stderr)")
     return p
@@ -79,12 +107,23 @@ def check_task(run: str, task: str) -> str:
     from ..rundir import read_run_config
 
     if not is_polymodal_run(Path(run).expanduser()):
-        if task == "classification":
-            raise InvalidInput(f"{run} is not a polymodal run: --task classification needs a fusion run; a "
-                               "pretrained checkpoint is evaluated with --task retrieval or --task zeroshot",
-                               field="--task")
+        if task in ("classification", *GENERATION):
+            raise InvalidInput(f"{run} is not a polymodal run: --task {task} needs {NEEDS[task]}; a pretrained "
+                               "checkpoint is evaluated with --task retrieval or --task zeroshot", field="--task")
         return "alignment"
     arch = str(read_run_config(resolve_run(run))["arch"])
+    if arch in GENERATIVE_TASK:
+        right = GENERATIVE_TASK[arch]
+        if task != right:
+            what = " (text-only question answering)" if arch == "lm" else ""
+            raise InvalidInput(f"{run} is a generative {arch} run: evaluate it with --task {right}{what}; --task "
+                               f"{task} needs {NEEDS[task]}", field="--task")
+        return arch
+    if task in GENERATION:
+        other = "classification" if arch == "fusion" else "retrieval or --task zeroshot"
+        raise InvalidInput(f"{run} is a{'n' if arch[:1] in 'aeiou' else ''} {arch} run, not a generative one: "
+                           f"--task {task} needs {NEEDS[task]}; evaluate this one with --task {other}",
+                           field="--task")
     if arch == "fusion" and task != "classification":
         raise InvalidInput(f"{run} is a fusion classifier: evaluate it with --task classification (add "
                            f"--robustness for the missing-modality and noise sweeps); --task {task} needs an "
@@ -100,9 +139,13 @@ def _read(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
     from ..data.formats import open_dataset
 
-    ds = open_dataset(args.data, split=args.split)
+    ds = open_dataset(args.data)
+    if args.split is None:  # the default: the test split of a generated data set, all of any other source
+        args.split = "test" if ds.splits else None
+    if args.split is not None:
+        ds = open_dataset(args.data, split=args.split)
     total = len(ds) if args.limit is None else min(len(ds), args.limit)
-    _say(f"reading {total} samples of {args.data} [{args.split}]")
+    _say(f"reading {total} samples of {args.data} [{args.split or 'all'}]")
     samples = []
     with tqdm(total=total, desc="reading", unit="sample", disable=args.no_progress) as bar:
         for s in ds:
@@ -120,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     check_task(args.run, args.task)
     if args.late_fusion:
         check_task(args.late_fusion, "classification")
+    if args.task in GENERATION:
+        _check_generation_flags(args)
+    elif args.baseline_model or args.blind:
+        raise InvalidInput("--baseline-model and --blind are for --task captioning and vqa", field="--task")
     ds, samples = _read(args)
     mods = args.modalities.split(",") if args.modalities else None
     progress = not args.no_progress
@@ -135,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"classifying {len(samples)} samples with {args.run} ({what})")
         result.update(evaluate_classification(args.run, samples, robustness=args.robustness,
                                               late_fusion_report=late, progress=progress))
+    elif args.task in GENERATION:
+        result.update(_generation(args, ds, samples))
     else:
         from ..api import load_embedding as load
         from ..eval.tasks import evaluate_retrieval, evaluate_zeroshot
@@ -146,18 +195,94 @@ def main(argv: list[str] | None = None) -> int:
             result.update(evaluate_retrieval(model, samples, all_captions=args.all_captions, modalities=mods,
                                              progress=progress))
         else:
-            prompt_names, label_names = _classes(ds, args.label_field, args.lang, args.classes)
+            prompt_names, label_names = _classes(ds, args.label_field, args.lang or "en", args.classes)
             result.update(evaluate_zeroshot(model, samples, prompt_names, label_names=label_names,
-                                            label_field=args.label_field, lang=args.lang, modalities=mods,
+                                            label_field=args.label_field, lang=args.lang or "en", modalities=mods,
                                             progress=progress))
     print(json.dumps(result, ensure_ascii=False) if args.json else format_result(result))
     return 0
 
 
+def _check_generation_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that do not belong to the task, and check the baseline runs, before anything is read."""
+    if args.baseline_model and args.task != "captioning":
+        raise InvalidInput("--baseline-model is the captioning retrieval baseline (use it with --task captioning)",
+                           field="--baseline-model")
+    if args.blind and args.task != "vqa":
+        raise InvalidInput("--blind is the question-only VQA baseline (use it with --task vqa)", field="--blind")
+    for flag, run, task in (("--baseline-model", args.baseline_model, "retrieval"), ("--blind", args.blind, "vqa")):
+        if run:
+            try:
+                check_task(run, task)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{flag}: {exc.message}", field=flag) from None
+
+
+def _train_split(args: argparse.Namespace, ds: Any) -> list[Any] | None:
+    """The samples of --train-split of the same data dir (None: 'none', or the data has no such split)."""
+    from tqdm import tqdm
+
+    from ..data.formats import open_dataset
+
+    name = args.train_split
+    if not name or name.lower() == "none":
+        return None
+    if name not in (getattr(ds, "splits", None) or []):
+        _say(f"{args.data} has no '{name}' split: no baselines from training data")
+        return None
+    train = open_dataset(args.data, split=name)
+    _say(f"reading the '{name}' split for the baselines")
+    with tqdm(total=len(train), desc=f"reading {name}", unit="sample", disable=args.no_progress) as bar:
+        out = []
+        for s in train:
+            out.append(s)
+            bar.update(1)
+    return out
+
+
+def _generation(args: argparse.Namespace, ds: Any, samples: list[Any]) -> dict[str, Any]:
+    from ..api import load_embedding, load_generator
+    from ..eval.generation import evaluate_asr, evaluate_captioning, evaluate_vqa
+    from ..lm.decoding import DecodingOptions
+
+    options = DecodingOptions(max_new_tokens=args.max_new_tokens, num_beams=args.beams)
+    langs = [args.lang] if args.lang else None
+    _say(f"loading the model {args.run}")
+    model = load_generator(args.run, args.device)
+    train = _train_split(args, ds)
+    common: dict[str, Any] = {"train_samples": train, "langs": langs, "options": options,
+                              "batch_size": args.batch_size, "progress": not args.no_progress}
+    _say(f"generating for {len(samples)} samples ({args.task}, {'beam ' + str(args.beams) if args.beams > 1 else 'greedy'})")
+    if args.task == "captioning":
+        base = None
+        if args.baseline_model:
+            _say(f"loading the retrieval baseline {args.baseline_model}")
+            base = load_embedding(args.baseline_model, device=args.device, runtime=args.runtime)
+        result = evaluate_captioning(model, samples, retrieval_model=base, meteor=args.meteor, **common)
+    elif args.task == "vqa":
+        blind = load_generator(args.blind, args.device) if args.blind else None
+        result = evaluate_vqa(model, samples, blind_model=blind, **common)
+    else:
+        result = evaluate_asr(model, samples, **common)
+    result["baselines"] = {k: v for k, v in (("retrieval", args.baseline_model), ("blind", args.blind),
+                                             ("train_split", args.train_split if train is not None else None))
+                           if v}
+    predictions = result.pop("predictions")
+    if args.out:
+        from .._io import atomic_write_bytes
+
+        atomic_write_bytes(args.out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions).encode())
+        result["out"] = args.out
+        _say(f"wrote {len(predictions)} predictions to {args.out}")
+    return result
+
+
 def format_result(r: dict[str, Any]) -> str:
-    lines = [f"{r['task']} on {r['data']} [{r['split']}]"]
+    lines = [f"{r['task']} on {r['data']} [{r['split'] or 'all'}]"]
     if r["task"] == "classification":
         return "\n".join(lines + format_classification(r))
+    if r["task"] in GENERATION:
+        return "\n".join(lines + format_generation(r))
     if "caption_duplicate_rate" in r:
         lines.append(f"caption duplicate rate: {r['caption_duplicate_rate']:.3f}")
     for d, m in r.get("directions", {}).items():
@@ -202,6 +327,74 @@ def format_classification(r: dict[str, Any]) -> list[str]:
             lines.append(f"         accuracy, summed over the {len(levels)} levels (0 = as robust as late fusion)")
     return lines
 
+
+
+def _gcell(v: Any, width: int) -> str:
+    if isinstance(v, bool) or v is None:
+        return f"{'-':>{width}}"
+    return f"{v:>{width}d}" if isinstance(v, int) else f"{v:>{width}.3f}" if isinstance(v, float) else f"{v:>{width}}"
+
+
+def _grid(corner: str, header: list[str], rows: list[tuple[str, list[Any]]]) -> list[str]:
+    """A table: a name column, then one right-aligned column per header entry."""
+    first = max([len(corner)] + [len(name) for name, _ in rows]) + 2
+    widths = [max(9, len(h) + 2) for h in header]
+    return [f"{corner:<{first}}" + "".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True))] + [
+        f"{name:<{first}}" + "".join(_gcell(v, w) for v, w in zip(values, widths, strict=True)) for name, values in rows]
+
+
+def format_generation(r: dict[str, Any]) -> list[str]:
+    """Captioning / VQA / ASR reports: the model and its baselines side by side."""
+    systems: list[str] = r.get("systems", ["model"])
+    base = r.get("baselines", {})
+    names = {"retrieval": f"retrieval = nearest training caption by {base.get('retrieval')}",
+             "prior": f"prior = most frequent '{base.get('train_split')}' answer per type",
+             "blind": f"blind = {base.get('blind')} (question only)"}
+    lines = [f"{r['n_items']} items" + (f" ({r['media']})" if "media" in r else "")
+             + "".join(f"; {names[s]}" for s in systems if s in names), ""]
+    if r["task"] == "captioning":
+        cols = [(lang, s) for lang in r["scores"] for s in systems]
+        metrics = list(r["scores"][next(iter(r["scores"]))]["model"])
+        lines += _grid("metric", [f"{lang}:{s}" for lang, s in cols],
+                       [(m, [r["scores"][lang][s][m] for lang, s in cols]) for m in metrics]
+                       + [("n", [r["scores"][lang]["n"] for lang, _ in cols])])
+        if "attributes" in r:
+            attr = r["attributes"]
+            groups = [(s, g) for s in systems for g in ("overall", "seen", "heldout")]
+            lines += ["", "attribute accuracy (captions parsed back into the scene graph; heldout: an unseen "
+                      "color+shape pair)"]
+            lines += _grid("attribute", [f"{s}:{g}" for s, g in groups],
+                           [(k, [attr[s][g][k] for s, g in groups])
+                            for k in ("color", "shape", "size", "position", "relation", "all", "n")])
+    elif r["task"] == "vqa":
+        acc = r["accuracy"]
+        rows = [(t, row) for t, row in acc["per_type"].items()] + [("overall", acc["overall"])]
+        rows += [(f"lang {lang}", row) for lang, row in acc["per_lang"].items()]
+        rows += [(g, acc[g]) for g in ("seen", "heldout") if g in acc]
+        lines += _grid("question type", ["n", *systems], [(name, [row["n"], *(row[s] for s in systems)])
+                                                          for name, row in rows])
+    else:
+        scores = r["scores"]
+        subsets = list(scores)
+        langs = sorted({lang for sub in scores.values() for lang in sub})
+        rows = []
+        for lang in langs:
+            metric = "cer" if any("cer" in scores[sub].get(lang, {}) for sub in subsets) else "wer"
+            rows.append((f"{lang} {metric}", [scores[sub].get(lang, {}).get(metric) for sub in subsets]))
+            rows.append((f"{lang} n", [scores[sub].get(lang, {}).get("n") for sub in subsets]))
+        lines += _grid("model", subsets, rows)
+        if "train_overlap" in r:
+            o = r["train_overlap"]
+            lines.append(f"{o['in_train']} of {o['n']} test transcripts ({o['rate']:.1%}) occur verbatim in the "
+                         f"'{base.get('train_split')}' split; unseen: the others")
+    speed = r["speed"] if "model" in r["speed"] else {"model": r["speed"]}
+    lines.append("")
+    lines += [f"speed ({s}): {v['items_per_s']:.1f} items/s, {v['tokens_per_s']:.1f} "
+              f"{'tokens' if v['counted'] == 'tokenizer' else 'words'}/s "
+              f"({v['items']} items in {v['seconds']:.1f} s)" for s, v in speed.items()]
+    if "out" in r:
+        lines.append(f"predictions: {r['out']}")
+    return lines
 
 if __name__ == "__main__":
     sys.exit(main())
