@@ -78,7 +78,7 @@ def test_a_different_seed_gives_different_data(shapes_dirs, tmp_path):
 def test_manifest_schema_and_split_counts(shapes_dirs):
     root = shapes_dirs[1]
     m = json.loads((root / "manifest.json").read_text("utf-8"))
-    assert (m["name"], m["version"], m["format"], m["seed"], m["n"]) == ("shapes", 1, "webdataset", 11, 24)
+    assert (m["name"], m["version"], m["format"], m["seed"], m["n"]) == ("shapes", 2, "webdataset", 11, 24)
     assert m["langs"] == ["en", "zh"] and m["args"]["shard_size"] == 7
     assert set(m["splits"]) == {"train", "val", "test"}
     assert sum(s["count"] for s in m["splits"].values()) == 24

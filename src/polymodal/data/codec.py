@@ -5,7 +5,8 @@ Field files (WebDataset members are ``{id}.{ext}``):
   ``png``       the image (lossless RGB PNG)
   ``flac``      the audio (16-bit PCM FLAC at the sample's rate; speech from eSpeak NG is 16-bit already)
   ``video.png`` the video as a film strip: T frames stacked vertically in one RGB PNG
-  ``json``      {"metadata": ..., "video_frames": T}
+  ``json``      {"metadata": ..., "video_frames": T, "targets": {...}} (``targets`` only when the sample has
+                some: `polymodal.data.targets.Targets.to_dict`)
 All encoders are deterministic (same sample -> same bytes)."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InvalidInput
 from .sample import Sample
+from .targets import Targets
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 AUDIO_EXTS = (".flac", ".wav", ".ogg")
@@ -166,6 +168,8 @@ def sample_to_fields(s: Sample) -> dict[str, bytes]:
     if s.video is not None:
         out["video.png"] = encode_video(s.video)
         meta["video_frames"] = int(s.video.shape[0])
+    if s.targets:
+        meta["targets"] = s.targets.to_dict()
     out["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
     return out
 
@@ -187,7 +191,8 @@ def sample_from_fields(key: str, fields: dict[str, bytes], source: str) -> Sampl
             raise InvalidInput(f"invalid JSON ({exc})", field="json", source=source) from None
         if not isinstance(meta, dict):
             raise InvalidInput("expected a JSON object", field="json", source=source)
-    kw: dict[str, Any] = {"id": key, "metadata": meta.get("metadata", {}), "source": source}
+    kw: dict[str, Any] = {"id": key, "metadata": meta.get("metadata", {}), "source": source,
+                          "targets": Targets.from_dict(meta.get("targets"), source)}
     if "txt" in fields:
         try:
             kw["text"] = fields["txt"].decode("utf-8")

@@ -1,17 +1,19 @@
 """Summarize a data set in one streaming pass: counts per modality, image/video sizes, audio durations
-and sample rates, video frame counts, caption lengths and languages, and what was skipped."""
+and sample rates, video frame counts, caption lengths and languages, generation targets (captions, questions
+per type, transcripts, dialog turns; in total and per split), and what was skipped."""
 
 from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm import tqdm
 
 from .formats.dataset import Dataset
 from .sample import MODALITIES, Sample
+from .targets import Targets
 
 # CJK Unified Ideographs (+ extension A, compatibility ideographs, extension B): a caption holding any is "zh".
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]")
@@ -62,6 +64,31 @@ class Extent:
         return {"min_hw": list(self.lo) if self.lo else None, "max_hw": list(self.hi) if self.hi else None}
 
 
+@dataclass
+class TargetCounts:
+    """How many targets of each kind some samples carry (``samples``: those with any target)."""
+
+    samples: int = 0
+    captions: int = 0
+    qa: int = 0
+    transcripts: int = 0
+    dialog_turns: int = 0
+    qa_types: dict[str, int] = field(default_factory=dict)
+
+    def add(self, t: Targets) -> None:
+        self.samples += bool(t)
+        self.captions += len(t.captions)
+        self.qa += len(t.qa)
+        self.transcripts += t.transcript is not None
+        self.dialog_turns += len(t.dialog)
+        for q in t.qa:
+            self.qa_types[q.type] = self.qa_types.get(q.type, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "captions": self.captions, "qa": self.qa, "transcripts": self.transcripts,
+                "dialog_turns": self.dialog_turns, "qa_types": dict(sorted(self.qa_types.items()))}
+
+
 class Summary:
     """The running statistics `inspect_dataset` fills, one sample at a time."""
 
@@ -73,6 +100,8 @@ class Summary:
         self.langs: dict[str, int] = {}
         self.rates: dict[int, int] = {}
         self.meta_keys: set[str] = set()
+        self.targets = TargetCounts()
+        self.split_targets: dict[str, TargetCounts] = {}  # by metadata["split"], where samples say
 
     def add(self, s: Sample) -> None:
         self.n += 1
@@ -91,6 +120,10 @@ class Summary:
             self.frames.add(s.video.shape[0])
             self.video.add(*s.video.shape[1:3])
         self.meta_keys.update(s.metadata)
+        self.targets.add(s.targets)
+        split = s.metadata.get("split")
+        if isinstance(split, str):
+            self.split_targets.setdefault(split, TargetCounts()).add(s.targets)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +135,8 @@ class Summary:
                       "sample_rates": {str(k): v for k, v in sorted(self.rates.items())}},
             "video": {"frames": self.frames.as_dict(), **self.video.as_dict()},
             "metadata_keys": sorted(self.meta_keys),
+            "targets": {"total": self.targets.as_dict(),
+                        "splits": {k: v.as_dict() for k, v in self.split_targets.items()}},
         }
 
 
@@ -138,6 +173,14 @@ def _hw(d: dict[str, Any]) -> str:
     return "HxW min {}x{}, max {}x{}".format(*d["min_hw"], *d["max_hw"])
 
 
+def _targets_line(c: dict[str, Any]) -> str:
+    if not c["samples"]:
+        return "-"
+    types = ", ".join(f"{k} {v}" for k, v in c["qa_types"].items())
+    return (f"captions {c['captions']}, qa {c['qa']}" + (f" ({types})" if types else "")
+            + f", transcripts {c['transcripts']}, dialog turns {c['dialog_turns']}")
+
+
 def format_summary(info: dict[str, Any]) -> str:
     """The human-readable form of `inspect_dataset`'s dict."""
     head = f"{info['path']} ({info['format']}"
@@ -156,6 +199,11 @@ def format_summary(info: dict[str, Any]) -> str:
     lines.append(f"audio:      seconds {_stat(a['duration_s'], '{:.2f}')}; rates {rates}")
     lines.append(f"video:      frames {_stat(v['frames'])}; {_hw(v)}")
     lines.append("metadata:   " + (", ".join(info["metadata_keys"]) or "-"))
+    targets = info["targets"]
+    lines.append(f"targets:    {_targets_line(targets['total'])}")
+    if targets["total"]["samples"]:
+        lines += [f"  {split}:" + " " * max(1, 9 - len(split)) + _targets_line(c)
+                  for split, c in targets["splits"].items()]
     for err in info["skipped"]["errors"]:
         lines.append(f"  skipped: {err}")
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """Folder format: media files with sidecar files matched by stem (like clip-retrieval's reader).
 
 ``a.png`` (or .jpg/.jpeg/.bmp/.webp) image, ``a.txt`` caption (UTF-8), ``a.flac`` (or .wav/.ogg) audio,
-``a.video.png`` film strip (T frames stacked vertically), ``a.json`` = ``{"metadata": {...}, "video_frames": T}``
-(the same JSON as a WebDataset member). Files sharing a stem in one folder form one sample. Folders are walked
+``a.video.png`` film strip (T frames stacked vertically), ``a.json`` = ``{"metadata": {...}, "video_frames": T,
+"targets": {...}}`` (the same JSON as a WebDataset member; ``targets`` as in `polymodal.data.targets`). Files sharing a stem in one folder form one sample. Folders are walked
 recursively in sorted order (files of a folder first, then its subfolders), so the order is deterministic.
 Hidden files and files with other extensions are ignored. The sample id is the path of the stem relative
 to the root with ``/`` -> ``__`` and any other dot or space -> ``_`` (ids cannot hold dots or slashes)."""
@@ -21,13 +21,14 @@ from ..._io import atomic_write_bytes
 from ...errors import InvalidInput, NotFound
 from ..codec import decode_audio, decode_image, decode_video, encode_audio, encode_image, encode_video
 from ..sample import Sample
+from ..targets import Targets
 from .common import ErrorPolicy
 
 # suffix -> field of the sample it feeds
 _SUFFIX_FIELD = {".txt": "text", ".json": "json", ".png": "image", ".jpg": "image", ".jpeg": "image",
                  ".bmp": "image", ".webp": "image", ".flac": "audio", ".wav": "audio", ".ogg": "audio"}
 VIDEO_SUFFIX = ".video.png"
-JSON_KEYS = ("metadata", "video_frames")
+JSON_KEYS = ("metadata", "video_frames", "targets")
 _BAD_ID_CHARS = re.compile(r"[\s./\\]")
 
 Item = tuple[str, Callable[[], Sample]]
@@ -104,6 +105,8 @@ def _load(sid: str, files: dict[str, Path], name: str) -> Sample:
                            field=field, source=name)
     meta = _read_json(files["json"]) if "json" in files else {}
     kw: dict[str, Any] = {"id": sid, "metadata": meta.get("metadata", {}), "source": name}
+    if "targets" in meta:  # errors name the sidecar: targets.qa[2].answer in a.json
+        kw["targets"] = Targets.from_dict(meta["targets"], str(files["json"]))
     if "text" in files:
         kw["text"] = decode_text(_read(files["text"]), str(files["text"]))
     if "image" in files:
@@ -174,7 +177,7 @@ def write_folder(samples: Iterable[Sample], root: str | os.PathLike[str]) -> int
 
     Each file is replaced atomically (temp file + rename; not fsynced: with three small files per sample,
     syncing each one made writing ~10x slower, and a crash may lose only recent files); the JSON sidecar is
-    written only when there is metadata or video. Same samples -> same bytes."""
+    written only when there is metadata, video or targets. Same samples -> same bytes."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
@@ -185,10 +188,12 @@ def write_folder(samples: Iterable[Sample], root: str | os.PathLike[str]) -> int
         files = sample_files(s)
         if s.text is not None:
             files[".txt"] = s.text.encode("utf-8")
-        if s.metadata or s.video is not None:
+        if s.metadata or s.video is not None or s.targets:
             meta: dict[str, Any] = {"metadata": s.metadata}
             if s.video is not None:
                 meta["video_frames"] = int(s.video.shape[0])
+            if s.targets:
+                meta["targets"] = s.targets.to_dict()
             files[".json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
         for suffix, data in files.items():
             atomic_write_bytes(root / f"{s.id}{suffix}", data, fsync=False)

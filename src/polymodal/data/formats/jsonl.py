@@ -1,8 +1,8 @@
 """JSONL manifest: one sample per line.
 
 ``{"id": "a1", "text": "a red circle", "image": "media/a1.png", "audio": "media/a1.flac",
-"video": "media/a1.video.png", "video_frames": 8, "metadata": {...}}`` -- every field but one modality is
-optional (``id`` defaults to ``line{N}``). Text is inline; media are paths relative to the manifest's folder.
+"video": "media/a1.video.png", "video_frames": 8, "metadata": {...}, "targets": {...}}`` -- every field but one
+modality is optional (``id`` defaults to ``line{N}``). Text is inline; media are paths relative to the manifest's folder.
 Absolute paths and paths that climb out with ``..`` are followed too (a manifest is trusted like a script:
 read only manifests you trust). Blank lines are ignored. An unknown field, bad JSON, a missing or corrupt
 file is an error naming ``manifest:line`` (and the field / file)."""
@@ -20,10 +20,11 @@ from ..._io import atomic_write_bytes, atomic_writer
 from ...errors import InvalidInput, NotFound
 from ..codec import decode_audio, decode_image, decode_video
 from ..sample import Sample
+from ..targets import Targets
 from .common import ErrorPolicy
 from .folder import VIDEO_SUFFIX, sample_files
 
-FIELDS = ("id", "text", "image", "audio", "video", "video_frames", "metadata")
+FIELDS = ("id", "text", "image", "audio", "video", "video_frames", "metadata", "targets")
 MEDIA = ("image", "audio", "video")
 
 Item = tuple[str, Callable[[], Sample]]
@@ -58,7 +59,8 @@ def parse_line(raw: bytes, lineno: int, base: Path, where: str) -> Sample:
     if unknown:
         raise InvalidInput(f"unknown field(s) {unknown}; known: {list(FIELDS)}", field=unknown[0], source=where)
     kw: dict[str, Any] = {"id": obj.get("id", f"line{lineno}"), "text": obj.get("text"),
-                          "metadata": obj.get("metadata", {}), "source": where}
+                          "metadata": obj.get("metadata", {}), "source": where,
+                          "targets": Targets.from_dict(obj.get("targets"), where)}
     files = {m: _resolve(obj[m], base, m, where) for m in MEDIA if obj.get(m) is not None}
     if "image" in files:
         kw["image"] = decode_image(_read(files["image"], "image", where), str(files["image"]))
@@ -107,6 +109,8 @@ def sample_record(s: Sample, media: dict[str, str]) -> dict[str, Any]:
         rec["video_frames"] = int(s.video.shape[0])
     if s.metadata:
         rec["metadata"] = s.metadata
+    if s.targets:
+        rec["targets"] = s.targets.to_dict()
     return rec
 
 

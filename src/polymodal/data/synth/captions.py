@@ -6,10 +6,12 @@ relation (two objects), so two captions in a gallery are the same only when the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ..targets import Caption
 
 COLOR_ZH = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色",
             "purple": "紫色", "orange": "橙色", "cyan": "青色", "pink": "粉色"}
@@ -89,3 +91,19 @@ def motion_captions(rng: np.random.Generator, obj: dict[str, Any], direction: st
 def scene_captions(rng: np.random.Generator, objects: list[dict[str, Any]], relation: str | None) -> dict[str, str]:
     """The scene described in both languages (always both, so the RNG stream does not depend on ``langs``)."""
     return {"en": caption_en(rng, objects, relation), "zh": caption_zh(rng, objects, relation)}
+
+
+def references(rng: np.random.Generator, draw: Callable[[np.random.Generator], dict[str, str]],
+               first: dict[str, str], langs: Sequence[str], media: str, k: int = 5,
+               tries: int = 60) -> list[Caption]:
+    """Up to ``k`` different captions per language (grouped by language), ``first[lang]`` first (the sample's
+    own caption), the rest from ``draw(rng)`` (both languages per call) until ``k`` or ``tries`` calls."""
+    found = {lang: [first[lang]] for lang in langs}
+    for _ in range(tries):
+        if all(len(v) >= k for v in found.values()):
+            break
+        drawn = draw(rng)
+        for lang, texts in found.items():
+            if len(texts) < k and drawn[lang] not in texts:
+                texts.append(drawn[lang])
+    return [Caption(text, lang, media) for lang in langs for text in found[lang]]

@@ -2,6 +2,11 @@
 paired with the digit's name as text and spoken by eSpeak NG (English "seven", Mandarin "七" with the
 ``cmn`` voice) — an AV-MNIST-style set for fusion: ten classes, two views of each label.
 
+Targets (no random draw, so no other field changed when they were added): per language of ``langs``,
+captions of the picture ("the digit seven" / "数字七"), "which digit is written?" (picture) and, with
+audio, "which digit is spoken?" (answer: the numeral, "7"; type ``digit``), and the spoken word as the
+transcript.
+
 Images are split by image (a seeded permutation of the 1797), so an image never appears in two
 splits; with ``n`` above 1797 an image is reused within its split, spoken by a different voice."""
 
@@ -16,12 +21,17 @@ from PIL import Image
 
 from ...errors import require
 from ..sample import Sample
+from ..targets import QA, Caption, Targets, Transcript
 from . import speech
 
 NAME = "digits"
 NAMES_EN: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 NAMES_ZH: tuple[str, ...] = ("零", "一", "二", "三", "四", "五", "六", "七", "八", "九")
 IMAGE_SIZE = 32
+CAPTIONS = {"en": ("the digit {en}", "a handwritten {en}", "the number {en}, written by hand"),
+            "zh": ("数字{zh}", "手写的数字{zh}", "一个手写的{zh}")}
+QUESTIONS = {"image": {"en": "which digit is written?", "zh": "哪个数字写在图中？"},
+             "audio": {"en": "which digit is spoken?", "zh": "听到的是哪个数字？"}}
 _RNG_TAG = 2  # mixed into the seed so shapes and digits with the same seed differ
 
 
@@ -35,6 +45,19 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def labels() -> dict[str, Any]:
     return {"classes": list(NAMES_EN), "classes_zh": list(NAMES_ZH)}
+
+
+def target_kinds(modalities: Sequence[str]) -> dict[str, Any]:
+    """What targets samples carry with these modalities (for the manifest)."""
+    media = [m for m in ("image", "audio") if m in modalities]
+    out: dict[str, Any] = {}
+    if "image" in media:
+        out["captions"] = {"media": ["image"], "per_lang": len(CAPTIONS["en"])}
+    if media:
+        out["qa"] = {"media": media, "types": ["digit"], "max_per_lang": len(media)}
+    if "audio" in media:
+        out["transcript"] = {"media": "audio", "text": "the spoken digit name"}
+    return out
 
 
 def image_splits(seed: int, fractions: tuple[float, float] = (0.8, 0.1)) -> dict[str, list[int]]:
@@ -76,4 +99,16 @@ def make_sample(index: int, split: str, image_index: int, *, seed: int = 0, lang
     if "audio" in modalities:
         kw["audio"], kw["sample_rate"] = speech.synthesize(word, voice)
         meta["voice"] = voice.as_dict()
-    return Sample(id=f"{NAME}-{index:06d}", metadata=meta, **kw)
+    return Sample(id=f"{NAME}-{index:06d}", metadata=meta, targets=digit_targets(label, langs, lang, modalities), **kw)
+
+
+def digit_targets(label: int, langs: Sequence[str], lang: str, modalities: Sequence[str]) -> Targets:
+    """Captions and "which digit is written?" for the picture; "which digit is spoken?" and the spoken word
+    (in ``lang``, the sample's language) as transcript for the audio."""
+    media = [m for m in ("image", "audio") if m in modalities]
+    caps = [Caption(t.format(en=NAMES_EN[label], zh=NAMES_ZH[label]), lg, "image")
+            for lg in langs for t in CAPTIONS[lg]] if "image" in media else []
+    qa = [QA(QUESTIONS[m][lg], str(label), "digit", lg, m) for lg in langs for m in media]
+    word = NAMES_EN[label] if lang == "en" else NAMES_ZH[label]
+    return Targets(captions=tuple(caps), qa=tuple(qa),
+                   transcript=Transcript(word, lang) if "audio" in media else None)

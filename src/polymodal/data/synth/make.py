@@ -2,7 +2,8 @@
 
 Layout::
 
-    out/manifest.json            what was generated (name, seed, n, args, splits, modalities, langs, labels)
+    out/manifest.json            what was generated (name, seed, n, args, splits, modalities, langs, labels,
+                                 targets: which generation targets the samples carry)
     out/{train,val,test}/000000.tar ... + sizes.json
 
 Each sample is a pure function of ``(seed, index)`` and the arguments, and samples are written in index
@@ -31,7 +32,7 @@ SUPPORTED: dict[str, tuple[str, ...]] = {"shapes": ("audio", "image", "text", "v
 LANGS: tuple[str, ...] = ("en", "zh")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 FRACTIONS: tuple[float, float] = (0.8, 0.1)  # train, val; test gets the rest
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: samples carry targets; "targets" says which
 
 # (name, index, split, image_index, seed, langs, modalities): small and picklable, one per sample
 Task = tuple[str, int, str, int, int, tuple[str, ...], tuple[str, ...]]
@@ -158,6 +159,7 @@ def make_dataset(name: str, out: str | os.PathLike[str], *, n: int, seed: int = 
         "splits": {s: {"path": s, "count": counts[s]} for s in SPLITS},
         "modalities": list(mods), "langs": list(langs_t),
         "labels": shapes.labels() if name == "shapes" else digits.labels(),
+        "targets": shapes.target_kinds(mods) if name == "shapes" else digits.target_kinds(mods),
         "details": _details(name, sample_rate),
     }
     data = json.dumps(manifest, ensure_ascii=False, indent=1) + "\n"

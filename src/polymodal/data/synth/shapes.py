@@ -5,6 +5,10 @@ Every sample is a pure function of ``(seed, index, split, langs, modalities)``: 
 ``(seed, index)`` and every random draw happens whether or not a modality is produced, so the captions
 and pictures do not change when audio or video is switched off.
 
+Targets (``sample.targets``): 5 reference captions per language of the picture (the sample's own caption
+first) and, with video, of the clip; questions with answers from the scene graph (`questions`); with audio,
+the spoken caption as transcript. They draw from a second RNG, so adding them changed no other field.
+
 Held-out pairs: the color+shape pairs in `HELDOUT_PAIRS` never appear in train or val. In test, the
 first object is one of them half of the time, so compositional generalization can be measured on the
 samples with ``metadata["heldout"] == True``."""
@@ -20,7 +24,8 @@ from PIL import Image, ImageDraw
 
 from ...errors import InvalidInput
 from ..sample import Sample
-from . import captions, speech
+from ..targets import Targets, Transcript
+from . import captions, questions, speech
 
 NAME = "shapes"
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -47,6 +52,8 @@ P_SINGLE = 0.25  # share of one-object scenes (two-object captions are far more 
 P_HELDOUT_TEST = 0.5  # share of test scenes whose first object is a held-out pair
 SUPERSAMPLE = 4  # draw at 4x and box-filter down: anti-aliased edges
 _RNG_TAG = 1  # mixed into the seed so shapes and digits with the same seed differ
+_TARGETS_TAG = 0xCA  # the targets' own RNG stream, apart from the sample's
+N_REFERENCES = 5  # reference captions per language and medium
 
 
 def all_pairs(heldout: bool | None = None) -> list[tuple[str, str]]:
@@ -57,12 +64,31 @@ def all_pairs(heldout: bool | None = None) -> list[tuple[str, str]]:
     return [p for p in pairs if (p in HELDOUT_PAIRS) == heldout]
 
 
+def split_pairs(split: str) -> list[tuple[str, str]]:
+    """The color+shape pairs a split may show (and a question may name): held-out ones only in test."""
+    return all_pairs() if split == "test" else all_pairs(heldout=False)
+
+
 def labels() -> dict[str, Any]:
     """Label vocabularies for the manifest (evaluation reads class names from here)."""
     return {"colors": list(COLORS), "shapes": list(SHAPES), "sizes": list(SIZES), "positions": list(POSITIONS),
             "relations": list(RELATIONS), "directions": list(DIRECTIONS),
             "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
             "zh": {"colors": captions.COLOR_ZH, "shapes": captions.SHAPE_ZH}}
+
+
+def target_kinds(modalities: Sequence[str]) -> dict[str, Any]:
+    """What targets samples carry with these modalities (for the manifest)."""
+    media = [m for m in ("image", "video") if m in modalities]
+    out: dict[str, Any] = {}
+    if media:
+        types = [t for t in questions.TYPES if ("video" if t == "motion" else "image") in media]
+        out["captions"] = {"media": media, "per_lang": N_REFERENCES}
+        out["qa"] = {"media": media, "types": types,
+                     "max_per_lang": questions.MAX_IMAGE_QUESTIONS * ("image" in media) + ("video" in media)}
+    if "audio" in modalities:
+        out["transcript"] = {"media": "audio", "text": "the spoken caption"}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- scene
@@ -81,7 +107,7 @@ def _draw_object(rng: np.random.Generator, pairs: list[tuple[str, str]], positio
 
 def sample_scene(rng: np.random.Generator, split: str) -> tuple[list[dict[str, Any]], str | None]:
     """Objects (with private ``_`` render fields) and the relation (None for one object)."""
-    allowed = all_pairs(heldout=False) if split != "test" else all_pairs()
+    allowed = split_pairs(split)
     first = all_pairs(heldout=True) if split == "test" and rng.random() < P_HELDOUT_TEST else allowed
     if rng.random() < P_SINGLE:
         position = list(POSITIONS)[int(rng.integers(len(POSITIONS)))]
@@ -197,4 +223,23 @@ def make_sample(index: int, split: str, *, seed: int = 0, langs: Sequence[str] =
     if "video" in modalities:
         kw["video"] = render_video(objects, background, direction)
         meta.update(motion=direction, video_caption=motion[lang], video_captions={k: motion[k] for k in langs})
-    return Sample(id=f"{NAME}-{index:06d}", metadata=meta, **kw)
+    targets = scene_targets(np.random.default_rng(np.random.SeedSequence([_RNG_TAG, seed, index, _TARGETS_TAG])),
+                            public, relation, direction, caps, motion, split, langs, lang, modalities)
+    return Sample(id=f"{NAME}-{index:06d}", metadata=meta, targets=targets, **kw)
+
+
+def scene_targets(rng: np.random.Generator, objects: list[dict[str, Any]], relation: str | None, direction: str,
+                  caps: dict[str, str], motion: dict[str, str], split: str, langs: Sequence[str], lang: str,
+                  modalities: Sequence[str]) -> Targets:
+    """Captions and questions about each generated medium, and the transcript of the spoken caption.
+    Everything is drawn whatever the modalities (then filtered), so one medium's targets do not depend on
+    whether another is generated."""
+    image_caps = captions.references(rng, lambda r: captions.scene_captions(r, objects, relation), caps, langs,
+                                     "image", N_REFERENCES)
+    video_caps = captions.references(rng, lambda r: captions.motion_captions(r, objects[0], direction), motion,
+                                     langs, "video", N_REFERENCES)
+    qa = questions.scene_questions(objects, relation, direction, rng, langs, split_pairs(split))
+    media = {m for m in ("image", "video") if m in modalities}
+    return Targets(captions=tuple(c for c in (*image_caps, *video_caps) if c.media in media),
+                   qa=tuple(q for q in qa if q.media in media),
+                   transcript=Transcript(caps[lang], lang) if "audio" in modalities else None)

@@ -375,8 +375,71 @@ def _clap_extractor(path: str) -> Any:
         raise NotFound(f"cannot load the CLAP feature extractor: {exc}", source=path) from exc
 
 
-def audio_transform_from_dict(d: dict[str, Any]) -> AudioTransform | ClapAudioTransform:
-    """The audio transform a config describes: the library's log-mel, or a CLAP checkpoint's (``type: hf_clap``)."""
+@dataclass(frozen=True)
+class WhisperAudioTransform:
+    """Waveform + sample rate -> Whisper's log-mel ``(n_mels, chunk_seconds * sample_rate // hop_length)``, equal to
+    transformers' ``WhisperFeatureExtractor`` with the same settings (computed here in torch; no transformers needed):
+    resample, cut to / zero-pad to ``chunk_seconds``, periodic-Hann STFT (centred, reflect), power, Slaney mel
+    (area-normalised, 0-8 kHz), ``log10(max(mel, 1e-10))``, floor at the clip's max - 8, ``(x + 4) / 4``; the last
+    STFT frame is dropped. Config ``{"type": "hf_whisper", "n_mels": 80, "hop_length": 160, "chunk_seconds": 30,
+    ...}`` (what the ``asr`` arch's ``preprocess()`` asks for)."""
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    n_fft: int = 400
+    hop_length: int = 160
+    chunk_seconds: int = 30
+    type: str = "hf_whisper"
+    crop: str = "start"  # read by the training data path; Whisper features are never randomly cropped
+
+    def __post_init__(self) -> None:
+        if self.type != "hf_whisper":
+            raise ConfigError(f"type must be 'hf_whisper', got {self.type!r}", field="audio.type")
+        for name in ("sample_rate", "n_mels", "n_fft", "hop_length", "chunk_seconds"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"must be an integer >= 1, got {v!r}", field=f"audio.{name}")
+        fb = mel_filterbank(self.n_fft // 2 + 1, self.n_mels, self.sample_rate, 0.0, min(8000.0, self.sample_rate / 2),
+                            scale="slaney", norm="slaney", n_fft=self.n_fft)
+        object.__setattr__(self, "_fb_t", fb.T.contiguous())
+
+    @property
+    def max_seconds(self) -> float:
+        return float(self.chunk_seconds)
+
+    @property
+    def frames(self) -> int:
+        return self.chunk_seconds * self.sample_rate // self.hop_length
+
+    def __call__(self, wave: Wave, sample_rate: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+        if x.ndim != 1 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.floating):
+            raise InvalidInput(f"expected a non-empty float mono waveform (N,), got {x.dtype} {x.shape}",
+                               field="audio")
+        clip = np.asarray(resample(x.astype(np.float32, copy=False), int(sample_rate), self.sample_rate))
+        n = self.chunk_seconds * self.sample_rate
+        padded = torch.zeros(n, dtype=torch.float32)
+        padded[: min(n, clip.shape[0])] = torch.from_numpy(np.array(clip[:n], dtype=np.float32))
+        spec = torch.stft(padded, self.n_fft, self.hop_length, window=torch.hann_window(self.n_fft),
+                          center=True, pad_mode="reflect", return_complex=True)
+        power = spec[..., :-1].abs() ** 2
+        log_spec = torch.clamp(self._fb_t @ power, min=1e-10).log10()  # type: ignore[attr-defined]
+        log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+        return (log_spec + 4.0) / 4.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WhisperAudioTransform:
+        return config_from_dict(cls, d, "audio")
+
+
+def audio_transform_from_dict(d: dict[str, Any]) -> AudioTransform | ClapAudioTransform | WhisperAudioTransform:
+    """The audio transform a config describes: the library's log-mel, a CLAP checkpoint's (``type: hf_clap``) or
+    Whisper's (``type: hf_whisper``)."""
     if isinstance(d, dict) and d.get("type") == "hf_clap":
         return ClapAudioTransform.from_dict(d)
+    if isinstance(d, dict) and d.get("type") == "hf_whisper":
+        return WhisperAudioTransform.from_dict(d)
     return AudioTransform.from_dict(d)
