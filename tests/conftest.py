@@ -52,6 +52,7 @@ def make_tiny_samples(n: int = 6, seed: int = 0) -> list[Sample]:
 def assert_same(a: Sample, b: Sample) -> None:
     """Equal up to 16-bit audio quantization; `source` is not compared."""
     assert a.id == b.id and a.text == b.text and a.metadata == b.metadata, (a.id, b.id)
+    assert a.targets == b.targets, a.id
     for m in ("image", "video"):
         x, y = getattr(a, m), getattr(b, m)
         assert (x is None) == (y is None), (a.id, m)

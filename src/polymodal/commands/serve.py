@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +14,16 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidInput, require
 
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
 if TYPE_CHECKING:
     from ..serve.service import ServeSettings
 
 DESCRIPTION = """Serve a model and its collections over HTTP: a JSON API (/v1/embed, /v1/search,
 /v1/collections/..., OpenAPI docs at /docs), the OpenAI-compatible /v1/embeddings and /v1/models, Prometheus
-metrics (/metrics) and a search page (/).
+metrics (/metrics) and a search page (/). With --generate, generative runs too: POST /v1/generate (captions,
+answers, with token streaming) and the OpenAI-compatible POST /v1/audio/transcriptions; --model and
+--collection are then optional (a generation-only service).
 
 --collection DIR is one of:
   a collection (e.g. built by `polymodal index build`)  served as the default collection; new collections
@@ -65,10 +70,13 @@ def _number(lo: float, strict: bool) -> Callable[[str], float]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polymodal serve", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="MODEL", help="a trained alignment run, a pretrained checkpoint (Hugging Face "
+    p.add_argument("--model", metavar="MODEL", help="a trained alignment run, a pretrained checkpoint (Hugging Face "
                    "CLIP/SigLIP/CLAP/Chinese-CLIP/ALIGN folder, open_clip:ARCH:CHECKPOINT, sentence-transformers folder) "
                    "or an ONNX export (with --runtime onnx); see docs/pretrained.md")
-    p.add_argument("--collection", required=True, help="a collection, a new folder, or a folder of collections")
+    p.add_argument("--collection", help="a collection, a new folder, or a folder of collections (with --model)")
+    p.add_argument("--generate", action="append", default=[], metavar="[NAME=]RUN",
+                   help="a generative run (captioner, vqa, asr, lm) to serve, under the run folder's name or NAME "
+                        "(repeatable); clients name it as \"model\" (e.g. --generate whisper-1=runs/asr)")
     p.add_argument("--root", help="folder where POST /v1/collections/NAME creates collections "
                                   "(default: beside --collection)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -155,6 +163,35 @@ def layout(collection: str, root: str | None) -> tuple[Path | None, Path | None]
     return (Path(root) if root else path.resolve().parent), path
 
 
+def generate_specs(values: list[str]) -> dict[str, Path]:
+    """``--generate`` values -> {served name: run folder}: ``NAME=RUN``, or ``RUN`` served under its folder name."""
+    specs: dict[str, Path] = {}
+    for value in values:
+        name, sep, run = value.partition("=")
+        if not sep or not _MODEL_NAME.fullmatch(name):   # no NAME= (a path may hold "=" itself)
+            name, run = "", value
+        path = Path(run)
+        name = name or path.name or path.resolve().name
+        if not _MODEL_NAME.fullmatch(name):
+            raise InvalidInput(f"cannot serve {value!r} under the name {name!r}: names are 1-64 letters, digits, "
+                               "'.', '_' or '-' (give NAME=RUN)", field="--generate")
+        if name in specs:
+            raise InvalidInput(f"two generative models named {name!r} (give NAME=RUN)", field="--generate")
+        specs[name] = path
+    return specs
+
+
+def check_services(args: argparse.Namespace) -> None:
+    """--model and --collection go together; without them, --generate must give something to serve."""
+    if args.model is None and not args.generate:
+        raise InvalidInput("give --model MODEL --collection DIR, and/or --generate RUN", field="--model")
+    if (args.model is None) != (args.collection is None):
+        given, missing = ("--model", "--collection") if args.collection is None else ("--collection", "--model")
+        raise InvalidInput(f"{given} needs {missing}", field=missing)
+    if args.model is None and args.root is not None:
+        raise InvalidInput("--root needs --model and --collection", field="--root")
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -164,6 +201,8 @@ def _is_loopback(host: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    check_services(args)
+    specs = generate_specs(args.generate)
     require("fastapi", "serve")
     require("uvicorn", "serve")
     settings = settings_from_args(args)
@@ -176,12 +215,19 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_loopback(args.host) and not settings.api_key:
             print(f"polymodal serve: warning: listening on {args.host} without an API key: anyone who can reach "
                   "it can change collections", file=sys.stderr)
-        from ..api import load_embedding as load
+        from .. import api
+        from ..models.generative import GenerativeModel, load_generative_model
         from ..serve.app import create_app
 
-        model = load(args.model, device=args.device, runtime=args.runtime)
-        root, pinned = layout(args.collection, args.root)
-        app = create_app(model, root, settings, collection=pinned)
+        generators = {name: load_generative_model(run, args.device) for name, run in specs.items()}
+        model = root = pinned = None
+        if args.model is not None:
+            model = api.load(args.model, device=args.device, runtime=args.runtime)
+            if isinstance(model, GenerativeModel):
+                raise InvalidInput(f"{args.model} is a generative run ({model.task}): serve it with --generate, "
+                                   "--model embeds", field="--model")
+            root, pinned = layout(args.collection, args.root)
+        app = create_app(model, root, settings, collection=pinned, generators=generators)
         url = url_of(sock, args.host)
 
         def announce() -> None:

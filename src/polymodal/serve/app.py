@@ -1,4 +1,4 @@
-"""`create_app`: the FastAPI application over a model and a folder of collections.
+"""`create_app`: the FastAPI application over a model and a folder of collections, and/or generative models.
 
 The wiring lives here: the error contract (every error is JSON ``{"error": {"type", "message", "field"}}``),
 the request body limit, request metrics and CORS. The settings and the service object the endpoints share are
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._version import __version__
 from ..errors import ApiError, BatcherClosed, Conflict, InvalidInput, NotFound, PolymodalError, QueueFull
 from ..index import is_collection
+from ..models.generative import GenerativeModel
 from .docs import router as docs_router
+from .generation import router as generation_router
 from .metrics import ServiceMetrics
 from .openai_api import is_openai_path, openai_error
 from .openai_api import router as openai_router
@@ -38,13 +40,22 @@ log = logging.getLogger("polymodal.serve")
 
 
 def create_app(model: Any, root: str | Path | None = None, settings: ServeSettings | None = None, *,
-               collection: str | Path | None = None) -> FastAPI:
+               collection: str | Path | None = None, generators: Mapping[str, GenerativeModel] | None = None
+               ) -> FastAPI:
     """The service over ``model`` (anything with ``embed(text=/image=/audio=/video=)``, ``modalities``, ``dim``).
 
     ``root``: a folder of collections (created if missing); new collections are created there.
     ``collection``: one collection folder served as the default (its folder name is its name); created empty
-    (dim from the model, cosine, auto index) if it does not exist."""
+    (dim from the model, cosine, auto index) if it does not exist.
+    ``generators``: generative models by the name they are served under (`generation.py`: /v1/generate,
+    /v1/audio/transcriptions). With generators, ``model`` may be None: a generation-only service (no
+    collections)."""
     settings = settings or ServeSettings()
+    if model is None:
+        if not generators:
+            raise InvalidInput("give an embedding model, generative models, or both", field="model")
+        if root is not None or collection is not None:
+            raise InvalidInput("collections need an embedding model", field="collection")
     pinned: dict[str, Path] = {}
     default = None
     if collection is not None:
@@ -57,7 +68,7 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     store = CollectionStore(rpath, pinned, default)
     if default is not None and not is_collection(pinned[default]):  # a new (missing or empty) folder
         store.create(default, int(model.dim), "cosine", "auto")
-    service = Service(model, store, settings)
+    service = Service(model, store, settings, generators)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,11 +76,13 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
         service.close()
 
     app = FastAPI(title="polymodal", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Embed text, images, audio and video into one space and search collections.")
+                  description="Embed text, images, audio and video into one space and search collections; "
+                              "caption, answer questions about and transcribe them.")
     app.state.service = service
     _install_errors(app)
     app.include_router(router)
     app.include_router(openai_router)
+    app.include_router(generation_router)
     app.include_router(docs_router)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     if settings.cors_origins:

@@ -1,6 +1,7 @@
 """OpenAI-compatible endpoints: ``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{model}``, so
 that OpenAI's client libraries and the RAG tools built on them (``base_url=http://HOST:PORT/v1``) embed with the
-served model.
+served model. (``POST /v1/audio/transcriptions`` is in `generation.py`; ``GET /v1/models`` lists the generative
+models too, with their ``task``.)
 
 - ``input``: a string or a list of strings (at most ``ServeSettings.max_items``). An item that is a data URL,
   ``data:image/<type>;base64,...`` or ``data:audio/<type>;base64,...``, is an image or audio clip (polymodal's
@@ -51,7 +52,7 @@ MEDIA_URL = re.compile(r"^data:(image|audio|video)/[\w.+-]+(?:;[\w=.+-]+)*;base6
 
 def is_openai_path(path: str) -> bool:
     """Whether errors on ``path`` use OpenAI's envelope."""
-    return path == "/v1/embeddings" or path == "/v1/models" or path.startswith("/v1/models/")
+    return path in ("/v1/embeddings", "/v1/models", "/v1/audio/transcriptions") or path.startswith("/v1/models/")
 
 
 def openai_error(status: int, kind: str, message: str, field: str | None) -> tuple[int, dict[str, Any]]:
@@ -114,6 +115,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    task: str = Field(default="embedding", description="polymodal's extension: embedding, or what a generative "
+                                                       "model does (captioning, vqa, asr, lm)")
 
 
 class ModelList(BaseModel):
@@ -151,33 +154,46 @@ router = APIRouter(route_class=CheckedRoute, tags=[OPENAI_TAG])
 STARTED = int(time.time())
 
 
-def model_card(svc: Service) -> ModelCard:
-    return ModelCard(id=svc.model_id, created=STARTED, owned_by="polymodal")
+def model_cards(svc: Service) -> list[ModelCard]:
+    """The embedding model (if any), then the generative models by name."""
+    cards = [ModelCard(id=svc.model_id, created=STARTED, owned_by="polymodal")] if svc.model_id is not None else []
+    return cards + [ModelCard(id=name, created=STARTED, owned_by="polymodal", task=gm.task)
+                    for name, gm in svc.generators.items()]
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERRORS)
 async def list_models(svc: Service = Depends(reader)) -> ModelList:
-    """The served model, in OpenAI's list format."""
-    return ModelList(data=[model_card(svc)])
+    """The served models, in OpenAI's list format."""
+    return ModelList(data=model_cards(svc))
 
 
 # {model:path}: ids may hold slashes (Hugging Face style, ``BAAI/bge-small``), which OpenAI's client sends as is
 @router.get("/v1/models/{model:path}", response_model=ModelCard, responses=ERRORS)
 async def get_model(model: Annotated[str, Path()], svc: Service = Depends(reader)) -> ModelCard:
-    check_model(svc, model)
-    return model_card(svc)
+    card = next((c for c in model_cards(svc) if c.id == model), None)
+    if card is None:
+        raise ApiError(404, "ModelNotFound", f"the model {model!r} does not exist: this server serves "
+                       f"{', '.join(repr(c.id) for c in model_cards(svc)) or 'no model'} (GET /v1/models)",
+                       field="model")
+    return card
 
 
-def check_model(svc: Service, name: str) -> None:
-    if name != svc.model_id:
-        raise ApiError(404, "ModelNotFound", f"the model {name!r} does not exist: this server embeds with "
-                       f"{svc.model_id!r} (GET /v1/models)", field="model")
+def check_model(svc: Service, name: str) -> str:
+    """The embedding model's id, if ``name`` is it (else 404)."""
+    if name in svc.generators:
+        raise InvalidInput(f"{name!r} is a generative model ({svc.generators[name].task}), not an embedding model",
+                           field="model")
+    if svc.model_id is None or name != svc.model_id:
+        serves = f"embeds with {svc.model_id!r}" if svc.model_id is not None else "serves no embedding model"
+        raise ApiError(404, "ModelNotFound", f"the model {name!r} does not exist: this server {serves} "
+                       "(GET /v1/models)", field="model")
+    return svc.model_id
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingList, responses=ERRORS)
 async def embeddings(body: EmbeddingsRequest, svc: Service = Depends(reader)) -> Response:
     """OpenAI-compatible embeddings of texts, and of images and audio clips given as data URLs."""
-    check_model(svc, body.model)
+    model_id = check_model(svc, body.model)
     items = input_items(body.input, svc.settings.max_items)
     dims = body.dimensions
     if dims is not None and dims > svc.dim:
@@ -200,7 +216,7 @@ async def embeddings(body: EmbeddingsRequest, svc: Service = Depends(reader)) ->
     # (a request refused with a 503 costs no tokenizing)
     texts = [v for _, v in groups.get("text", [])]
     tokens = await run_in_threadpool(count_tokens, svc.model, texts) if texts else 0
-    return Response(render(vectors, body.encoding_format == "base64", svc.model_id, tokens),
+    return Response(render(vectors, body.encoding_format == "base64", model_id, tokens),
                     media_type="application/json")
 
 

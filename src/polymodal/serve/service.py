@@ -1,9 +1,13 @@
 """`ServeSettings` (every knob of the service) and `Service` (what the endpoints share: model, settings,
-metrics, the micro-batcher, the collections, API-key checks)."""
+metrics, the micro-batcher, the collections, API-key checks, and the generative models with their batcher).
+
+The embedding model is optional when generative models are served (a generation-only service): the embedding
+endpoints then answer 404."""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -12,7 +16,9 @@ import numpy as np
 from fastapi import Request
 
 from ..errors import ApiError, InvalidInput
+from ..models.generative import GenerativeModel
 from .batching import MicroBatcher, model_embed_fn
+from .gen_batching import GenerationBatcher
 from .media import MediaLimits
 from .metrics import ServiceMetrics
 from .schemas import MAX_INPUTS
@@ -25,9 +31,9 @@ class ServeSettings:
 
     api_key: str | None = None          # required for writes (and reads with auth_reads) when set
     auth_reads: bool = False
-    max_batch: int = 32                 # items per model.embed call
+    max_batch: int = 32                 # items per model.embed call (rows per generate call: at most 64)
     max_wait_ms: float = 5.0            # how long the first request of a batch may wait for company
-    queue_size: int = 256               # embedding requests waiting; beyond -> 503
+    queue_size: int = 256               # embedding requests waiting (and generation requests); beyond -> 503
     max_body_bytes: int = 32 * 2**20    # whole request body; beyond -> 413
     max_items: int = 256                # inputs per /v1/embed modality, items per upsert
     max_k: int = 1000
@@ -52,24 +58,35 @@ class ServeSettings:
 
 
 class Service:
-    """What the endpoints share: model, settings, metrics, the micro-batcher and the collections."""
+    """What the endpoints share: model, settings, metrics, the micro-batcher and the collections, and the
+    generative models (by the name they are served under) with their batcher."""
 
-    def __init__(self, model: Any, store: CollectionStore, settings: ServeSettings):
-        self.model = model
+    def __init__(self, model: Any, store: CollectionStore, settings: ServeSettings,
+                 generators: Mapping[str, GenerativeModel] | None = None):
+        self.model = model   # None: no embedding model (generation only)
         self.store = store
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.batcher = MicroBatcher(model_embed_fn(model), max_batch=settings.max_batch,
                                     max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
                                     metrics=self.metrics)
-        self.modalities = tuple(model.modalities)
-        self.dim = int(model.dim)
-        self.model_id = served_model_id(model, settings.model_name)
+        self.modalities: tuple[str, ...] = tuple(model.modalities) if model is not None else ()
+        self.dim = int(model.dim) if model is not None else 0
+        self.model_id: str | None = served_model_id(model, settings.model_name) if model is not None else None
+        self.generators = dict(generators or {})
+        if self.model_id is not None and self.model_id in self.generators:
+            raise InvalidInput(f"the name {self.model_id!r} is both the embedding model's and a generative "
+                               "model's", field="generate")
+        self.generation = GenerationBatcher(self.generators, max_batch=settings.max_batch,
+                                            max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size)
         self.max_json_values = settings.max_json_values or settings.max_items * (self.dim + 1024) + 4096
         # os.environ holds undecodable bytes as surrogates ("surrogateescape"): give them back as the bytes
         self._key = settings.api_key.encode("utf-8", "surrogateescape") if settings.api_key else None
 
     async def embed(self, modality: str, items: list[Any], field: str) -> np.ndarray:
+        if self.model is None:
+            raise ApiError(404, "NotFound", "this server serves no embedding model, only generative ones "
+                           f"({', '.join(self.generators)}): see POST /v1/generate", field="model")
         if modality not in self.modalities:
             raise InvalidInput(f"this model embeds {', '.join(self.modalities)}, not {modality}", field=field)
         return await self.batcher.embed_async(modality, items)
@@ -93,6 +110,7 @@ class Service:
 
     def close(self) -> None:
         self.batcher.close()
+        self.generation.close()
         self.store.close()
 
 
