@@ -2,14 +2,18 @@
 
 # Importing the arch modules registers their builders (ARCHS) and configs (MODEL_CONFIGS).
 from .alignment import AlignmentConfig, AlignmentModel, Features, build_alignment_model, merge_features
+from .asr import AsrConfig, SpeechRecognizer
+from .captioner import VisionTextConfig, VisionTextGenerator
 from .classifier import FusionClassifier, FusionModel, build_fusion_model
 from .embedding import EmbeddingModel
 from .front import RUNTIMES, is_polymodal_run, load_embedding_model
 from .fusion_config import FusionModelConfig
+from .lm import CausalLM, LMConfig
 from .loading import load_model, resolve_run
 from .registry import ARCHS, MODEL_CONFIGS, build_model, model_config
 
-__all__ = ["ARCHS", "MODEL_CONFIGS", "AlignmentConfig", "AlignmentModel", "EmbeddingModel", "Features",
-           "FusionClassifier", "FusionModel", "FusionModelConfig", "RUNTIMES", "build_alignment_model", "build_fusion_model",
+__all__ = ["ARCHS", "MODEL_CONFIGS", "AlignmentConfig", "AlignmentModel", "AsrConfig", "CausalLM", "EmbeddingModel", "Features",
+           "FusionClassifier", "FusionModel", "FusionModelConfig", "LMConfig", "RUNTIMES", "SpeechRecognizer", "VisionTextConfig",
+           "VisionTextGenerator", "build_alignment_model", "build_fusion_model",
            "build_model", "is_polymodal_run", "load_embedding_model", "load_model", "merge_features",
            "model_config", "resolve_run"]
