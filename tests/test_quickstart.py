@@ -23,10 +23,10 @@ import pytest
 from polymodal.commands import quickstart
 from polymodal.errors import InvalidInput
 
-BUDGET = ["--steps", "3", "--fusion-steps", "2"]
+BUDGET = ["--steps", "3", "--fusion-steps", "2", "--generation-steps", "2"]
 TINY = ["--n-shapes", "40", "--n-digits", "40", *BUDGET, "--langs", "en,zh", "--no-progress", "--json"]
 CACHED = ["data_shapes", "data_digits", "train", "evaluate", "collection", "fusion_late", "fusion_attention",
-          "robustness"]
+          "robustness", "gen_caption", "gen_vqa", "gen_asr"]
 
 
 def _run(capsys: pytest.CaptureFixture[str], out: Path, *extra: str) -> tuple[dict, str]:
@@ -68,11 +68,11 @@ def first(first_run: tuple[Path, Path, dict, str]) -> tuple[Path, dict, str]:
 
 def test_first_run_writes_the_report(first):
     out, summary, err = first
-    assert set(_status(summary)) == {*CACHED, "queries", "report"}
+    assert set(_status(summary)) == {*CACHED, "queries", "generation", "report"}
     assert set(_status(summary).values()) == {"ran"}
     # one progress line per step on stderr
     assert [line for line in err.splitlines() if line.startswith("[quickstart ")] != []
-    assert sum(line.startswith("[quickstart ") for line in err.splitlines()) == 10
+    assert sum(line.startswith("[quickstart ") for line in err.splitlines()) == 14
     report = Path(summary["report"])
     assert report == out / "report.html" and report.is_file()
     doc = report.read_text(encoding="utf-8")
@@ -95,14 +95,21 @@ def test_first_run_writes_the_report(first):
     for name in CACHED:
         assert (out / "steps" / f"{name}.json").is_file()
     # fixed step budgets, announced up front; the steps actually trained and the wall times in the summary
-    assert "quickstart plan: audioclip_tiny 3 steps, fusion_late 2 steps, fusion_attention 2 steps (fixed" in err
+    assert ("quickstart plan: audioclip_tiny 3 steps, fusion_late 2 steps, fusion_attention 2 steps, gen_caption 2 "
+            "steps, gen_vqa 2 steps, gen_asr 2 steps (fixed") in err
     trained = summary["trained"]
     assert {k: (t["budget"], t["steps"], t["stopped_by"]) for k, t in trained.items()} == {
         "train": ({"steps": 3}, 3, "steps"), "fusion_late": ({"steps": 2}, 2, "steps"),
-        "fusion_attention": ({"steps": 2}, 2, "steps")}
+        "fusion_attention": ({"steps": 2}, 2, "steps"), **{f"gen_{k}": ({"steps": 2}, 2, "steps")
+                                                           for k in ("caption", "vqa", "asr")}}
     assert all(0 < t["train_s"] <= t["wall_s"] for t in trained.values())
     assert summary["training"]["step"] == 3 and json.loads((out / "summary.json").read_text())["trained"] == trained
     assert "audioclip_tiny 3 steps -&gt; 3 steps in" in doc  # the report's budget line
+    # the generation section: captions of test images, answers marked, transcripts with their error rate
+    gen = doc.split("<h2>Generation</h2>", 1)[1]
+    assert "Captions of test images" in gen and "Questions about test images" in gen and "<audio" in gen
+    assert ("&#10003;" in gen or "&#10007;" in gen) and ("WER" in gen or "CER" in gen)
+    assert set(summary["generation"]) >= {"VQA accuracy", "test samples scored"}
     # the step table lists every step, the report itself included, in order, with its time
     steps_table = doc.split("<h2>Steps</h2>", 1)[1].split("</table>", 1)[0]
     rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td class='num'>([^<]*)</td></tr>", steps_table)

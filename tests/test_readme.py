@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from polymodal.commands import data, embed, export, index, quickstart, search, serve, train
+from polymodal.commands import data, embed, export, generate, index, quickstart, search, serve, train
 from polymodal.commands import eval as eval_cmd
 from polymodal.config import Recipe
 from polymodal.data.synth import make_dataset
@@ -85,7 +85,8 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
 
 
 EVERY_PARSER: dict[str, Callable[[], argparse.ArgumentParser]] = {
-    **PARSERS, "export": export._parser, "embed": embed._parser, "quickstart": quickstart._parser}
+    **PARSERS, "export": export._parser, "embed": embed._parser, "quickstart": quickstart._parser,
+    "generate": generate._parser}
 
 
 def test_every_polymodal_line_outside_the_tour_parses() -> None:
@@ -102,7 +103,7 @@ def test_every_polymodal_line_outside_the_tour_parses() -> None:
                 EVERY_PARSER[words[1]]().parse_args(words[2:])
             except SystemExit as exc:
                 raise AssertionError(f"README: `{line.strip()}` does not parse") from exc
-    assert {"export", "embed", "index", "search", "eval", "quickstart", "serve"} <= seen
+    assert {"export", "embed", "index", "search", "eval", "quickstart", "serve", "generate"} <= seen
 
 
 def tour() -> list[tuple[str, argparse.Namespace]]:

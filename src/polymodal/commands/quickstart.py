@@ -27,6 +27,8 @@ from ..errors import InvalidInput
 from ..rundir import CONFIG, MODEL
 from ._steps import Steps
 from ._steps import reset as _reset
+from .quickstart_generation import DEFAULT_STEPS as DEFAULT_GEN_STEPS
+from .quickstart_generation import RECIPES, generation_budgets, generation_pipeline
 from .quickstart_queries import queries_json, query_specs, run_queries
 from .quickstart_report import budget_text, report_results
 
@@ -75,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-shapes", type=int, default=DEFAULTS["n_shapes"], help="shapes samples (default %(default)s)")
     p.add_argument("--n-digits", type=int, default=DEFAULTS["n_digits"], help="digits samples (default %(default)s)")
     p.add_argument("--no-fusion", action="store_true", help="skip the digits fusion models and the robustness panel")
+    p.add_argument("--generation-steps", type=int, help="optimizer steps of each generative model (default: "
+                   + ", ".join(f"{RECIPES[k]} {n}" for k, n in DEFAULT_GEN_STEPS.items())
+                   + ": a short look, their recipes train longer)")
+    p.add_argument("--no-generation", action="store_true",
+                   help="skip the captioning, VQA and speech-recognition models and the report's generation section")
     p.add_argument("--langs", default="en", help="caption languages: en, zh or en,zh (default en)")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     p.add_argument("--workers", type=int, help="data generation processes (default: min(2, cores))")
@@ -88,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> None:
     if args.minutes is not None and not args.minutes > 0:
         raise InvalidInput(f"must be > 0, got {args.minutes}", field="--minutes")
-    for flag, steps in (("--steps", args.steps), ("--fusion-steps", args.fusion_steps)):
+    for flag, steps in (("--steps", args.steps), ("--fusion-steps", args.fusion_steps),
+                        ("--generation-steps", args.generation_steps)):
         if steps is not None and steps < 1:
             raise InvalidInput(f"must be >= 1, got {steps}", field=flag)
     for flag, n in (("--n-shapes", args.n_shapes), ("--n-digits", args.n_digits)):
@@ -143,6 +151,8 @@ def _budgets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out = {"train": {"minutes": args.minutes} if args.minutes is not None else steps(RECIPE, args.steps)}
     for f in () if args.no_fusion else FUSIONS:
         out[f"fusion_{f}"] = steps(f"fusion_{f}", args.fusion_steps)
+    if not args.no_generation:
+        out.update(generation_budgets(args.generation_steps))
     return out
 
 
@@ -317,6 +327,13 @@ def _pipeline(args: argparse.Namespace, steps: Steps, budgets: dict[str, dict[st
                                  lambda: {"queries": run_queries(model, coll_path, tests, args.langs)},
                                  cache=False)["result"]["queries"]
     state["curve"] = _loss_curve(run) if not args.model else None
+    if not args.no_generation:
+        def train_gen(name: str, recipe: str, gen_run: Path) -> dict[str, Any]:
+            marker = _train_step(steps, args, name, recipe, budgets[name], shapes_dir, shapes["token"], gen_run)
+            state["trained"][name] = _trained(marker)
+            return marker
+
+        state["generation"] = generation_pipeline(steps, train_gen, out, tests)
     return state
 
 
@@ -339,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         f"quickstart plan: the given model {args.model} (no training): evaluate, index, query"
         + ("" if args.no_fusion else "; fusion " + ", ".join(f"{k} {budget_text(b)}" for k, b in budgets.items())))
     print(plan, file=sys.stderr, flush=True)
-    steps = Steps(out, args.fresh, (6 if args.no_fusion else 10) - (1 if args.model else 0))
+    steps = Steps(out, args.fresh, (6 if args.no_fusion else 10) - (1 if args.model else 0)
+                  + (0 if args.no_generation else 4))
     run, coll_path = out / "runs" / "audioclip", out / "collection"
     state = _pipeline(args, steps, budgets, out, run, coll_path)
     served = args.model or str(run)
@@ -353,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"report": report, "serve_command": serve, "run": served, "collection": str(coll_path),
                "seconds": round(time.perf_counter() - t0, 1), "steps": steps.log,
                "training": state["train"], "trained": state["trained"], "retrieval": state["retrieval"],
-               "queries": queries_json(state["queries"]), "robustness": state.get("robustness")}
+               "queries": queries_json(state["queries"]), "robustness": state.get("robustness"),
+               "generation": (state.get("generation") or {}).get("summary")}
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False).encode("utf-8"))
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))

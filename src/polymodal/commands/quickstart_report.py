@@ -26,7 +26,7 @@ def report_results(args: argparse.Namespace, state: dict[str, Any], steps: Steps
                 "steps": [{k: s.get(k) for k in ("name", "status", "seconds", "took")} for s in steps.log],
                 "training": None, "retrieval": state["retrieval"], "queries": state["queries"],
                 "robustness": state.get("robustness"), "serve_command": serve,
-                "notes": [] if state.get("robustness") else ["Robustness panel: skipped (--no-fusion)."]}
+                "generation": state.get("generation"), "notes": _notes(state)}
     train = state["train"]
     summary = {"steps": train.get("step"), "samples seen": train.get("samples_seen"),
                "samples/s": train.get("samples_per_s"), "final loss": train.get("loss"),
@@ -42,7 +42,14 @@ def report_results(args: argparse.Namespace, state: dict[str, Any], steps: Steps
             "steps": [{k: s.get(k) for k in ("name", "status", "seconds", "took")} for s in steps.log],
             "training": {**state["curve"], "summary": summary}, "retrieval": state["retrieval"],
             "queries": state["queries"], "robustness": state.get("robustness"), "serve_command": serve,
-            "notes": [] if state.get("robustness") else ["Robustness panel: skipped (--no-fusion)."]}
+            "generation": state.get("generation"), "notes": _notes(state)}
+
+
+def _notes(state: dict[str, Any]) -> list[str]:
+    out = [] if state.get("robustness") else ["Robustness panel: skipped (--no-fusion)."]
+    if not state.get("generation"):
+        out.append("Generation section: skipped (--no-generation).")
+    return out
 
 
 __all__ = ["budget_text", "report_results"]

@@ -14,16 +14,14 @@ The results dict (every key optional except ``title``)::
                   "hits": [{"id", "score", "caption", "sample_id", "image": uint8 HxWx3 | PNG bytes | None,
                             "match": bool}]}],
      "robustness": {"levels": [..], "models": {name: evaluate_classification report}} | None,
+     "generation": see `polymodal.report.generation` (captions, answers, transcripts) | None,
      "notes": [str], "serve_command": str}
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 import os
-import wave
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_bytes
+from .generation import generation_section
+from .html_media import png_data_uri, wav_bytes, wav_data_uri
 from .plots import Series, bar_chart, line_chart
 
 KS = ("R@1", "R@5", "R@10")
@@ -54,39 +54,6 @@ code{background:#f4f4f4;padding:2px 4px;border-radius:3px}
 
 
 # ------------------------------------------------------------------------------------------- media
-
-def png_data_uri(image: np.ndarray | bytes) -> str:
-    """``data:image/png;base64,...`` from a uint8 HxWx3 (or HxW) array or from PNG bytes."""
-    if isinstance(image, bytes | bytearray):
-        data = bytes(image)
-    else:
-        from PIL import Image
-
-        arr = np.asarray(image)
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
-        data = buf.getvalue()
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def wav_bytes(wave_f32: np.ndarray, sample_rate: int) -> bytes:
-    """16-bit PCM mono WAV (the format every browser plays) from a float waveform in [-1, 1]."""
-    x = np.asarray(wave_f32, dtype=np.float64).reshape(-1)
-    pcm = (np.clip(np.nan_to_num(x), -1.0, 1.0) * 32767.0).round().astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(int(sample_rate))
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
-
-
-def wav_data_uri(wave_f32: np.ndarray, sample_rate: int) -> str:
-    return "data:audio/wav;base64," + base64.b64encode(wav_bytes(wave_f32, sample_rate)).decode("ascii")
-
 
 # ------------------------------------------------------------------------------------------- pieces
 
@@ -288,6 +255,8 @@ def render_report(results: Mapping[str, Any]) -> str:
         body += [_query(q) for q in results["queries"]]
     if results.get("robustness"):
         body.append(_robustness(results["robustness"]))
+    if results.get("generation"):
+        body.append(generation_section(results["generation"]))
     for note in results.get("notes") or []:
         body.append(f"<p class='muted'>{escape(str(note))}</p>")
     if results.get("serve_command"):
