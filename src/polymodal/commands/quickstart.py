@@ -5,7 +5,8 @@ number of steps (its recipe's 900 by default, so the result does not depend on t
 ``--minutes`` trades that for a wall-clock budget), evaluates retrieval in every direction on the test split, builds a
 collection of the test images, runs example queries (text, spoken, speech + text hint), trains two fusion
 classifiers on digits (their recipes' 200 steps each) for a robustness panel, and writes one self-contained
-``report.html``. About 10-20 minutes on a 2-core CPU with the defaults; the training bar prints an estimate
+``report.html``, then trains a captioner, a VQA model and a speech recogniser for a short look (``--no-generation``
+skips them). About 20-30 minutes on a 2-core CPU with the defaults; the training bar prints an estimate
 for this machine after its first steps.
 
 Re-running reuses finished steps (see `._steps`; the step budget is part of a training step's parameters, so a
@@ -47,7 +48,7 @@ estimates the time on this machine after its first steps. --minutes gives the ma
 instead: how many steps that buys (and so the numbers) depends on the machine and on what else runs on it.
 
 example:
-  polymodal quickstart                      # ~10-20 min on a 2-core CPU, writes quickstart/report.html
+  polymodal quickstart                      # ~20-30 min on a 2-core CPU, writes quickstart/report.html
   polymodal quickstart --steps 200 --n-shapes 1000 --no-fusion      # a faster, rougher look
 """
 
@@ -164,7 +165,8 @@ def _plan(budgets: dict[str, dict[str, Any]], default: bool) -> str:
     how = ("fixed step counts: the result does not depend on this machine's speed or load" if fixed
            else "a wall-clock budget: how many steps it buys depends on this machine and its load")
     return (f"quickstart plan: {', '.join(parts)} ({how}). "
-            + ("About 10-20 minutes in all on a 2-core CPU; the" if default else "The")
+            + ("About 20-30 minutes in all on a 2-core CPU (10-20 without the generation models); the" if default
+               else "The")
             + " training bar estimates the time on this machine after its first steps.")
 
 

@@ -1,8 +1,9 @@
 """Named recipes: complete model + data + training configs as JSON files in this folder.
 
 ``load_recipe("clip_tiny")`` loads a packaged recipe; ``load_recipe("path/to/my.json")`` loads a file.
-Packaged: clip_tiny, siglip_tiny, audioclip_tiny, imagebind_tiny, lit_minilm and the fusion_* recipes (see
-docs/training.md and docs/fusion.md).
+Packaged: clip_tiny, siglip_tiny, audioclip_tiny, imagebind_tiny, lit_minilm, the fusion_* recipes and the
+generative lm_tiny, caption_tiny, caption_video_tiny, vqa_tiny, vqa_video_tiny, vqa_blind_tiny, asr_tiny (see
+docs/training.md, docs/fusion.md and docs/generation.md).
 
 A recipe may extend others: ``{"extends": "fusion_early", "model": {"fusion": {"name": "late"}}}`` is the
 base recipe's JSON with this file's keys deep-merged over it (objects merge key by key; lists, scalars and null
