@@ -103,7 +103,7 @@ def asr(cfg: dict[str, Any]) -> SpeechRecognizer:
 def test_transform_config_round_trip() -> None:
     model = asr(TINY)
     tf = SampleTransform.from_dict(transform_config(model.preprocess(), {}))
-    assert isinstance(tf.audio, WhisperAudioTransform) and tf.audio.frames == 100 and tf.text is None
+    assert isinstance(tf.audio, WhisperAudioTransform) and tf.audio.frames == 50 and tf.text is None
     assert audio_transform_from_dict(tf.audio.to_dict()) == tf.audio
     with pytest.raises(ConfigError):
         audio_transform_from_dict({"type": "hf_whisper", "hop": 160})
@@ -231,7 +231,7 @@ def test_bad_inputs(trained: tuple[SpeechRecognizer, Batch]) -> None:
     with pytest.raises(InvalidInput):
         model.generate(text_only)
     wrong = rows(batch, [0, 1])
-    wrong.data["audio"] = wrong.data["audio"][:, :, :50]
+    wrong.data["audio"] = wrong.data["audio"][:, :, :40]
     with pytest.raises(InvalidInput) as err:
         model.generate(wrong)
     assert err.value.field == "audio"
