@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                    + ", ".join(f"{RECIPES[k]} {n}" for k, n in DEFAULT_GEN_STEPS.items())
                    + ": a short look, their recipes train longer)")
     p.add_argument("--no-generation", action="store_true",
-                   help="skip the captioning, VQA and speech-recognition models and the report's generation section")
+                   help="skip the captioning, VQA and speech-recognition models and the report's generation section "
+                        "(implied by --model, which trains nothing)")
     p.add_argument("--langs", default="en", help="caption languages: en, zh or en,zh (default en)")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     p.add_argument("--workers", type=int, help="data generation processes (default: min(2, cores))")
@@ -107,6 +108,8 @@ def _check(args: argparse.Namespace) -> None:
     if not langs or any(x not in ("en", "zh") for x in langs):
         raise InvalidInput(f"expected en, zh or en,zh, got {args.langs!r}", field="--langs")
     args.langs = langs
+    if args.model:  # a given model means no training at all: the generation models would be trained here
+        args.no_generation = True
     if args.threads is not None and args.threads < 1:
         raise InvalidInput(f"must be >= 1, got {args.threads}", field="--threads")
 
