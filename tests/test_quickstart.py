@@ -173,7 +173,7 @@ def test_changed_parameters_redo_the_step_and_what_depends_on_it(first, capsys):
 def test_minutes_is_a_wall_clock_budget_instead_of_steps(first, capsys):
     out, summary, _ = first
     argv = [a for a in TINY if a not in BUDGET]
-    assert quickstart.main(["--out", str(out), *argv, "--no-fusion", "--minutes", "0.01"]) == 0
+    assert quickstart.main(["--out", str(out), *argv, "--no-fusion", "--no-generation", "--minutes", "0.01"]) == 0
     timed = json.loads(capsys.readouterr().out)
     assert _status(timed)["train"] == "ran" and _tokens(timed)["train"] != _tokens(summary)["train"]
     assert timed["trained"]["train"]["budget"] == {"minutes": 0.01}
