@@ -77,6 +77,11 @@ TINY: dict[str, tuple[dict[str, Any], Callable[[torch.Generator], dict[str, torc
                           audio_input),
     "video_frames": ({"frame": {"image_size": 16, "channels": [8, 16]}, "heads": 2, "max_frames": 8},
                      video_input),
+    # transformers' ALIGN towers built from a config (the EfficientNet needs >= 32 px)
+    "align_image": ({"image_size": 32, "width_coefficient": 0.2, "depth_coefficient": 0.2},
+                    lambda g: image_input(g, size=32)),
+    "align_text": ({"vocab_size": 50, "width": 32, "layers": 2, "heads": 2, "max_len": 16, "output_dim": 24},
+                   text_input),
 }
 
 

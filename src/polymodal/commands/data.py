@@ -1,4 +1,5 @@
-"""`polymodal data`: make built-in data sets, inspect any data set, convert between formats."""
+"""`polymodal data`: make built-in data sets, inspect any data set, convert between formats, clean noisy captions
+(CapFilt)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"modalities to generate, comma-separated from {','.join(MODALITIES)} "
                         "(default: all the data set has)")
     p.add_argument("--shard-size", type=int, default=1000, metavar="K", help="samples per tar shard (default 1000)")
+    p.add_argument("--caption-noise", type=float, default=0.0, metavar="P",
+                   help="shapes only: give a fraction P of the TRAIN samples noisy alt-text instead of their "
+                        "caption, half 'wrong' (another scene's caption), half 'unrelated' (file names, "
+                        "'click here', random words); val/test stay clean (default 0)")
     p.add_argument("--workers", type=int, default=None, metavar="W",
                    help="worker processes (default: min(2, CPU count)); the output does not depend on it")
     p.add_argument("--json", action="store_true", help="print {manifest, inspect} as one JSON object")
@@ -65,6 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="DEST",
                    help="output folder (webdataset, folder) or .jsonl file (jsonl; media go to DEST's folder/media)")
     p.add_argument("--shard-size", type=int, default=1000, metavar="K", help="samples per tar shard (webdataset)")
+
+    p = sub.add_parser("capfilt", help="clean noisy captions: a captioner writes, an ITM filter judges (BLIP CapFilt)",
+                       description="For every sample of --split with a picture: a synthetic caption from the "
+                                   "captioner run, and the filter run's image-text matching score of the original "
+                                   "text and of the synthetic one. Keep the original if it scores >= T, else the "
+                                   "synthetic one if it does, else drop the sample. Other splits are copied. "
+                                   "Writes a new data set dir (shards + manifest.json with the counts).")
+    p.add_argument("path", metavar="DATA", help="data set to clean. " + _FORMATS_HELP)
+    p.add_argument("--captioner", required=True, type=Path, metavar="RUN", help="a captioner run (arch captioner)")
+    p.add_argument("--filter", required=True, type=Path, metavar="RUN",
+                   help="a vl_encoder run trained with image-text matching")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (new or empty)")
+    p.add_argument("--threshold", type=float, default=0.5, metavar="T", help="P(match) to keep a text (default 0.5)")
+    p.add_argument("--split", default="train", metavar="S", help="split to clean (default train)")
+    p.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="caption by nucleus sampling (seed 0) as BLIP did, e.g. 0.9 (default: greedy)")
+    p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
 
@@ -98,20 +121,32 @@ def _warn_skipped(ds: Any) -> None:
         print(f"polymodal data: warning: {line}", file=sys.stderr)
 
 
+def _add_noise(info: dict[str, Any], manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's caption noise record (`make_dataset`), when the data set has noisy train captions."""
+    noise = (manifest or {}).get("caption_noise")
+    if isinstance(noise, dict) and noise.get("noisy"):
+        info["caption_noise"] = noise
+    return info
+
+
 def _print_inspect(info: dict[str, Any], extra: dict[str, Any] | None, as_json: bool) -> None:
     from ..data.inspect import format_summary
 
     if as_json:
         print(json.dumps({**(extra or {}), "inspect": info} if extra else info, ensure_ascii=False, indent=1))
-    else:
-        print(format_summary(info))
+        return
+    print(format_summary(info))
+    noise = info.get("caption_noise")
+    if noise:
+        print(f"caption noise: {noise['noisy']} train samples (p {noise['p']:g}): "
+              + ", ".join(f"{k} {v}" for k, v in noise.items() if k not in ("p", "noisy")))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..data.inspect import inspect_dataset
 
     ds = _open(args)
-    info = inspect_dataset(ds, progress=not args.no_progress)
+    info = _add_noise(inspect_dataset(ds, progress=not args.no_progress), ds.manifest)
     _print_inspect(info, None, args.json)
     if args.json:  # the text summary lists them; with JSON on stdout, the console still says so
         _warn_skipped(ds)
@@ -127,11 +162,11 @@ def cmd_make(args: argparse.Namespace) -> int:
     optional = {"modalities": modalities} if modalities is not None else {}  # default: all the set has
     manifest = make_dataset(args.name, args.out, n=args.n, seed=args.seed, langs=langs,
                                   shard_size=args.shard_size, workers=args.workers,
-                                  progress=not args.no_progress, **optional)
+                                  progress=not args.no_progress, caption_noise=args.caption_noise, **optional)
     from ..data.formats.dataset import open_dataset
     from ..data.inspect import inspect_dataset
 
-    info = inspect_dataset(open_dataset(args.out), progress=not args.no_progress)
+    info = _add_noise(inspect_dataset(open_dataset(args.out), progress=not args.no_progress), manifest)
     _print_inspect(info, {"manifest": manifest}, args.json)
     return 0
 
@@ -155,7 +190,25 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"inspect": cmd_inspect, "make": cmd_make, "convert": cmd_convert}
+def cmd_capfilt(args: argparse.Namespace) -> int:
+    from ..jobs.capfilt import capfilt
+
+    decoding = None if args.top_p is None else {"do_sample": True, "top_p": args.top_p, "seed": 0}
+    result = capfilt(args.path, args.out, captioner=args.captioner, filter=args.filter, split=args.split,
+                     threshold=args.threshold, decoding=decoding, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=1))
+        return 0
+    print(f"capfilt {result['split']}: {result['samples']} pictures: kept {result['original']} original, "
+          f"{result['synthetic']} replaced by synthetic, {result['dropped']} dropped; wrote {args.out}")
+    noise = result.get("noise")
+    if noise:
+        print(f"noisy texts removed {noise['noisy_removed']}/{noise['noisy']}, "
+              f"clean texts removed {noise['clean_removed']}/{noise['clean']}")
+    return 0
+
+
+COMMANDS = {"inspect": cmd_inspect, "make": cmd_make, "convert": cmd_convert, "capfilt": cmd_capfilt}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,11 @@ Layout::
     out/{train,val,test}/000000.tar ... + sizes.json
 
 Each sample is a pure function of ``(seed, index)`` and the arguments, and samples are written in index
-order whatever the number of worker processes, so the same arguments give byte-identical files."""
+order whatever the number of worker processes, so the same arguments give byte-identical files.
+
+``caption_noise=P`` (shapes only) gives ``round(P * n_train)`` train samples noisy alt-text (`shapes.NOISE_KINDS`,
+alternately "wrong" and "unrelated"), chosen by a seeded permutation of the train positions: the noisy set at a
+larger P contains the one at a smaller P, and every other sample is byte-identical to P = 0."""
 
 from __future__ import annotations
 
@@ -33,9 +37,10 @@ LANGS: tuple[str, ...] = ("en", "zh")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 FRACTIONS: tuple[float, float] = (0.8, 0.1)  # train, val; test gets the rest
 MANIFEST_VERSION = 2  # 2: samples carry targets; "targets" says which
+_NOISE_TAG = 0xA17  # the permutation that picks the noisy train samples
 
-# (name, index, split, image_index, seed, langs, modalities): small and picklable, one per sample
-Task = tuple[str, int, str, int, int, tuple[str, ...], tuple[str, ...]]
+# (name, index, split, image_index, seed, langs, modalities, caption noise kind): small and picklable, one per sample
+Task = tuple[str, int, str, int, int, tuple[str, ...], tuple[str, ...], str | None]
 
 
 def split_counts(n: int) -> dict[str, int]:
@@ -57,20 +62,32 @@ def assign_splits(n: int, seed: int) -> list[tuple[str, int]]:
     return out
 
 
-def _tasks(name: str, n: int, seed: int, langs: tuple[str, ...], modalities: tuple[str, ...]) -> list[Task]:
+def noisy_positions(n: int, seed: int, caption_noise: float) -> dict[int, str]:
+    """Position within the train split -> caption noise kind, for ``round(caption_noise * n_train)`` of them."""
+    n_train = split_counts(n)["train"]
+    k = int(round(caption_noise * n_train))
+    order = np.random.default_rng(np.random.SeedSequence([_NOISE_TAG, seed, n])).permutation(n_train)
+    kinds = shapes.NOISE_KINDS
+    return {int(pos): kinds[r % len(kinds)] for r, pos in enumerate(order[:k].tolist())}
+
+
+def _tasks(name: str, n: int, seed: int, langs: tuple[str, ...], modalities: tuple[str, ...],
+           caption_noise: float = 0.0) -> list[Task]:
     pools = digits.image_splits(seed) if name == "digits" else None
+    noisy = noisy_positions(n, seed, caption_noise) if caption_noise > 0 else {}
     tasks: list[Task] = []
     for index, (split, pos) in enumerate(assign_splits(n, seed)):
         image_index = pools[split][pos % len(pools[split])] if pools is not None else -1
-        tasks.append((name, index, split, image_index, seed, langs, modalities))
+        kind = noisy.get(pos) if split == "train" else None
+        tasks.append((name, index, split, image_index, seed, langs, modalities, kind))
     return tasks
 
 
 def _make(task: Task) -> Sample:
     """Worker entry point (module level so a process pool can pickle it)."""
-    name, index, split, image_index, seed, langs, modalities = task
+    name, index, split, image_index, seed, langs, modalities, noise = task
     if name == "shapes":
-        return shapes.make_sample(index, split, seed=seed, langs=langs, modalities=modalities)
+        return shapes.make_sample(index, split, seed=seed, langs=langs, modalities=modalities, caption_noise=noise)
     return digits.make_sample(index, split, image_index, seed=seed, langs=langs, modalities=modalities)
 
 
@@ -104,6 +121,15 @@ def _validate(name: str, n: int, seed: int, langs: Sequence[str] | None, modalit
     return tuple(dict.fromkeys(langs)), chosen
 
 
+def _check_noise(name: str, caption_noise: float) -> float:
+    value = caption_noise
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating) or not 0.0 <= value <= 1.0:
+        raise InvalidInput(f"must be a number in [0, 1], got {value!r}", field="caption_noise")
+    if value > 0 and name != "shapes":
+        raise InvalidInput(f"only shapes has caption noise, not {name}", field="caption_noise")
+    return float(value)
+
+
 def _generate(tasks: list[Task], workers: int) -> Iterator[Sample]:
     """Samples in task order; with several workers, generated in parallel but yielded in order."""
     if workers == 1 or len(tasks) < 2:
@@ -128,20 +154,23 @@ def _clean(out: Path) -> None:
 
 def make_dataset(name: str, out: str | os.PathLike[str], *, n: int, seed: int = 0,
                  langs: Sequence[str] = ("en",), modalities: Sequence[str] = ("text", "image", "audio", "video"),
-                 shard_size: int = 1000, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+                 shard_size: int = 1000, workers: int | None = None, progress: bool = True,
+                 caption_noise: float = 0.0) -> dict[str, Any]:
     """Generate data set ``name`` (one of `DATASETS`) with ``n`` samples into ``out``; returns the manifest.
 
     ``langs``: caption languages, a subset of ``("en", "zh")``, drawn per sample. ``modalities``: what to
     generate (ones the data set lacks, e.g. video for digits, are left out; audio needs the ``[speech]``
     extra). ``workers``: processes (default ``min(2, cpu count)``); the output does not depend on it.
+    ``caption_noise``: the fraction of train samples with noisy alt-text (shapes only; see the module doc).
     A previous data set in ``out`` is replaced."""
     langs_t, mods = _validate(name, n, seed, langs, modalities, shard_size, workers)
+    noise = _check_noise(name, caption_noise)
     n, seed = int(n), int(seed)
     workers = workers or min(2, os.cpu_count() or 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clean(out)
-    tasks = _tasks(name, n, seed, langs_t, mods)
+    tasks = _tasks(name, n, seed, langs_t, mods, noise)
     writers = {s: ShardWriter(out / s, shard_size) for s in SPLITS}
     from tqdm import tqdm
 
@@ -155,16 +184,22 @@ def make_dataset(name: str, out: str | os.PathLike[str], *, n: int, seed: int = 
     counts = {s: sum(w.close().values()) for s, w in writers.items()}
     manifest = {
         "name": name, "version": MANIFEST_VERSION, "format": "webdataset", "seed": seed, "n": n,
-        "args": {"langs": list(langs_t), "modalities": list(mods), "shard_size": shard_size},
+        "args": {"langs": list(langs_t), "modalities": list(mods), "shard_size": shard_size, "caption_noise": noise},
         "splits": {s: {"path": s, "count": counts[s]} for s in SPLITS},
         "modalities": list(mods), "langs": list(langs_t),
         "labels": shapes.labels() if name == "shapes" else digits.labels(),
         "targets": shapes.target_kinds(mods) if name == "shapes" else digits.target_kinds(mods),
         "details": _details(name, sample_rate),
+        "caption_noise": _noise_counts(noise, [t[7] for t in tasks]),
     }
     data = json.dumps(manifest, ensure_ascii=False, indent=1) + "\n"
     atomic_write_bytes(out / "manifest.json", data.encode("utf-8"))
     return manifest
+
+
+def _noise_counts(p: float, kinds: list[str | None]) -> dict[str, Any]:
+    """What the manifest records of the caption noise: the fraction asked for and the noisy train samples."""
+    return {"p": p, "noisy": sum(k is not None for k in kinds), **{k: kinds.count(k) for k in shapes.NOISE_KINDS}}
 
 
 def _details(name: str, sample_rate: int | None) -> dict[str, Any]:

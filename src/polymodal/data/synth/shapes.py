@@ -11,10 +11,16 @@ the spoken caption as transcript. They draw from a second RNG, so adding them ch
 
 Held-out pairs: the color+shape pairs in `HELDOUT_PAIRS` never appear in train or val. In test, the
 first object is one of them half of the time, so compositional generalization can be measured on the
-samples with ``metadata["heldout"] == True``."""
+samples with ``metadata["heldout"] == True``.
+
+Caption noise (``caption_noise``, web alt-text; train only, chosen by `make_dataset`): a noisy sample's text and
+image captions are replaced by a "wrong" caption (of another random scene: plausible, mismatched) or an
+"unrelated" one (alt-text junk: file names, "click here", random words), drawn from a third RNG stream, so the
+picture, audio, video, QA and every other sample stay as they were; ``metadata["caption_noise"]`` names the kind."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +30,7 @@ from PIL import Image, ImageDraw
 
 from ...errors import InvalidInput
 from ..sample import Sample
-from ..targets import Targets, Transcript
+from ..targets import Caption, Targets, Transcript
 from . import captions, questions, speech
 
 NAME = "shapes"
@@ -54,6 +60,8 @@ SUPERSAMPLE = 4  # draw at 4x and box-filter down: anti-aliased edges
 _RNG_TAG = 1  # mixed into the seed so shapes and digits with the same seed differ
 _TARGETS_TAG = 0xCA  # the targets' own RNG stream, apart from the sample's
 N_REFERENCES = 5  # reference captions per language and medium
+_NOISE_TAG = 0xA17  # the caption noise's own RNG stream, apart from the sample's and the targets'
+NOISE_KINDS: tuple[str, ...] = ("wrong", "unrelated")
 
 
 def all_pairs(heldout: bool | None = None) -> list[tuple[str, str]]:
@@ -147,6 +155,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle_deg: float) -> li
             for d, a in pts]
 
 
+def object_box(obj: dict[str, Any]) -> list[float]:
+    """The object's bounding box in the picture (first video frame), ``[x0, y0, x1, y1]`` as fractions of the
+    side: the region a detector would propose (region-based models crop it; the pointing game scores it)."""
+    cx, cy = obj["_xy"]
+    r = obj["_r"]
+    if obj["shape"] == "circle":
+        pts = [(cx - r, cy - r), (cx + r, cy + r)]
+    else:
+        pts = _polygon(obj["shape"], cx, cy, r, obj["_angle"])
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return [round(max(0.0, min(xs)), 4), round(max(0.0, min(ys)), 4), round(min(1.0, max(xs)), 4),
+            round(min(1.0, max(ys)), 4)]
+
+
 def render(objects: Sequence[dict[str, Any]], background: tuple[np.ndarray, np.ndarray, int], size: int,
            offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Draw the scene at ``size`` x ``size``; ``offset`` (fraction of the side) moves the first object."""
@@ -193,8 +215,13 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def make_sample(index: int, split: str, *, seed: int = 0, langs: Sequence[str] = ("en",),
-                modalities: Sequence[str] = ("text", "image", "audio", "video")) -> Sample:
-    """Sample ``index`` of the data set with this ``seed`` (``split`` decides which pairs are allowed)."""
+                modalities: Sequence[str] = ("text", "image", "audio", "video"),
+                caption_noise: str | None = None) -> Sample:
+    """Sample ``index`` of the data set with this ``seed`` (``split`` decides which pairs are allowed).
+    ``caption_noise`` ("wrong" | "unrelated", train only) makes its text and image captions noisy alt-text."""
+    if caption_noise is not None and (caption_noise not in NOISE_KINDS or split != "train"):
+        raise InvalidInput(f"must be None or one of {list(NOISE_KINDS)} on a train sample, got {caption_noise!r} "
+                           f"on {split}", field="caption_noise")
     rng = sample_rng(seed, index)
     objects, relation = sample_scene(rng, split)
     background = _background(rng)
@@ -205,7 +232,7 @@ def make_sample(index: int, split: str, *, seed: int = 0, langs: Sequence[str] =
     motion = captions.motion_captions(rng, objects[0], direction)
     voice = speech.random_voice(rng, lang)
 
-    public = [{k: v for k, v in o.items() if not k.startswith("_")} for o in objects]
+    public = [{**{k: v for k, v in o.items() if not k.startswith("_")}, "box": object_box(o)} for o in objects]
     meta: dict[str, Any] = {
         "split": split, "index": index, "objects": public, "relation": relation,
         "labels": {"color": public[0]["color"], "shape": public[0]["shape"]},
@@ -225,6 +252,13 @@ def make_sample(index: int, split: str, *, seed: int = 0, langs: Sequence[str] =
         meta.update(motion=direction, video_caption=motion[lang], video_captions={k: motion[k] for k in langs})
     targets = scene_targets(np.random.default_rng(np.random.SeedSequence([_RNG_TAG, seed, index, _TARGETS_TAG])),
                             public, relation, direction, caps, motion, split, langs, lang, modalities)
+    if caption_noise is not None:
+        noisy = noisy_captions(np.random.default_rng(np.random.SeedSequence([_RNG_TAG, seed, index, _NOISE_TAG])),
+                               caption_noise, public, relation, split)
+        meta["caption_noise"] = caption_noise
+        if "text" in modalities:
+            kw["text"] = noisy[lang]
+        targets = replace_image_captions(targets, noisy, langs)
     return Sample(id=f"{NAME}-{index:06d}", metadata=meta, targets=targets, **kw)
 
 
@@ -243,3 +277,63 @@ def scene_targets(rng: np.random.Generator, objects: list[dict[str, Any]], relat
     return Targets(captions=tuple(c for c in (*image_caps, *video_caps) if c.media in media),
                    qa=tuple(q for q in qa if q.media in media),
                    transcript=Transcript(caps[lang], lang) if "audio" in modalities else None)
+
+
+# ----------------------------------------------------------------------------------------------- caption noise
+
+# Alt-text junk: what web images carry when the text says nothing about the picture. No word names a color,
+# shape, size or position of the scenes, so a junk caption never describes one by accident.
+_JUNK_FILES = {"en": ("IMG_{n}.jpg", "DSC{n}.JPG", "image_{n}.png", "photo-{n}.jpeg", "Screenshot_{n}.png",
+                      "untitled-{n}.webp", "banner_{n}.gif", "thumb_{n}.jpg"),
+               "zh": ("微信图片_{n}.jpg", "截图_{n}.png", "图片{n}.jpg", "未命名-{n}.png", "下载_{n}.jpeg")}
+_JUNK_PHRASES = {"en": ("click here", "image", "photo", "logo", "thumbnail", "click to enlarge", "download now",
+                        "no description available", "placeholder", "untitled", "see more", "buy now", "sponsored",
+                        "product image", "header image"),
+                 "zh": ("点击这里", "图片", "查看大图", "立即下载", "暂无描述", "无标题", "广告", "点击查看更多",
+                        "商品图片", "封面")}
+_JUNK_WORDS = {"en": ("banana", "keyboard", "sunset", "holiday", "sale", "wedding", "recipe", "cheap", "flights",
+                      "garden", "coffee", "mountain", "vintage", "free", "shipping", "team", "office", "party",
+                      "beach", "music", "news", "best", "price", "2019", "summer", "new", "official"),
+               "zh": ("香蕉", "键盘", "日落", "假期", "促销", "婚礼", "食谱", "咖啡", "花园", "山", "免费", "包邮",
+                      "办公室", "音乐", "新闻", "最新", "特价", "夏天", "官方", "旅游")}
+
+
+def junk_caption(rng: np.random.Generator, lang: str) -> str:
+    """One piece of alt-text junk in ``lang`` ("en" | "zh"): a file name, a stock phrase or random words."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        files = _JUNK_FILES[lang]
+        return files[int(rng.integers(len(files)))].format(n=int(rng.integers(100, 100_000_000)))
+    if kind == 1:
+        phrases = _JUNK_PHRASES[lang]
+        return phrases[int(rng.integers(len(phrases)))]
+    words = _JUNK_WORDS[lang]
+    picked = [words[int(i)] for i in rng.choice(len(words), size=int(rng.integers(2, 6)), replace=False)]
+    return (" " if lang == "en" else "").join(picked)
+
+
+def _scene_key(objects: Sequence[dict[str, Any]], relation: str | None) -> tuple[Any, ...]:
+    return (relation, *((o["color"], o["shape"], o["size"], o["position"]) for o in objects))
+
+
+def noisy_captions(rng: np.random.Generator, kind: str, objects: Sequence[dict[str, Any]], relation: str | None,
+                   split: str) -> dict[str, str]:
+    """Noisy text in both languages (always both: the stream does not depend on ``langs``). "wrong": the
+    captions of another random scene of the split (a different scene key); "unrelated": `junk_caption`."""
+    if kind == "unrelated":
+        return {lang: junk_caption(rng, lang) for lang in ("en", "zh")}
+    own = _scene_key(objects, relation)
+    while True:  # a different scene is drawn almost always at the first try
+        other, rel = sample_scene(rng, split)
+        public = [{k: v for k, v in o.items() if not k.startswith("_")} for o in other]
+        if _scene_key(public, rel) != own:
+            return captions.scene_captions(rng, public, rel)
+
+
+def replace_image_captions(targets: Targets, noisy: dict[str, str], langs: Sequence[str]) -> Targets:
+    """``targets`` whose image captions (if any) become the noisy text, one per language; video captions, QA and
+    the transcript (of the clean spoken caption) are kept."""
+    if not any(c.media == "image" for c in targets.captions):
+        return targets
+    image = tuple(Caption(noisy[lang], lang, "image") for lang in langs)
+    return dataclasses.replace(targets, captions=image + tuple(c for c in targets.captions if c.media != "image"))
