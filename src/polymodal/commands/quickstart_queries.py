@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 K = 8  # hits per query
+EXPLAINED = 2  # text queries whose top image the report explains (an occlusion map: 65 image embeddings each)
 
 
 def query_specs(tests: list[Any], langs: list[str], modalities: tuple[str, ...] = ("audio", "image", "text")
@@ -46,6 +47,7 @@ def _shows(sample: Any, want: dict[str, str]) -> bool:
 
 def run_queries(model: Any, coll_path: Path, tests: list[Any], langs: list[str]) -> list[dict[str, Any]]:
     from ..index import Collection, search_with_model
+    from ..report.explain import explain_hit
 
     by_id = {s.id: s for s in tests}
     out = []
@@ -62,6 +64,9 @@ def run_queries(model: Any, coll_path: Path, tests: list[Any], langs: list[str])
                              "caption": meta.get("caption"), "match": match,
                              "image": sample.image if sample is not None else None})
             out.append({**spec, "hits": hits})
+            explain = spec["kind"] == "text" and "image" in model.modalities and sum("explain" in q for q in out) < EXPLAINED
+            if explain and hits and hits[0]["image"] is not None:
+                out[-1]["explain"] = explain_hit(model, hits[0]["image"], spec["text"])  # why the top image matched
     return out
 
 

@@ -12,7 +12,8 @@ The results dict (every key optional except ``title``)::
                    "n_items": int, "caption_duplicate_rate": float},
      "queries": [{"title", "kind", "text": str|None, "audio": (wave float32, sample_rate)|None, "target": str|None,
                   "hits": [{"id", "score", "caption", "sample_id", "image": uint8 HxWx3 | PNG bytes | None,
-                            "match": bool}]}],
+                            "match": bool}],
+                  "explain": why the top image matched, see `polymodal.report.explain` (optional)}],
      "robustness": {"levels": [..], "models": {name: evaluate_classification report}} | None,
      "generation": see `polymodal.report.generation` (captions, answers, transcripts) | None,
      "notes": [str], "serve_command": str}
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_bytes
+from .explain import explain_html
 from .generation import generation_section
 from .html_media import png_data_uri, wav_bytes, wav_data_uri
 from .plots import Series, bar_chart, line_chart
@@ -151,8 +153,10 @@ def _query(q: Mapping[str, Any]) -> str:
     if q.get("note"):
         parts.append(f"<div class='muted'>{escape(str(q['note']))}</div>")
     hits = q.get("hits") or []
-    parts.append("<div class='hits'>" + "".join(_hit(h, i + 1) for i, h in enumerate(hits)) + "</div></div>")
-    return "".join(parts)
+    parts.append("<div class='hits'>" + "".join(_hit(h, i + 1) for i, h in enumerate(hits)) + "</div>")
+    if q.get("explain") is not None:  # why the top image matched (report/explain.py)
+        parts.append(explain_html(q["explain"]))
+    return "".join(parts) + "</div>"
 
 
 FLAT = 0.01  # a noise curve whose accuracy moves less than this (one point) over all levels is flat

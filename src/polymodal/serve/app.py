@@ -27,6 +27,7 @@ from ..errors import ApiError, BatcherClosed, Conflict, InvalidInput, NotFound, 
 from ..index import is_collection
 from ..models.generative import GenerativeModel
 from .docs import router as docs_router
+from .explain import router as explain_router
 from .generation import router as generation_router
 from .metrics import ServiceMetrics
 from .openai_api import is_openai_path, openai_error
@@ -81,6 +82,7 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     app.state.service = service
     _install_errors(app)
     app.include_router(router)
+    app.include_router(explain_router)
     app.include_router(openai_router)
     app.include_router(generation_router)
     app.include_router(docs_router)

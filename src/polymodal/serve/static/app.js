@@ -120,7 +120,44 @@ function urlFromForm() {
   return location.pathname + (query ? "?" + query : "");
 }
 
-function card(hit) {
+// "why?" (image hits of a text search): the occlusion map of the image for the query (POST /v1/explain), shown
+// in place of the thumbnail; a second click shows the image again.
+function whyButton(hit, collection, text, div) {
+  const btn = document.createElement("button");
+  btn.type = "button";
+  btn.className = "why";
+  btn.textContent = "why?";
+  btn.title = "which part of the image matched the query";
+  let overlay = null;
+  btn.addEventListener("click", async () => {
+    const img = div.querySelector("img.thumb");
+    if (!img) return;
+    if (img.dataset.plain) {
+      img.src = img.dataset.plain;
+      delete img.dataset.plain;
+      btn.textContent = "why?";
+      return;
+    }
+    btn.disabled = true;
+    try {
+      if (!overlay) {
+        const body = { text, id: hit.id };
+        if (collection) body.collection = collection;
+        overlay = "data:image/png;base64," + (await api("/v1/explain", body)).overlay;
+      }
+      img.dataset.plain = img.src;
+      img.src = overlay;
+      btn.textContent = "hide why";
+    } catch (err) {
+      status("why? " + err.message, true);
+    } finally {
+      btn.disabled = false;
+    }
+  });
+  return btn;
+}
+
+function card(hit, collection, text) {
   const div = document.createElement("div");
   div.className = "hit";
   div.dataset.id = hit.id;
@@ -164,6 +201,7 @@ function card(hit) {
     });
     div.append(btn);
   }
+  if (hit.media.image && text) div.append(whyButton(hit, collection, text, div));
   return div;
 }
 
@@ -189,7 +227,7 @@ async function search(event) {
     const t0 = performance.now();
     const data = await api("/v1/search", body);
     blobUrls.splice(0).forEach((u) => URL.revokeObjectURL(u));
-    $("results").replaceChildren(...data.hits.map(card));
+    $("results").replaceChildren(...data.hits.map((hit) => card(hit, data.collection, text)));
     if (!data.hits.length) {
       hint(`No results in \u201C${data.collection}\u201D: try other words, another file, or another collection.`);
     }
