@@ -9,7 +9,10 @@ progress bars on stderr, and the result is printed as tables (or one JSON object
 Generation tasks put baselines in the same table: captioning the nearest training caption by an embedding model
 (--baseline-model), VQA the per-type prior answer of the train split (--train-split) and a question-only run
 (--blind); ASR reports the test sentences that occur in the train split, and the error rates without them.
---out FILE writes every item's prediction (and the baselines') as JSON lines."""
+--out FILE writes every item's prediction (and the baselines') as JSON lines.
+
+A vision-language encoder run (vl_encoder) takes --task matching (ITM accuracy, R@1 contrastive and ITM re-ranked;
+--candidates MODEL), grounding (pointing game) or vqa (answer classification): see `eval_vl`."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import sys
 from typing import Any
 
 from ..errors import InvalidInput
+from .eval_vl import VIDEOBERT_TASKS, VL_TASKS, check_vl_task, evaluate_vl, format_vl
 
 GENERATION: tuple[str, ...] = ("captioning", "vqa", "asr")
 GENERATIVE_TASK = {"captioner": "captioning", "vqa": "vqa", "asr": "asr", "lm": "vqa"}  # arch -> its eval task
@@ -34,15 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "attribute-match R@k and the caption duplicate rate; zeroshot: prompt-ensemble "
                     "classification (acc1, acc5, mean per-class recall); both need an alignment run. "
                     "classification: a fusion run's accuracy and macro-F1, with --robustness the "
-                    "missing-modality and noise sweeps. Tables on stdout (--json: one JSON object), progress "
-                    "on stderr.")
+                    "missing-modality and noise sweeps, with --attribution each modality's Shapley value. "
+                    "Tables on stdout (--json: one JSON object), progress on stderr.")
     p.add_argument("run", metavar="MODEL", help="run directory written by `polymodal train`, or (retrieval, "
                    "zeroshot) a pretrained checkpoint: a Hugging Face CLIP/SigLIP/CLAP/Chinese-CLIP/ALIGN folder, "
                    "open_clip:ARCH:CHECKPOINT, a sentence-transformers folder (see docs/pretrained.md)")
     p.add_argument("--data", required=True, help="data set (generated dir, shard dir, .jsonl or folder)")
     p.add_argument("--split", default=None, help="split of a generated data set (default: test; other sources are "
                    "read whole)")
-    p.add_argument("--task", choices=("retrieval", "zeroshot", "classification", *GENERATION), default="retrieval")
+    p.add_argument("--task", choices=("retrieval", "zeroshot", "classification", *GENERATION, *VL_TASKS[:2],
+                                          *VIDEOBERT_TASKS), default="retrieval",
+                   help="matching, grounding (and vqa): a vl_encoder run (docs/architectures.md); motion: a videobert run")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many samples")
     p.add_argument("--all-captions", action="store_true",
                    help="retrieval: every metadata caption (e.g. English and Chinese) is an extra caption")
@@ -54,10 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", default=None, choices=("en", "zh"), help="zeroshot: prompt language (default en); "
                    "captioning/vqa/asr: only items in this language (default: every language the model writes)")
     p.add_argument("--robustness", action="store_true", help="classification: missing-modality and noise sweeps")
+    p.add_argument("--attribution", action="store_true", help="classification: exact Shapley values of each "
+                   "modality (accuracy, mean log-probability of the true class) over every coalition of modalities")
     p.add_argument("--late-fusion", default=None, help="classification: a late-fusion run for effective robustness")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="retrieval/zeroshot: run the towers with torch or onnxruntime (extra [onnx]; an ONNX export "
                         "written by `polymodal export` needs onnx)")
+    v = p.add_argument_group("vision-language encoders (vl_encoder runs: matching, grounding, vqa)")
+    v.add_argument("--candidates", metavar="MODEL", help="matching: the dual encoder whose ranking the matching "
+                   "head re-ranks (needed by every family but blip, which has its own)")
+    v.add_argument("--rerank-k", type=int, default=16, metavar="K", help="matching: candidates re-ranked (16)")
     g = p.add_argument_group("generation (captioning, vqa, asr)")
     g.add_argument("--baseline-model", metavar="MODEL", help="captioning: an alignment run or pretrained embedding "
                    "model; its nearest training caption per test image is the retrieval baseline")
@@ -112,6 +124,12 @@ def check_task(run: str, task: str) -> str:
                                "checkpoint is evaluated with --task retrieval or --task zeroshot", field="--task")
         return "alignment"
     arch = str(read_run_config(resolve_run(run))["arch"])
+    if arch in ("vl_encoder", "videobert"):
+        check_vl_task(run, task, arch)
+        return arch
+    if task in (*VL_TASKS[:2], *VIDEOBERT_TASKS):
+        raise InvalidInput(f"--task {task} needs a vl_encoder run (motion: a videobert run); {run} is an "
+                           f"{arch!r} run", field="--task")
     if arch in GENERATIVE_TASK:
         right = GENERATIVE_TASK[arch]
         if task != right:
@@ -160,10 +178,14 @@ def _read(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_task(args.run, args.task)
+    if args.attribution and args.task != "classification":
+        raise InvalidInput("--attribution is for --task classification (a fusion run)", field="--attribution")
+    arch = check_task(args.run, args.task)
     if args.late_fusion:
         check_task(args.late_fusion, "classification")
-    if args.task in GENERATION:
+    if arch in ("vl_encoder", "videobert"):
+        pass
+    elif args.task in GENERATION:
         _check_generation_flags(args)
     elif args.baseline_model or args.blind:
         raise InvalidInput("--baseline-model and --blind are for --task captioning and vqa", field="--task")
@@ -171,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     mods = args.modalities.split(",") if args.modalities else None
     progress = not args.no_progress
     result: dict[str, Any] = {"run": args.run, "data": args.data, "split": args.split, "task": args.task}
-    if args.task == "classification":
+    if arch in ("vl_encoder", "videobert"):
+        result.update(evaluate_vl(args, samples))
+    elif args.task == "classification":
         from ..eval.classification import evaluate_classification
 
         late = None
@@ -182,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"classifying {len(samples)} samples with {args.run} ({what})")
         result.update(evaluate_classification(args.run, samples, robustness=args.robustness,
                                               late_fusion_report=late, progress=progress))
+        if args.attribution:
+            from ..eval.attribution import modality_attribution
+
+            _say("modality attribution: every coalition of modalities, the others masked")
+            result["modality_attribution"] = modality_attribution(args.run, samples, progress=progress)
     elif args.task in GENERATION:
         result.update(_generation(args, ds, samples))
     else:
@@ -279,6 +308,8 @@ def _generation(args: argparse.Namespace, ds: Any, samples: list[Any]) -> dict[s
 
 def format_result(r: dict[str, Any]) -> str:
     lines = [f"{r['task']} on {r['data']} [{r['split'] or 'all'}]"]
+    if r.get("arch") in ("vl_encoder", "videobert"):
+        return "\n".join(lines + format_vl(r))
     if r["task"] == "classification":
         return "\n".join(lines + format_classification(r))
     if r["task"] in GENERATION:
@@ -325,6 +356,10 @@ def format_classification(r: dict[str, Any]) -> list[str]:
         if eff:
             lines.append("eff.rob: accuracy (0-1) kept beyond the late-fusion curve shifted to this model's clean")
             lines.append(f"         accuracy, summed over the {len(levels)} levels (0 = as robust as late fusion)")
+    if "modality_attribution" in r:
+        from ..eval.attribution import format_attribution
+
+        lines += ["", *format_attribution(r["modality_attribution"])]
     return lines
 
 

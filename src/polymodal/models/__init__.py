@@ -11,9 +11,11 @@ from .fusion_config import FusionModelConfig
 from .lm import CausalLM, LMConfig
 from .loading import load_model, resolve_run
 from .registry import ARCHS, MODEL_CONFIGS, build_model, model_config
+from .videobert import VideoBert, VideoBertConfig  # noqa: F401  (registers arch videobert)
+from .vl_encoder import VLEncoder, VLEncoderConfig
 
 __all__ = ["ARCHS", "MODEL_CONFIGS", "AlignmentConfig", "AlignmentModel", "AsrConfig", "CausalLM", "EmbeddingModel", "Features",
            "FusionClassifier", "FusionModel", "FusionModelConfig", "LMConfig", "RUNTIMES", "SpeechRecognizer", "VisionTextConfig",
-           "VisionTextGenerator", "build_alignment_model", "build_fusion_model",
+           "VisionTextGenerator", "VLEncoder", "VLEncoderConfig", "build_alignment_model", "build_fusion_model",
            "build_model", "is_polymodal_run", "load_embedding_model", "load_model", "merge_features",
            "model_config", "resolve_run"]
