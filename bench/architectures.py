@@ -10,7 +10,7 @@ Columns: parameters (trained, without ALBEF's momentum copy), train wall time, t
 matching head) on seen and held-out pairs, ITM accuracy, VQA accuracy (seen / held-out / relation questions) and the
 pointing game (with the chance rate of a random candidate token).
 
-    python bench/architectures.py [--steps 500] [--only families,multitask,noise,videobert] [--reuse] [--small]
+    python bench/architectures.py [--steps 1000] [--only families,multitask,noise,videobert] [--reuse] [--small]
 
 Every run trains in its own process (`polymodal train`, 1 torch thread, as two runs share the 2 cores); ``--reuse``
 adopts finished runs in ``--runs``. Prints one JSON line and writes docs/results/architectures.md."""
@@ -38,19 +38,20 @@ from polymodal.eval import vl
 from polymodal.models.loading import load_model
 
 FAMILIES: dict[str, tuple[str, list[str]]] = {  # run -> (recipe, --set overrides)
-    "clip": ("clip_tiny", []),
+    "clip": ("clip_tiny", ["train.batch_size=32"]),  # every row trains on 32 samples per step
     "visualbert_regions": ("vl_visualbert_tiny", []),
     "lxmert_regions": ("vl_lxmert_tiny", []),
     "vilbert_regions": ("vl_vilbert_tiny", []),
     "visualbert_patches": ("vl_visualbert_patches_tiny", []),
     "blip": ("vl_blip_tiny", []),
+    "concat": ("vl_concat_tiny", []),
 }
 MULTITASK: dict[str, tuple[str, list[str]]] = {
     "visualbert_vqa_only": ("vl_visualbert_tiny", ['model.tasks={"vqa": 1.0}']),
     "visualbert_pretrain_only": ("vl_visualbert_tiny", ['model.tasks={"pretrain": 1.0}']),
 }
 TARGETS = {"ITM re-ranking gain on held-out R@1 (best family)": 0.0, "CapFilt recovery of the R@1 lost to noise": 0.5,
-           "VideoBERT zero-shot motion accuracy": 0.90, "pointing game (best cross-attention family)": 0.80}
+           "VideoBERT zero-shot motion accuracy": 0.90, "pointing game, Grad-CAM (best cross-attention family)": 0.80}
 
 
 def ensure_data(path: Path, n: int, noise: float = 0.0, modalities: str = "text,image") -> Path:
@@ -126,7 +127,8 @@ def score_family(run: Path, test: list[Any], clip_run: Path | None) -> dict[str,
             cand = clip_vectors(clip_run, items, [model.captions_of(s.targets)[0] for s in items])
         if cand is not None or model.has_itc:
             out["retrieval"] = vl.retrieval_eval(model, transform, test, candidates=cand)
-        out["pointing"] = vl.pointing_eval(model, transform, test)
+        if model.family != "concat":  # the fusion baseline has no cross-modal attention
+            out["pointing"] = vl.pointing_eval(model, transform, test)
     if model.c.tasks.get("vqa", 0) > 0:
         out["vqa"] = vl.vqa_eval(model, transform, test)
     out["eval_s"] = round(time.perf_counter() - t0, 1)
@@ -137,7 +139,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default="data_cache/arch")
     p.add_argument("--runs", default="runs/arch_bench")
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--only", default="families,multitask,noise,videobert")
     p.add_argument("--eval-limit", type=int, default=400)
@@ -153,7 +155,7 @@ def main() -> int:
     test = read(clean, "test", args.eval_limit)
     result: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                                           "torch": torch.__version__, "load_start": round(os.getloadavg()[0], 2)},
-                              "steps": steps, "n": n, "train": {}, "families": {}}
+                              "steps": steps, "n": n, "n_test": len(test), "train": {}, "families": {}}
     rows = {**(FAMILIES if "families" in groups else {"clip": FAMILIES["clip"]}),
             **(MULTITASK if "multitask" in groups else {})}
     for name, (recipe, sets) in rows.items():
@@ -190,7 +192,8 @@ def noise_rows(args: Any, root: Path, runs: Path, clean: Path, test: list[Any], 
 
     noisy = ensure_data(root / "shapes_noise30", n, noise=0.3)
     out: dict[str, Any] = {"train": {}}
-    for name, recipe, sets in (("clip_noise30", "clip_tiny", []), ("captioner_noise30", "caption_tiny", []),
+    b32 = ["train.batch_size=32"]
+    for name, recipe, sets in (("clip_noise30", "clip_tiny", b32), ("captioner_noise30", "caption_tiny", b32),
                                ("filter_noise30", "vl_visualbert_tiny", ['model.tasks={"pretrain": 1.0}'])):
         out["train"][name] = train(recipe, sets, noisy, runs / name, steps, args.reuse)
     filtered = root / "shapes_noise30_capfilt"
@@ -199,7 +202,7 @@ def noise_rows(args: Any, root: Path, runs: Path, clean: Path, test: list[Any], 
                                  progress=False)
     else:
         out["capfilt"] = json.loads((filtered / "manifest.json").read_text()).get("capfilt")
-    out["train"]["clip_capfilt"] = train("clip_tiny", [], filtered, runs / "clip_capfilt", steps, args.reuse)
+    out["train"]["clip_capfilt"] = train("clip_tiny", b32, filtered, runs / "clip_capfilt", steps, args.reuse)
     out["r1"] = {"clean": result["families"]["clip"]["retrieval"]["contrastive_r1"],
                  "noise30": clip_recall(runs / "clip_noise30", test, caption_of),
                  "capfilt": clip_recall(runs / "clip_capfilt", test, caption_of)}
@@ -234,11 +237,11 @@ def check_targets(r: dict[str, Any]) -> dict[str, Any]:
     fams = r.get("families", {})
     gains = [(_get(f, "retrieval", "itm_r1", "heldout") or 0) - (_get(f, "retrieval", "contrastive_r1", "heldout") or 0)
              for f in fams.values() if _get(f, "retrieval", "itm_r1") is not None]
-    pointing = [_get(f, "pointing", "accuracy") for f in fams.values() if _get(f, "pointing", "accuracy") is not None]
+    pointing = [_get(f, "pointing", "gradcam") for f in fams.values() if _get(f, "pointing", "gradcam") is not None]
     measured = {"ITM re-ranking gain on held-out R@1 (best family)": max(gains) if gains else None,
                 "CapFilt recovery of the R@1 lost to noise": _get(r, "noise", "recovered"),
                 "VideoBERT zero-shot motion accuracy": _get(r, "videobert", "eval", "motion_zero_shot", "accuracy"),
-                "pointing game (best cross-attention family)": max(pointing) if pointing else None}
+                "pointing game, Grad-CAM (best cross-attention family)": max(pointing) if pointing else None}
     return {k: {"target": TARGETS[k], "measured": v,
                 "met": None if v is None else (v > TARGETS[k] if k.startswith("ITM") else v >= TARGETS[k])}
             for k, v in measured.items()}
@@ -251,18 +254,18 @@ def _f(v: Any) -> str:
 def markdown(r: dict[str, Any]) -> list[str]:
     m = r["machine"]
     lines = ["# Vision-language architectures side by side (generated by bench/architectures.py)", "",
-             f"Data: `shapes` ({r['n']} samples, image + caption, boxes from the scene graph), test split "
-             f"(first {len(r.get('families', {}).get('clip', {}) and [1]) and 'up to 400'} pictures). Every run: "
-             f"{r['steps']} steps, batch 32, 1 torch thread. Machine: {m['cpus']} CPUs ({m['processor']}), torch "
+             f"Data: `shapes` ({r['n']} samples, image + caption, boxes from the scene graph); scored on the first "
+             f"{r['n_test']} test pictures. Every run: {r['steps']} steps of 32 samples, 1 torch thread (two or three "
+             f"runs at a time). Machine: {m['cpus']} CPUs ({m['processor']}), torch "
              f"{m['torch']}; load average {m['load_start']} at the start, {m['load_end']} at the end (other work "
              "shared the cores, so wall times are upper bounds).", "",
              "Contrastive R@1 ranks by the family's own vectors (BLIP) or CLIP's (the other families have none); ITM "
              "R@1 re-ranks that ranking's top 16 by the family's matching head. Pointing game: two-object test "
-             "scenes, the shape word's most attended visual token must lie inside the named object's box; chance = a "
-             "random candidate token.", "",
+             "scenes, the shape word's most relevant visual token must lie inside the named object's box, by the "
+             "attention map (att.) and by its Grad-CAM (cam); chance = a random candidate token.", "",
              "| family | params | train min | R@1 contr. seen | R@1 contr. held-out | R@1 ITM seen | R@1 ITM held-out "
-             "| ITM acc | VQA seen | VQA held-out | VQA relation | pointing | chance |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ITM acc | VQA seen | VQA held-out | VQA relation | pointing att. | pointing cam | chance |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, f in r.get("families", {}).items():
         t = r["train"].get(name, {})
         ret = f.get("retrieval", {})
@@ -271,7 +274,8 @@ def markdown(r: dict[str, Any]) -> list[str]:
             _f(_get(ret, "contrastive_r1", "seen")), _f(_get(ret, "contrastive_r1", "heldout")),
             _f(_get(ret, "itm_r1", "seen")), _f(_get(ret, "itm_r1", "heldout")), _f(_get(f, "itm", "accuracy")),
             _f(_get(f, "vqa", "seen")), _f(_get(f, "vqa", "heldout")), _f(_get(f, "vqa", "per_type", "relation")),
-            _f(_get(f, "pointing", "accuracy")), _f(_get(f, "pointing", "chance"))]) + " |")
+            _f(_get(f, "pointing", "attention")), _f(_get(f, "pointing", "gradcam")),
+            _f(_get(f, "pointing", "chance"))]) + " |")
     if "visualbert_vqa_only" in r.get("families", {}):
         lines += ["", "## Multi-task vs single-task (VisualBERT, regions, same steps)", "",
                   "| run | tasks | ITM acc | R@1 ITM held-out | VQA seen | VQA held-out |", "|---|---|---|---|---|---|"]
@@ -292,9 +296,20 @@ def markdown(r: dict[str, Any]) -> list[str]:
                   f"`{json.dumps(nz.get('capfilt'), default=str)[:400]}`"]
     if "videobert" in r:
         vb = r["videobert"]
-        lines += ["", "## VideoBERT (visual words + BERT, masked modelling)", "",
-                  f"Trained {vb['train'].get('steps')} steps in {_f(round(vb['train'].get('train_s', 0) / 60, 1))} min. "
-                  f"Evaluation: `{json.dumps(vb.get('eval'), default=str)[:600]}`"]
+        ev = vb.get("eval", {})
+        lines += ["", "## VideoBERT (visual words + BERT, masked modelling; `videobert_tiny` on clips of `shapes`)", "",
+                  f"Trained {vb['train'].get('steps')} steps in {_f(round(vb['train'].get('train_s', 0) / 60, 1))} "
+                  f"min; {ev.get('n')} test clips. Zero-shot: the direction word read from the [MASK] of \"The "
+                  "[MASK] [MASK] [MASK] moves [MASK].\" given the clip's visual words (no classifier, no training "
+                  "on this prompt).", "", "| prediction | all | seen | held-out |", "|---|---|---|---|"]
+        for key, label in (("motion_zero_shot", "motion, object masked"), ("motion_zero_shot_named", "motion, object "
+                           "named"), ("majority_baseline", "majority direction")):
+            row = ev.get(key, {})
+            lines.append(f"| {label} | {_f(row.get('accuracy'))} | {_f(row.get('seen'))} | {_f(row.get('heldout'))} |")
+        for a, row in (ev.get("video_to_text") or {}).items():
+            if isinstance(row, dict):
+                lines.append(f"| video -> text: {a} word (majority {_f(_get(row, 'majority', 'accuracy'))}) | "
+                             f"{_f(row.get('accuracy'))} | {_f(row.get('seen'))} | {_f(row.get('heldout'))} |")
     lines += ["", "## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
     for k, t in r.get("targets", {}).items():
         lines.append(f"| {k} | {t['target']} | {_f(t['measured'])} | {t['met']} |")

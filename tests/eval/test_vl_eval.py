@@ -59,8 +59,8 @@ def test_pointing_game_scores_the_attended_region(test_samples: list[Any], targe
         if len(objs) == 2 and objs[0]["shape"] != objs[1]["shape"]:
             expected_n += sum(s.targets.captions[0].text.lower().count(o["shape"]) == 1 for o in objs)
 
-    def fake(batch: Any, texts: list[str]) -> Any:
-        att, v = real(batch, texts)
+    def fake(batch: Any, texts: list[str], method: str = "attention") -> Any:
+        att, v = real(batch, texts, method)
         att = torch.zeros_like(att)
         tok = m._tok()
         for i, meta in enumerate(batch.metadata):  # all of a shape word's attention on region 1 + its object index
@@ -72,7 +72,7 @@ def test_pointing_game_scores_the_attended_region(test_samples: list[Any], targe
     monkeypatch.setattr(m, "attention", fake)
     out = vl.pointing_eval(m, tf, test_samples, batch_size=7)
     assert out["n"] == expected_n > 0
-    assert out["accuracy"] == (1.0 if target == "named" else 0.0)
+    assert out["accuracy"] == out["attention"] == out["gradcam"] == (1.0 if target == "named" else 0.0)
     assert out["chance"] == pytest.approx(0.5)  # two object regions, the global one excluded
 
 

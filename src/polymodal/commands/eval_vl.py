@@ -104,7 +104,8 @@ def format_vl(r: dict[str, Any]) -> list[str]:
             lines.append(f"{name[:-3]:<14}{_f(row['all']):>7}{_f(row['seen']):>7}{_f(row['heldout']):>10}")
     if "pointing" in r:
         p = r["pointing"]
-        lines.append(f"pointing game {_f(p['accuracy'])} over {p['n']} named objects (chance {_f(p['chance'])})")
+        lines.append(f"pointing game over {p['n']} named objects: attention {_f(p.get('attention'))}, Grad-CAM "
+                     f"{_f(p.get('gradcam'))} (chance {_f(p['chance'])})")
     if "vqa" in r:
         q = r["vqa"]
         lines.append(f"VQA accuracy {_f(q['overall'])} (seen {_f(q['seen'])}, held-out {_f(q['heldout'])}) over "

@@ -9,10 +9,12 @@ VQA as answer classification, and the pointing game.
   as CLIP); ITM R@1 re-ranks that ranking's top ``k`` by P(match) — ALBEF/BLIP's inference recipe.
 - ``vqa``: accuracy (`polymodal.eval.vqa_metrics.vqa_accuracy`) overall, seen/held-out, per question type.
 - ``pointing``: for two-object scenes, each object whose shape word occurs once in the caption (and differs from
-  the other object's shape): the text -> visual attention of that word's tokens (mean over its tokens, heads
-  averaged, last cross layer) picks the most attended visual token; a hit when that token's centre lies inside
-  the named object's box (REFERENCES: pointing game, tolerance 0). Region models exclude the global region (not a
-  location). ``chance`` is the expected hit rate of a uniformly random token among the candidates."""
+  the other object's shape): the word's text -> visual relevance (mean over its tokens) picks the most relevant
+  visual token; a hit when that token's centre lies inside the named object's box (REFERENCES: pointing game,
+  tolerance 0). Two relevance maps (`VLEncoder.attention`): the grounding layer's attention (heads averaged) and
+  its Grad-CAM (attention x positive gradient of the matching logit, ALBEF's grounding). Region models exclude
+  the global region (not a location). ``chance`` is the expected hit rate of a uniformly random candidate token;
+  ``accuracy`` is the last method's (Grad-CAM by default, fixed before any result was seen)."""
 
 from __future__ import annotations
 
@@ -163,14 +165,17 @@ def _inside(box: Sequence[float], x: float, y: float) -> bool:
     return box[0] <= x <= box[2] and box[1] <= y <= box[3]
 
 
-def pointing_eval(model: VLEncoder, transform: SampleTransform, samples: Sequence[Sample], *, batch_size: int = 64
-                  ) -> dict[str, Any]:
+def pointing_eval(model: VLEncoder, transform: SampleTransform, samples: Sequence[Sample], *, batch_size: int = 64,
+                  methods: Sequence[str] = ("attention", "gradcam")) -> dict[str, Any]:
+    """The pointing game with each relevance ``method`` of `VLEncoder.attention` (attention; Grad-CAM)."""
     tok = model._tok()
     items = [s for s in usable(model, samples) if len(s.metadata.get("objects") or []) == 2]
-    hits, chance, n = 0, 0.0, 0
+    hits = dict.fromkeys(methods, 0)
+    chance, n = 0.0, 0
     for part, batch in _batches(model, transform, items, batch_size):
         caps = [str(_caption(model, s)) for s in part]
-        att, v = model.attention(batch, caps)
+        maps = {m: model.attention(batch, caps, method=m) for m in methods}
+        v = next(iter(maps.values()))[1]
         centres = ((v.boxes[..., :2] + v.boxes[..., 2:4]) / 2).cpu()
         valid = v.valid.clone().cpu()
         if model.c.visual == "regions":
@@ -182,17 +187,17 @@ def pointing_eval(model: VLEncoder, transform: SampleTransform, samples: Sequenc
                 other = objects[1 - o_idx]
                 if obj["shape"] == other["shape"] or obj["shape"] not in spans or obj["shape"] not in SHAPES:
                     continue
-                pos = [p for p in spans[obj["shape"]] if p < att.shape[1]]
-                if not pos:
-                    continue
-                row = att[i, pos].mean(0).cpu().masked_fill(~valid[i], float("-inf"))
-                k = int(row.argmax())
                 inside = [_inside(obj["box"], float(c[0]), float(c[1])) for c in centres[i]]
-                hits += inside[k]
+                for m, (att, _) in maps.items():
+                    pos = [p for p in spans[obj["shape"]] if p < att.shape[1]]
+                    row = att[i, pos].mean(0).cpu().masked_fill(~valid[i], float("-inf"))
+                    hits[m] += inside[int(row.argmax())]
                 cand = [j for j in range(len(inside)) if valid[i, j]]
                 chance += sum(inside[j] for j in cand) / max(len(cand), 1)
                 n += 1
-    return {"n": n, "accuracy": hits / n if n else None, "chance": chance / n if n else None}
+    return {"n": n, "chance": chance / n if n else None,
+            **{m: (hits[m] / n if n else None) for m in methods},
+            "accuracy": hits[methods[-1]] / n if n else None}
 
 
 __all__ = ["itm_accuracy_eval", "pointing_eval", "retrieval_eval", "usable", "vqa_eval"]

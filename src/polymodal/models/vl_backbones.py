@@ -1,8 +1,7 @@
 """The families of vision-language encoders, behind one interface (`VLBackbone.forward -> VLOutput`).
 
 - ``visualbert`` (single stream): transformers' ``VisualBertModel``; text tokens and visual tokens in one
-  transformer. Word -> region attention: the last layer's text-row, visual-column block,
-  renormalised over the visual tokens.
+  transformer. Word -> region attention: the last layer's text-row, visual-column block.
 - ``lxmert`` (three encoders): transformers' ``LxmertModel`` (language, object-relationship and cross-modality
   encoders; the box is its ``visual_pos``). Attention: the last cross-modality layer's language -> vision map.
 - ``vilbert`` (two streams with co-attention): our own module, as transformers has none. Each co-attention block
@@ -13,29 +12,35 @@
   ``BlipTextModel`` with cross-attention: run without the image it is the unimodal text encoder (image-text
   contrastive), run with the image tokens it is the fusion encoder (matching, masked LM) — BLIP's shared
   encoder. Attention: the last layer's cross-attention.
+- ``concat`` (the fusion baseline): a text transformer and a visual transformer that never attend each other; the
+  joint vector is an MLP of ``[t, v, t * v]`` (the [CLS] text vector, the mean visual vector): early fusion of
+  unimodal features, the classical VQA baseline. It has no text -> visual attention.
 
 Every family receives the same `VisualTokens` (`vl_inputs`): the stem embeds each token's pixels (a small CNN
 for region crops, a linear map of the flattened patch otherwise) and adds its box; ``blip`` embeds the picture
-itself. Attentions are averaged over heads and returned only when asked (``attend=True``; eager attention)."""
+itself. The grounding layer's attention probabilities are returned only when asked (``attend=True``; eager
+attention), per head and as computed, so `VLEncoder.attention` can weigh them by their gradient (Grad-CAM)."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import require
 from .vl_inputs import VisualTokens
 
-FAMILIES: tuple[str, ...] = ("visualbert", "lxmert", "vilbert", "blip")
+FAMILIES: tuple[str, ...] = ("visualbert", "lxmert", "vilbert", "blip", "concat")
 
 
 class VLOutput(NamedTuple):
     text: torch.Tensor  # (B, L, H) contextual text tokens (after fusion)
     visual: torch.Tensor | None  # (B, K, H) contextual visual tokens (None where the family has none)
     pooled: torch.Tensor  # (B, H) the joint vector (matching, VQA)
-    cross: torch.Tensor | None  # (B, L, K) text -> visual attention (mean over heads), when asked
+    attn: torch.Tensor | None  # the grounding layer's attention probabilities (B, heads, Q, K) as computed (so a
+    # gradient can be taken with respect to them), when asked; `text_to_visual` cuts out the text -> visual block
 
 
 class VisualStem(nn.Module):
@@ -57,10 +62,6 @@ class VisualStem(nn.Module):
         x = self.net(v.pixels.flatten(0, 1)).view(b, k, -1)
         out: torch.Tensor = self.norm(x + self.box(v.boxes))
         return out
-
-
-def _heads_mean(att: Any) -> torch.Tensor | None:
-    return None if att is None else att.mean(dim=1)
 
 
 def _eager(config: Any) -> Any:
@@ -85,13 +86,12 @@ class VisualBert(nn.Module):
                          output_attentions=attend)
         n = ids.shape[1]
         seq = out.last_hidden_state
-        cross = None
-        if attend:
-            att = _heads_mean(out.attentions[-1])
-            if att is not None:  # one softmax over text + visual keys: renormalise the visual share
-                block = att[:, :n, n:]
-                cross = block / block.sum(-1, keepdim=True).clamp(min=1e-12)
-        return VLOutput(seq[:, :n], seq[:, n:], out.pooler_output, cross)
+        return VLOutput(seq[:, :n], seq[:, n:], out.pooler_output, out.attentions[-1] if attend else None)
+
+    @staticmethod
+    def text_to_visual(att: torch.Tensor, n_text: int) -> torch.Tensor:
+        """One softmax over text + visual keys: the text rows' visual columns."""
+        return att[:, :, :n_text, n_text:]
 
 
 class Lxmert(nn.Module):
@@ -109,8 +109,35 @@ class Lxmert(nn.Module):
         out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), visual_feats=vis,
                          visual_pos=v.boxes[..., :4], visual_attention_mask=v.valid.long(),
                          output_attentions=attend)
-        cross = _heads_mean(out.cross_encoder_attentions[-1]) if attend and out.cross_encoder_attentions else None
-        return VLOutput(out.language_output, out.vision_output, out.pooled_output, cross)
+        att = out.cross_encoder_attentions[-1] if attend and out.cross_encoder_attentions else None
+        return VLOutput(out.language_output, out.vision_output, out.pooled_output, att)
+
+    @staticmethod
+    def text_to_visual(att: torch.Tensor, n_text: int) -> torch.Tensor:
+        """The last cross-modality layer's language -> vision attention."""
+        return att
+
+
+def attention_with_probs(mha: nn.MultiheadAttention, q: torch.Tensor, kv: torch.Tensor, pad: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mha(q, kv, kv, key_padding_mask=pad)`` computed from the module's own weights (batch first), returning the
+    per-head probabilities (B, heads, Q, K) that the output is computed from, so a gradient can reach them
+    (nn.MultiheadAttention returns a copy made after its matmul)."""
+    b, nq, d = q.shape
+    h = mha.num_heads
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = (mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None, None, None))
+
+    def heads(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, w, bias).view(b, -1, h, d // h).transpose(1, 2)
+
+    qh, kh, vh = heads(q, w_q, b_q), heads(kv, w_k, b_k), heads(kv, w_v, b_v)
+    scores = qh @ kh.transpose(-1, -2) / (d // h) ** 0.5
+    scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
+    probs = scores.softmax(-1)
+    drop = F.dropout(probs, mha.dropout, mha.training)
+    out = (drop @ vh).transpose(1, 2).reshape(b, nq, d)
+    return mha.out_proj(out), probs
 
 
 class CoAttentionBlock(nn.Module):
@@ -129,7 +156,7 @@ class CoAttentionBlock(nn.Module):
 
     def forward(self, t: torch.Tensor, v: torch.Tensor, t_pad: torch.Tensor, v_pad: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a_t, w = self.t_from_v(t, v, v, key_padding_mask=v_pad, need_weights=True, average_attn_weights=True)
+        a_t, w = attention_with_probs(self.t_from_v, t, v, v_pad)
         a_v, _ = self.v_from_t(v, t, t, key_padding_mask=t_pad, need_weights=False)
         t = self.norm_t(t + a_t)
         v = self.norm_v(v + a_v)
@@ -166,6 +193,11 @@ class Vilbert(nn.Module):
         pooled = torch.tanh(self.pool_t(t[:, 0])) * torch.tanh(self.pool_v(x[:, 0]))
         return VLOutput(t, x, pooled, w if attend else None)
 
+    @staticmethod
+    def text_to_visual(att: torch.Tensor, n_text: int) -> torch.Tensor:
+        """The last co-attention block's text -> visual attention."""
+        return att
+
 
 class Blip(nn.Module):
     """BLIP's ViT + shared text/fusion encoder. ``unimodal`` gives the [CLS] vectors for the contrastive loss."""
@@ -194,18 +226,53 @@ class Blip(nn.Module):
         out = self.text(input_ids=ids, attention_mask=mask, encoder_hidden_states=img,
                         encoder_attention_mask=torch.ones(img.shape[:2], dtype=torch.long, device=img.device),
                         is_decoder=False, output_attentions=attend)
-        cross = None
-        if attend and out.cross_attentions:
-            att = _heads_mean(out.cross_attentions[-1])
-            if att is not None:  # without the image [CLS] (not a location), renormalised over the patches
-                block = att[:, :, 1:]
-                cross = block / block.sum(-1, keepdim=True).clamp(min=1e-12)
         seq = out.last_hidden_state
-        return VLOutput(seq, img[:, 1:], seq[:, 0], cross)
+        att = out.cross_attentions[-1] if attend and out.cross_attentions else None
+        return VLOutput(seq, img[:, 1:], seq[:, 0], att)
+
+    @staticmethod
+    def text_to_visual(att: torch.Tensor, n_text: int) -> torch.Tensor:
+        """The last layer's cross-attention, without the image [CLS] (not a location)."""
+        return att[..., 1:]
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, vis: torch.Tensor, v: VisualTokens,
                 attend: bool) -> VLOutput:
         return self.fuse(ids, mask, self.image_tokens(v), attend)
+
+
+class ConcatFusion(nn.Module):
+    def __init__(self, c: Any, vocab: int, visual_dim: int):
+        super().__init__()
+        h = c.hidden
+        self.embed = nn.Embedding(vocab, h, padding_idx=0)
+        self.pos = nn.Embedding(c.max_text, h)
+        self.norm = nn.LayerNorm(h)
+        self.text_layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(h, c.heads, 4 * h, c.dropout, activation="gelu", batch_first=True)
+            for _ in range(c.layers))
+        self.visual_in = nn.Linear(visual_dim, h)
+        self.visual_layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(h, c.heads, 4 * h, c.dropout, activation="gelu", batch_first=True)
+            for _ in range(max(c.visual_layers, 1)))
+        self.joint = nn.Sequential(nn.Linear(3 * h, h), nn.GELU(), nn.Linear(h, h), nn.Tanh())
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, vis: torch.Tensor, v: VisualTokens,
+                attend: bool) -> VLOutput:
+        t_pad, v_pad = mask == 0, ~v.valid
+        t = self.norm(self.embed(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device)))
+        for layer in self.text_layers:
+            t = layer(t, src_key_padding_mask=t_pad)
+        x = self.visual_in(vis)
+        for layer in self.visual_layers:
+            x = layer(x, src_key_padding_mask=v_pad)
+        keep = v.valid.unsqueeze(-1).to(x.dtype)
+        pooled_v = (x * keep).sum(1) / keep.sum(1).clamp(min=1)
+        pooled = self.joint(torch.cat([t[:, 0], pooled_v, t[:, 0] * pooled_v], dim=-1))
+        return VLOutput(t, x, pooled, None)
+
+    @staticmethod
+    def text_to_visual(att: torch.Tensor, n_text: int) -> torch.Tensor:
+        raise NotImplementedError("the fusion baseline has no text -> visual attention")
 
 
 def build_backbone(family: str, c: Any, vocab: int, visual_dim: int, image_size: int, patch: int) -> nn.Module:
@@ -215,8 +282,10 @@ def build_backbone(family: str, c: Any, vocab: int, visual_dim: int, image_size:
         return Lxmert(c, vocab, visual_dim)
     if family == "vilbert":
         return Vilbert(c, vocab, visual_dim)
+    if family == "concat":
+        return ConcatFusion(c, vocab, visual_dim)
     return Blip(c, vocab, image_size, patch)
 
 
-__all__ = ["FAMILIES", "Blip", "CoAttentionBlock", "Lxmert", "VLOutput", "VisualBert", "VisualStem", "Vilbert",
+__all__ = ["FAMILIES", "Blip", "CoAttentionBlock", "ConcatFusion", "Lxmert", "VLOutput", "VisualBert", "VisualStem", "Vilbert",
            "build_backbone"]

@@ -9,7 +9,7 @@ Objectives (``objectives``: name -> weight; `polymodal.losses`):
 - ``mlm`` masked language modelling (BERT's 15%, 80/10/10), ``mrm`` masked region modelling (15% of the
   visual tokens zeroed; regress their pooled pixels and classify their object label: LXMERT's feature regression
   and label classification). For the single/two-stream families one forward over the matched pairs with masked
-  text and regions serves ITM's positives, MLM and MRM together (LXMERT's recipe).
+  text and regions serves MLM and MRM; matching reads the unmasked pairs in a second forward (UNITER).
 - ``itc`` (``blip`` only) image-text contrastive on the unimodal [CLS] vectors, with ALBEF's momentum (EMA)
   teacher, feature queues and momentum distillation (``momentum`` > 0; ``alpha`` the teacher's share).
 
@@ -26,10 +26,10 @@ from __future__ import annotations
 import os
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -299,13 +299,15 @@ class VLEncoder(TextGenerator):
             loss = loss + obj["mrm"] * (reg + cls)
             logs.update(loss_mrm_reg=float(reg.detach()), loss_mrm_cls=float(cls.detach()))
         if obj.get("itm", 0):
-            # negatives read masked text and regions too (another row's masked caption with this row's masked
-            # regions), so masking is no clue to the answer (LXMERT's matching on masked inputs)
+            # matching reads the unmasked pairs, positives and drawn negatives (UNITER's recipe: masking only for
+            # MLM/MRM), so a [MASK] is no clue to the answer and the task is the one asked at inference
             same = torch.tensor([[a == b for b in caps] for a in caps], device=ids.device)
             neg = sample_hard_negatives(torch.zeros(len(caps), len(caps), device=ids.device), same=same)
             ok = (neg >= 0).nonzero().squeeze(1)
-            neg_out = self.joint(masked_ids[neg[ok]], mask[neg[ok]], _take(v, ok), vis_in[ok])
-            logits = self.itm_head(torch.cat([pos.pooled, neg_out.pooled]))
+            img_rows = torch.cat([torch.arange(len(caps), device=ids.device), ok])
+            txt_rows = torch.cat([torch.arange(len(caps), device=ids.device), neg[ok]])
+            out = self.joint(ids[txt_rows], mask[txt_rows], _take(v, img_rows), vis[img_rows])
+            logits = self.itm_head(out.pooled)
             target = torch.cat([torch.ones(len(caps)), torch.zeros(len(ok))]).long().to(ids.device)
             loss = loss + obj["itm"] * itm_loss(logits, target)
             logs["itm_acc"] = itm_accuracy(logits, target)
@@ -407,15 +409,35 @@ class VLEncoder(TextGenerator):
         out: torch.Tensor = self.itm_head(self.joint(ids, mask, v).pooled).softmax(-1)[:, 1]
         return out
 
-    @torch.no_grad()
-    def attention(self, batch: Batch, texts: Sequence[str]) -> tuple[torch.Tensor, VisualTokens]:
-        """Text -> visual attention (B, L, K) of each picture with its text, and the visual tokens."""
+    def attention(self, batch: Batch, texts: Sequence[str], method: str = "attention"
+                  ) -> tuple[torch.Tensor, VisualTokens]:
+        """Text -> visual relevance (B, L, K) of each picture with its text, rows summing to 1 over the visual
+        tokens, and the visual tokens. ``method``: ``"attention"`` (the grounding layer's attention, heads
+        averaged, renormalised over the visual tokens) or ``"gradcam"`` (that attention weighted by the positive
+        part of the gradient of the matching logit with respect to it, heads averaged: ALBEF's Grad-CAM)."""
+        if method not in ("attention", "gradcam"):
+            raise InvalidInput(f"must be 'attention' or 'gradcam', got {method!r}", field="method")
         v = self.visual_tokens(batch)
         ids, mask = self.texts(texts)
-        out = self.joint(ids, mask, v, attend=True)
-        if out.cross is None:
-            raise InvalidInput(f"the {self.family} family exposes no text -> visual attention", field="family")
-        return out.cross, v
+        was = self.training
+        self.eval()
+        try:
+            with torch.enable_grad() if method == "gradcam" else torch.no_grad():
+                out = self.joint(ids, mask, v, attend=True)
+                if out.attn is None:
+                    raise InvalidInput(f"the {self.family} family exposes no text -> visual attention", field="family")
+                cut = cast(Callable[[torch.Tensor, int], torch.Tensor], self.backbone.text_to_visual)
+                block = cut(out.attn, ids.shape[1])
+                if method == "gradcam":
+                    score = self.itm_head(out.pooled)[:, 1].sum()
+                    grad = torch.autograd.grad(score, out.attn)[0]
+                    block = block * cut(grad, ids.shape[1]).clamp(min=0)
+                rel = block.detach().mean(1).clamp(min=0)
+        finally:
+            self.train(was)
+        total = rel.sum(-1, keepdim=True)
+        uniform = v.valid[:, None, :].to(rel.dtype) / v.valid.sum(-1)[:, None, None].clamp(min=1)
+        return torch.where(total > 1e-12, rel / total.clamp(min=1e-12), uniform), v
 
     @torch.no_grad()
     def image_embeddings(self, batch: Batch) -> torch.Tensor:

@@ -57,11 +57,12 @@ class VLModel:
         return out
 
     def attention(self, images: Sequence[np.ndarray], texts: Sequence[str],
-                  objects: Sequence[Sequence[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+                  objects: Sequence[Sequence[dict[str, Any]]] | None = None, method: str = "attention"
+                  ) -> list[dict[str, Any]]:
         """Per pair: ``tokens`` (the text's tokens), ``boxes`` (each visual token's box) and ``map`` (tokens x
-        visual tokens attention, rows sum to 1)."""
+        visual tokens relevance, rows sum to 1; ``method`` "attention" or "gradcam", see `VLEncoder.attention`)."""
         self._pairs(images, texts)
-        att, v = self.model.attention(self._batch(images, objects), list(texts))
+        att, v = self.model.attention(self._batch(images, objects), list(texts), method=method)
         tok = self.model._tok()
         out = []
         for i, text in enumerate(texts):

@@ -2,8 +2,10 @@
 
 ``load_recipe("clip_tiny")`` loads a packaged recipe; ``load_recipe("path/to/my.json")`` loads a file.
 Packaged: clip_tiny, siglip_tiny, audioclip_tiny, imagebind_tiny, lit_minilm, the fusion_* recipes and the
-generative lm_tiny, caption_tiny, caption_video_tiny, vqa_tiny, vqa_video_tiny, vqa_blind_tiny, asr_tiny (see
-docs/training.md, docs/fusion.md and docs/generation.md).
+generative lm_tiny, caption_tiny, caption_video_tiny, vqa_tiny, vqa_video_tiny, vqa_blind_tiny, asr_tiny, ALIGN's
+align_tiny, the vision-language encoders vl_visualbert_tiny, vl_visualbert_patches_tiny, vl_lxmert_tiny,
+vl_vilbert_tiny, vl_blip_tiny, vl_concat_tiny and videobert_tiny (see docs/training.md, docs/fusion.md,
+docs/generation.md and docs/architectures.md).
 
 A recipe may extend others: ``{"extends": "fusion_early", "model": {"fusion": {"name": "late"}}}`` is the
 base recipe's JSON with this file's keys deep-merged over it (objects merge key by key; lists, scalars and null
