@@ -165,16 +165,35 @@ class CoAttentionBlock(nn.Module):
         return self.self_t(t, src_key_padding_mask=t_pad), self.self_v(v, src_key_padding_mask=v_pad), w
 
 
-class Vilbert(nn.Module):
-    def __init__(self, c: Any, vocab: int, visual_dim: int):
+def _layers(c: Any, n: int) -> nn.ModuleList:
+    h = c.hidden
+    return nn.ModuleList(nn.TransformerEncoderLayer(h, c.heads, 4 * h, c.dropout, activation="gelu", batch_first=True)
+                         for _ in range(n))
+
+
+class TextStream(nn.Module):
+    """The text side of our own families (ViLBERT, the concat baseline): BERT-style token + position embeddings
+    and ``layers`` transformer layers. A base class (not a submodule) so the parameter names stay ``embed``,
+    ``pos``, ``norm``, ``text_layers``."""
+
+    def __init__(self, c: Any, vocab: int):
         super().__init__()
+        self.embed = nn.Embedding(vocab, c.hidden, padding_idx=0)
+        self.pos = nn.Embedding(c.max_text, c.hidden)
+        self.norm = nn.LayerNorm(c.hidden)
+        self.text_layers = _layers(c, c.layers)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        t: torch.Tensor = self.norm(self.embed(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device)))
+        for layer in self.text_layers:
+            t = layer(t, src_key_padding_mask=mask == 0)
+        return t
+
+
+class Vilbert(TextStream):
+    def __init__(self, c: Any, vocab: int, visual_dim: int):
+        super().__init__(c, vocab)
         h = c.hidden
-        self.embed = nn.Embedding(vocab, h, padding_idx=0)
-        self.pos = nn.Embedding(c.max_text, h)
-        self.norm = nn.LayerNorm(h)
-        self.text_layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(h, c.heads, 4 * h, c.dropout, activation="gelu", batch_first=True)
-            for _ in range(c.layers))
         self.visual_in = nn.Linear(visual_dim, h)
         self.blocks = nn.ModuleList(CoAttentionBlock(h, c.heads, c.dropout) for _ in range(c.cross_layers))
         self.pool_t, self.pool_v = nn.Linear(h, h), nn.Linear(h, h)
@@ -182,10 +201,7 @@ class Vilbert(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, vis: torch.Tensor, v: VisualTokens,
                 attend: bool) -> VLOutput:
         t_pad, v_pad = mask == 0, ~v.valid
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        t = self.norm(self.embed(ids) + self.pos(pos))
-        for layer in self.text_layers:
-            t = layer(t, src_key_padding_mask=t_pad)
+        t = self.encode_text(ids, mask)
         x = self.visual_in(vis)
         w = None
         for block in self.blocks:
@@ -240,28 +256,18 @@ class Blip(nn.Module):
         return self.fuse(ids, mask, self.image_tokens(v), attend)
 
 
-class ConcatFusion(nn.Module):
+class ConcatFusion(TextStream):
     def __init__(self, c: Any, vocab: int, visual_dim: int):
-        super().__init__()
+        super().__init__(c, vocab)
         h = c.hidden
-        self.embed = nn.Embedding(vocab, h, padding_idx=0)
-        self.pos = nn.Embedding(c.max_text, h)
-        self.norm = nn.LayerNorm(h)
-        self.text_layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(h, c.heads, 4 * h, c.dropout, activation="gelu", batch_first=True)
-            for _ in range(c.layers))
         self.visual_in = nn.Linear(visual_dim, h)
-        self.visual_layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(h, c.heads, 4 * h, c.dropout, activation="gelu", batch_first=True)
-            for _ in range(max(c.visual_layers, 1)))
+        self.visual_layers = _layers(c, max(c.visual_layers, 1))
         self.joint = nn.Sequential(nn.Linear(3 * h, h), nn.GELU(), nn.Linear(h, h), nn.Tanh())
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, vis: torch.Tensor, v: VisualTokens,
                 attend: bool) -> VLOutput:
-        t_pad, v_pad = mask == 0, ~v.valid
-        t = self.norm(self.embed(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device)))
-        for layer in self.text_layers:
-            t = layer(t, src_key_padding_mask=t_pad)
+        v_pad = ~v.valid
+        t = self.encode_text(ids, mask)
         x = self.visual_in(vis)
         for layer in self.visual_layers:
             x = layer(x, src_key_padding_mask=v_pad)
