@@ -259,3 +259,13 @@ def test_trainer_run_reloads_to_the_same_scores(samples: list[Any], tmp_path: Pa
     batch = g.batch_for(model, samples[:4])
     caps = [s.text for s in samples[:4]]
     assert torch.allclose(model.itm_scores(batch, caps), trainer.model.eval().itm_scores(batch, caps), atol=1e-6)
+
+
+def test_blip_distillation_share_ramps_up(samples: list[Any]) -> None:
+    m = _model(samples, "blip", alpha=0.4, alpha_warmup=4)
+    m.train()
+    got = [m._alpha() for _ in range(6)]
+    assert got == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
+    assert int(m.state_dict()["itc_steps"]) == 6  # saved with the weights: a resumed run continues the ramp
+    m.eval()
+    assert m._alpha() == pytest.approx(0.4) and int(m.get_buffer("itc_steps")) == 6

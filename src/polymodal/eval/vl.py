@@ -170,7 +170,7 @@ def pointing_eval(model: VLEncoder, transform: SampleTransform, samples: Sequenc
     """The pointing game with each relevance ``method`` of `VLEncoder.attention` (attention; Grad-CAM)."""
     tok = model._tok()
     items = [s for s in usable(model, samples) if len(s.metadata.get("objects") or []) == 2]
-    hits = dict.fromkeys(methods, 0)
+    hits, flat = dict.fromkeys(methods, 0), dict.fromkeys(methods, 0)
     chance, n = 0.0, 0
     for part, batch in _batches(model, transform, items, batch_size):
         caps = [str(_caption(model, s)) for s in part]
@@ -190,12 +190,15 @@ def pointing_eval(model: VLEncoder, transform: SampleTransform, samples: Sequenc
                 inside = [_inside(obj["box"], float(c[0]), float(c[1])) for c in centres[i]]
                 for m, (att, _) in maps.items():
                     pos = [p for p in spans[obj["shape"]] if p < att.shape[1]]
-                    row = att[i, pos].mean(0).cpu().masked_fill(~valid[i], float("-inf"))
-                    hits[m] += inside[int(row.argmax())]
+                    row = att[i, pos].mean(0).cpu()
+                    if float(row[valid[i]].max() - row[valid[i]].min()) < 1e-9:  # no signal (e.g. no positive
+                        flat[m] += 1  # gradient anywhere): a miss, not the first token by a tie
+                        continue
+                    hits[m] += inside[int(row.masked_fill(~valid[i], float("-inf")).argmax())]
                 cand = [j for j in range(len(inside)) if valid[i, j]]
                 chance += sum(inside[j] for j in cand) / max(len(cand), 1)
                 n += 1
-    return {"n": n, "chance": chance / n if n else None,
+    return {"n": n, "chance": chance / n if n else None, "flat": flat,
             **{m: (hits[m] / n if n else None) for m in methods},
             "accuracy": hits[methods[-1]] / n if n else None}
 

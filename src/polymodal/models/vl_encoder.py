@@ -11,7 +11,8 @@ Objectives (``objectives``: name -> weight; `polymodal.losses`):
   and label classification). For the single/two-stream families one forward over the matched pairs with masked
   text and regions serves MLM and MRM; matching reads the unmasked pairs in a second forward (UNITER).
 - ``itc`` (``blip`` only) image-text contrastive on the unimodal [CLS] vectors, with ALBEF's momentum (EMA)
-  teacher, feature queues and momentum distillation (``momentum`` > 0; ``alpha`` the teacher's share).
+  teacher, feature queues and momentum distillation (``momentum`` > 0; ``alpha`` the teacher's share, ramped up
+  over the first ``alpha_warmup`` steps as ALBEF does over its first epoch).
 
 Tasks (``tasks``: name -> weight): ``pretrain`` (the objectives above, on captions) and ``vqa`` (the question
 read with the picture, the joint vector -> one of ``max_answers`` answers: VisualBERT/LXMERT's VQA head).
@@ -98,6 +99,7 @@ class VLEncoderConfig:
     embed_dim: int = 64  # blip: contrastive embedding size
     momentum: float = 0.995  # blip: EMA of the teacher (0 = no teacher, no distillation)
     alpha: float = 0.4  # blip: the teacher's share of the contrastive targets
+    alpha_warmup: int = 500  # blip: training steps over which alpha ramps up from 0 (ALBEF: the first epoch)
     queue: int = 256  # blip: queued features per modality (0 = in-batch negatives only)
     max_classes: int = 64  # region label classes (head size)
     max_answers: int = 64  # VQA answers (head size)
@@ -132,7 +134,8 @@ class VLEncoderConfig:
             raise ConfigError(f"must be 'sum' or 'sample', got {self.task_mode!r}", field="model.task_mode")
         if not 0.0 < self.mask_prob < 1.0 or not 0.0 <= self.momentum < 1.0 or not 0.0 <= self.alpha <= 1.0:
             raise ConfigError("mask_prob in (0, 1), momentum in [0, 1), alpha in [0, 1]", field="model")
-        if self.max_regions < 1 or self.queue < 0 or self.max_classes < 1 or self.max_answers < 1:
+        if self.max_regions < 1 or self.queue < 0 or self.max_classes < 1 or self.max_answers < 1 \
+                or self.alpha_warmup < 0:
             raise ConfigError("max_regions, max_classes, max_answers >= 1; queue >= 0", field="model")
 
 
@@ -179,6 +182,7 @@ class VLEncoder(TextGenerator):
                                               "text": make_teacher(self._blip().text),
                                               "vision_proj": make_teacher(self.vision_proj),
                                               "text_proj": make_teacher(self.text_proj)})
+            self.register_buffer("itc_steps", torch.zeros((), dtype=torch.long))  # saved: the ramp resumes exactly
             self.image_queue = FeatureQueue(c.queue, c.embed_dim) if c.queue else None
             self.text_queue = FeatureQueue(c.queue, c.embed_dim) if c.queue else None
 
@@ -381,11 +385,21 @@ class VLEncoder(TextGenerator):
             with torch.no_grad():
                 t_i2t, t_t2i = img_all[:len(ids)] @ txt_all.t() / self.temp, txt_all[:len(ids)] @ img_all.t() / self.temp
         loss = itc_momentum_loss(img_f, txt_f, img_all, txt_all, pos, pos, self.temp, teacher_i2t=t_i2t,
-                                 teacher_t2i=t_t2i, alpha=self.c.alpha if self.teacher is not None else 0.0)
+                                 teacher_t2i=t_t2i, alpha=self._alpha())
         if self.training and self.image_queue is not None and self.text_queue is not None:
             self.image_queue.enqueue(img_all[:len(ids)].detach(), image_ids)
             self.text_queue.enqueue(txt_all[:len(ids)].detach(), image_ids)
         return loss
+
+    def _alpha(self) -> float:
+        """The distillation share: ``alpha`` ramped up linearly over the first ``alpha_warmup`` training steps
+        (ALBEF ramps it over the first epoch: a random teacher is no target)."""
+        if self.teacher is None:
+            return 0.0
+        steps = int(self.get_buffer("itc_steps"))
+        if self.training:
+            self.get_buffer("itc_steps").add_(1)
+        return self.c.alpha * min(1.0, steps / self.c.alpha_warmup) if self.c.alpha_warmup else self.c.alpha
 
     def _vqa(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         known = {a: i for i, a in enumerate(self.answers)}
