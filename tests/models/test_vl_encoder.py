@@ -117,6 +117,10 @@ def test_each_family_trains_every_part(samples: list[Any], family: str, visual: 
     assert cam.shape == att.shape and (cam >= 0).all() and torch.allclose(cam.sum(-1), torch.ones(att.shape[:2]),
                                                                           atol=1e-4)
     assert not torch.allclose(cam, att)
+    first, _ = m.attention(batch, caps, layer=0)
+    assert first.shape == att.shape
+    with pytest.raises(InvalidInput, match="no layer 99"):
+        m.attention(batch, caps, layer=99)
     scores = m.itm_scores(batch, caps)
     assert scores.shape == (8,) and ((scores >= 0) & (scores <= 1)).all()
     answers = m.generate(batch, [s.targets.qa[0].question for s in samples[:8]])

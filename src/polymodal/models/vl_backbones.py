@@ -1,25 +1,26 @@
 """The families of vision-language encoders, behind one interface (`VLBackbone.forward -> VLOutput`).
 
 - ``visualbert`` (single stream): transformers' ``VisualBertModel``; text tokens and visual tokens in one
-  transformer. Word -> region attention: the last layer's text-row, visual-column block.
+  transformer. Word -> region attention: a layer's text-row, visual-column block.
 - ``lxmert`` (three encoders): transformers' ``LxmertModel`` (language, object-relationship and cross-modality
-  encoders; the box is its ``visual_pos``). Attention: the last cross-modality layer's language -> vision map.
+  encoders; the box is its ``visual_pos``). Attention: a cross-modality layer's language -> vision map.
 - ``vilbert`` (two streams with co-attention): our own module, as transformers has none. Each co-attention block
   lets every stream attend the other (queries from one, keys/values from the other, then a feed-forward), then
   a self-attention layer per stream; the joint vector is ``tanh(W h_cls) * tanh(V h_img)`` (ViLBERT's
-  element-wise product of the [CLS] and <IMG> outputs). Attention: the last block's text -> visual map.
+  element-wise product of the [CLS] and <IMG> outputs). Attention: a block's text -> visual map.
 - ``blip`` (fusion encoder, ALBEF/BLIP): transformers' ``BlipVisionModel`` (a ViT over patches) and
   ``BlipTextModel`` with cross-attention: run without the image it is the unimodal text encoder (image-text
   contrastive), run with the image tokens it is the fusion encoder (matching, masked LM) — BLIP's shared
-  encoder. Attention: the last layer's cross-attention.
+  encoder. Attention: a layer's cross-attention.
 - ``concat`` (the fusion baseline): a text transformer and a visual transformer that never attend each other; the
   joint vector is an MLP of ``[t, v, t * v]`` (the [CLS] text vector, the mean visual vector): early fusion of
   unimodal features, the classical VQA baseline. It has no text -> visual attention.
 
 Every family receives the same `VisualTokens` (`vl_inputs`): the stem embeds each token's pixels (a small CNN
 for region crops, a linear map of the flattened patch otherwise) and adds its box; ``blip`` embeds the picture
-itself. The grounding layer's attention probabilities are returned only when asked (``attend=True``; eager
-attention), per head and as computed, so `VLEncoder.attention` can weigh them by their gradient (Grad-CAM)."""
+itself. The cross-modal layers' attention probabilities are returned only when asked (``attend=True``; eager
+attention), per layer and head and as computed, so `VLEncoder.attention` can weigh them by their gradient
+(Grad-CAM)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ class VLOutput(NamedTuple):
     text: torch.Tensor  # (B, L, H) contextual text tokens (after fusion)
     visual: torch.Tensor | None  # (B, K, H) contextual visual tokens (None where the family has none)
     pooled: torch.Tensor  # (B, H) the joint vector (matching, VQA)
-    attn: torch.Tensor | None  # the grounding layer's attention probabilities (B, heads, Q, K) as computed (so a
-    # gradient can be taken with respect to them), when asked; `text_to_visual` cuts out the text -> visual block
+    attn: tuple[torch.Tensor, ...] | None  # per cross-modal layer, the attention probabilities (B, heads, Q, K) as
+    # computed (so a gradient can be taken with respect to them), when asked; `text_to_visual` cuts out the
+    # text -> visual block
 
 
 class VisualStem(nn.Module):
@@ -86,7 +88,7 @@ class VisualBert(nn.Module):
                          output_attentions=attend)
         n = ids.shape[1]
         seq = out.last_hidden_state
-        return VLOutput(seq[:, :n], seq[:, n:], out.pooler_output, out.attentions[-1] if attend else None)
+        return VLOutput(seq[:, :n], seq[:, n:], out.pooler_output, tuple(out.attentions) if attend else None)
 
     @staticmethod
     def text_to_visual(att: torch.Tensor, n_text: int) -> torch.Tensor:
@@ -109,12 +111,12 @@ class Lxmert(nn.Module):
         out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), visual_feats=vis,
                          visual_pos=v.boxes[..., :4], visual_attention_mask=v.valid.long(),
                          output_attentions=attend)
-        att = out.cross_encoder_attentions[-1] if attend and out.cross_encoder_attentions else None
+        att = tuple(out.cross_encoder_attentions) if attend else None
         return VLOutput(out.language_output, out.vision_output, out.pooled_output, att)
 
     @staticmethod
     def text_to_visual(att: torch.Tensor, n_text: int) -> torch.Tensor:
-        """The last cross-modality layer's language -> vision attention."""
+        """The cross-modality layer's language -> vision attention."""
         return att
 
 
@@ -203,15 +205,16 @@ class Vilbert(TextStream):
         t_pad, v_pad = mask == 0, ~v.valid
         t = self.encode_text(ids, mask)
         x = self.visual_in(vis)
-        w = None
+        maps = []
         for block in self.blocks:
             t, x, w = block(t, x, t_pad, v_pad)
+            maps.append(w)
         pooled = torch.tanh(self.pool_t(t[:, 0])) * torch.tanh(self.pool_v(x[:, 0]))
-        return VLOutput(t, x, pooled, w if attend else None)
+        return VLOutput(t, x, pooled, tuple(maps) if attend else None)
 
     @staticmethod
     def text_to_visual(att: torch.Tensor, n_text: int) -> torch.Tensor:
-        """The last co-attention block's text -> visual attention."""
+        """The co-attention block's text -> visual attention."""
         return att
 
 
@@ -243,12 +246,12 @@ class Blip(nn.Module):
                         encoder_attention_mask=torch.ones(img.shape[:2], dtype=torch.long, device=img.device),
                         is_decoder=False, output_attentions=attend)
         seq = out.last_hidden_state
-        att = out.cross_attentions[-1] if attend and out.cross_attentions else None
+        att = tuple(out.cross_attentions) if attend else None
         return VLOutput(seq, img[:, 1:], seq[:, 0], att)
 
     @staticmethod
     def text_to_visual(att: torch.Tensor, n_text: int) -> torch.Tensor:
-        """The last layer's cross-attention, without the image [CLS] (not a location)."""
+        """The layer's cross-attention, without the image [CLS] (not a location)."""
         return att[..., 1:]
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, vis: torch.Tensor, v: VisualTokens,

@@ -423,12 +423,15 @@ class VLEncoder(TextGenerator):
         out: torch.Tensor = self.itm_head(self.joint(ids, mask, v).pooled).softmax(-1)[:, 1]
         return out
 
-    def attention(self, batch: Batch, texts: Sequence[str], method: str = "attention"
+    def attention(self, batch: Batch, texts: Sequence[str], method: str = "attention", layer: int | None = None
                   ) -> tuple[torch.Tensor, VisualTokens]:
         """Text -> visual relevance (B, L, K) of each picture with its text, rows summing to 1 over the visual
-        tokens, and the visual tokens. ``method``: ``"attention"`` (the grounding layer's attention, heads
-        averaged, renormalised over the visual tokens) or ``"gradcam"`` (that attention weighted by the positive
-        part of the gradient of the matching logit with respect to it, heads averaged: ALBEF's Grad-CAM)."""
+        tokens, and the visual tokens. ``method``: ``"attention"`` (a cross-modal layer's attention, heads
+        averaged, renormalised over the visual tokens; default the last layer, what the model finally attends)
+        or ``"gradcam"`` (that attention weighted by the positive part of the gradient of the matching logit with
+        respect to it, heads averaged: ALBEF's Grad-CAM; default the middle layer ``(n - 1) // 2``, as ALBEF
+        takes a middle fusion layer: in the last one the text rows no longer reach the [CLS] vector the matching
+        head reads, so their gradient is zero). Rows without any positive relevance come back uniform."""
         if method not in ("attention", "gradcam"):
             raise InvalidInput(f"must be 'attention' or 'gradcam', got {method!r}", field="method")
         v = self.visual_tokens(batch)
@@ -438,13 +441,17 @@ class VLEncoder(TextGenerator):
         try:
             with torch.enable_grad() if method == "gradcam" else torch.no_grad():
                 out = self.joint(ids, mask, v, attend=True)
-                if out.attn is None:
+                if not out.attn:
                     raise InvalidInput(f"the {self.family} family exposes no text -> visual attention", field="family")
+                n = len(out.attn)
+                index = layer if layer is not None else (n - 1 if method == "attention" else (n - 1) // 2)
+                if not -n <= index < n:
+                    raise InvalidInput(f"this model has {n} cross-modal layers, no layer {index}", field="layer")
                 cut = cast(Callable[[torch.Tensor, int], torch.Tensor], self.backbone.text_to_visual)
-                block = cut(out.attn, ids.shape[1])
+                block = cut(out.attn[index], ids.shape[1])
                 if method == "gradcam":
                     score = self.itm_head(out.pooled)[:, 1].sum()
-                    grad = torch.autograd.grad(score, out.attn)[0]
+                    grad = torch.autograd.grad(score, out.attn[index])[0]
                     block = block * cut(grad, ids.shape[1]).clamp(min=0)
                 rel = block.detach().mean(1).clamp(min=0)
         finally:
