@@ -9,6 +9,7 @@ child writer saves in a loop and must always see one complete state."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,7 +105,9 @@ def test_kill_during_save_leaves_old_or_new_never_broken(tmp_path: Path) -> None
             time.sleep(float(rng.uniform(0.02, 0.2)))
             os.kill(child.pid, signal.SIGKILL)
             out, _ = child.communicate()
-            saved = [int(w.split()[1]) for w in out.splitlines() if w.startswith("saved")]
+            # only whole lines: the kill can cut the child's last line short ("saved" without its number)
+            complete = out.split("\n")[:-1]
+            saved = [int(m.group(1)) for w in complete if (m := re.fullmatch(r"saved (\d+)", w))]
             last_done = saved[-1] if saved else int(line[1])
             with Collection.open(path, readonly=True) as coll:
                 step = _check(coll)
