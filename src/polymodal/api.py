@@ -15,21 +15,22 @@ import torch
 from .errors import InvalidInput
 from .models import EmbeddingModel, load_embedding_model
 from .models.generative import GENERATIVE_ARCHS, GenerativeModel, load_generative_model, run_arch
-from .models.vl_front import VLModel, load_vl_model
+from .models.vl_front import VideoBertModel, VLModel, load_vl_model
 
 if TYPE_CHECKING:  # the index needs the [index] extra; imported on use
     from .index import Collection, SearchResult
 
 
 def load(model: str | os.PathLike[str], device: str | torch.device = "cpu", runtime: str = "torch"
-         ) -> EmbeddingModel | GenerativeModel | VLModel:
+         ) -> EmbeddingModel | GenerativeModel | VLModel | VideoBertModel:
     """Load a model: a generative run (lm, captioner, vqa, asr) as a `GenerativeModel` (``.generate(...)``), a
-    vision-language encoder run (vl_encoder) as a `VLModel` (``.match``, ``.attention``, ``.answer``), anything
-    else as an `EmbeddingModel` (``.embed(...)``, see `load_embedding`)."""
+    vision-language encoder run (vl_encoder) as a `VLModel` (``.match``, ``.attention``, ``.answer``), a
+    videobert run as a `VideoBertModel` (``.predict_motion``, ``.describe``), anything else as an
+    `EmbeddingModel` (``.embed(...)``, see `load_embedding`)."""
     arch = run_arch(model)
-    if arch == "vl_encoder":
+    if arch in ("vl_encoder", "videobert"):
         if runtime != "torch":
-            raise InvalidInput(f"a vl_encoder run runs on torch, not {runtime!r}", field="runtime")
+            raise InvalidInput(f"a {arch} run runs on torch, not {runtime!r}", field="runtime")
         return load_vl_model(model, device)
     if arch in GENERATIVE_ARCHS:
         if runtime != "torch":

@@ -279,3 +279,21 @@ def test_eval_cli_motion(samples: list[Any], tmp_path: Path, capsys: pytest.Capt
     assert "object masked" in capsys.readouterr().out
     with pytest.raises(InvalidInput, match="--task motion"):
         eval_cmd.main([str(tmp_path / "run"), "--data", str(data), "--task", "retrieval"])
+
+
+def test_front_door(samples: list[Any], tmp_path: Path) -> None:
+    import polymodal
+    from polymodal.errors import InvalidInput
+    from polymodal.models.vl_front import VideoBertModel
+
+    data = g.write_data(tmp_path / "data", {"train": samples[:8], "val": samples[8:]}, ["video"])
+    recipe = g.recipe("videobert", {**TINY, "tokenizer": {"vocab_size": 320, "min_frequency": 1}}, steps=2)
+    Trainer(recipe, data, tmp_path / "run", progress=False).fit()
+    v = polymodal.load(tmp_path / "run")
+    assert isinstance(v, VideoBertModel)
+    clips = [s.video for s in samples[:5]]
+    report = evaluate_videobert(load_model(tmp_path / "run")[0], samples[:5])
+    assert v.predict_motion(clips) == [p["zero_shot"] for p in report["predictions"]]
+    assert v.describe(clips) == [p["description"] for p in report["predictions"]]
+    with pytest.raises(InvalidInput, match="phrases"):
+        v.predict_motion(clips, ["red star"])

@@ -7,6 +7,9 @@ uint8 HxWx3 arrays (with optional object boxes for the region families), texts a
     m.answer(images, questions)                      # VQA (a run trained with the vqa task)
     m.embed(text=[...]) / m.embed(image=[...])       # contrastive vectors (blip family only)
 
+    v = polymodal.load("runs/videobert")             # a VideoBertModel
+    v.predict_motion(clips)                          # zero-shot direction words; v.describe(clips)
+
 Region families read ``objects`` (each ``{"box": [x0, y0, x1, y1], "color", "shape"}``, fractions of the side:
 what `shapes` writes into ``metadata["objects"]``); without them a picture has the global region only."""
 
@@ -24,6 +27,7 @@ from ..data.sample import Batch, Sample
 from ..data.transforms.compose import SampleTransform
 from ..errors import InvalidInput
 from .loading import load_model
+from .videobert import VideoBert
 from .vl_encoder import VLEncoder
 
 
@@ -91,11 +95,38 @@ class VLModel:
         return out
 
 
-def load_vl_model(run: str | os.PathLike[str], device: str | torch.device = "cpu") -> VLModel:
+class VideoBertModel:
+    """A trained VideoBERT run (``arch: "videobert"``) behind uint8 TxHxWx3 clips: ``predict_motion(videos)``
+    (zero-shot direction words, optionally given ``phrases`` naming the moving object) and ``describe(videos)``."""
+
+    def __init__(self, model: VideoBert, transform: SampleTransform, config: dict[str, Any], name: str = ""):
+        self.model, self.transform, self.config, self.name = model, transform, config, name
+
+    def _batch(self, videos: Sequence[np.ndarray]) -> Batch:
+        if not len(videos):
+            raise InvalidInput("give at least one clip", field="video")
+        samples = [Sample(id=str(i), video=np.asarray(v)) for i, v in enumerate(videos)]
+        return collate(samples, self.transform).to(next(self.model.parameters()).device)
+
+    def predict_motion(self, videos: Sequence[np.ndarray], phrases: Sequence[str | None] | None = None) -> list[str]:
+        if phrases is not None and len(phrases) != len(videos):
+            raise InvalidInput(f"expected {len(videos)} phrases (one per clip), got {len(phrases)}", field="phrases")
+        with torch.no_grad():
+            return self.model.predict_motion(self._batch(videos), phrases)
+
+    def describe(self, videos: Sequence[np.ndarray]) -> list[str]:
+        with torch.no_grad():
+            return self.model.describe(self._batch(videos))
+
+
+def load_vl_model(run: str | os.PathLike[str], device: str | torch.device = "cpu") -> VLModel | VideoBertModel:
+    """A vl_encoder run as a `VLModel`, a videobert run as a `VideoBertModel`."""
     model, transform, cfg = load_model(run, device)
+    if isinstance(model, VideoBert):
+        return VideoBertModel(model, transform, cfg, str(run))
     if not isinstance(model, VLEncoder):
-        raise InvalidInput(f"{run} is an {cfg.get('arch')!r} run, not a vl_encoder one", field="arch")
+        raise InvalidInput(f"{run} is an {cfg.get('arch')!r} run, not a vl_encoder or videobert one", field="arch")
     return VLModel(model, transform, cfg, str(run))
 
 
-__all__ = ["VLModel", "load_vl_model"]
+__all__ = ["VLModel", "VideoBertModel", "load_vl_model"]
