@@ -166,7 +166,7 @@ def test_vilbert_attention_with_probs_is_multihead_attention() -> None:
 
 
 def test_blip_momentum_teacher_and_queue(samples: list[Any]) -> None:
-    m = _model(samples, "blip", momentum=0.9)
+    m = _model(samples, "blip", momentum=0.9, alpha_warmup=0)
     assert m.teacher is not None and not any(p.requires_grad for p in m.teacher.parameters())
     expected = {n: p.detach().clone() for n, p in m.teacher["text_proj"].named_parameters()}
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
@@ -273,3 +273,21 @@ def test_blip_distillation_share_ramps_up(samples: list[Any]) -> None:
     assert int(m.state_dict()["itc_steps"]) == 6  # saved with the weights: a resumed run continues the ramp
     m.eval()
     assert m._alpha() == pytest.approx(0.4) and int(m.get_buffer("itc_steps")) == 6
+
+
+def test_blip_teacher_tracks_the_student_during_warmup(samples: list[Any]) -> None:
+    m = _model(samples, "blip", momentum=0.9, alpha_warmup=2)
+    assert m.teacher is not None
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    batch = g.batch_for(m, samples[:8])
+    m.train()
+    for step in range(3):
+        student = {n: p.detach().clone() for n, p in m.text_proj.named_parameters()}
+        teacher = {n: p.detach().clone() for n, p in m.teacher["text_proj"].named_parameters()}
+        loss, _ = m(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for n, p in m.teacher["text_proj"].named_parameters():  # steps 0, 1: a copy; step 2: the EMA
+            want = student[n] if step < 2 else 0.9 * teacher[n] + 0.1 * student[n]
+            assert torch.allclose(p, want, atol=1e-6)
