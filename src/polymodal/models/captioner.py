@@ -37,18 +37,11 @@ from ..lm.tokenizer import BOS, EOS, PAD, SEP
 from .gen_batch import hf_generate, left_padded, pick, teacher_forcing, token_loss
 from .generator import MAX_TOKENIZER_TEXTS, TextGenerator, TokenStreamer, check_prompts
 from .lm import check_langs
-from .registry import ARCHS, MODEL_CONFIGS, load_config
+from .registry import ARCHS, MODEL_CONFIGS, load_config, require_ints
 
 ARCH_TASKS: dict[str, str] = {"captioner": "captioning", "vqa": "vqa"}
 INPUTS: tuple[str, ...] = ("image", "video")
 MEAN = STD = [0.5, 0.5, 0.5]
-
-
-def _at_least(obj: Any, names: Sequence[str], where: str, low: int = 1) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"must be an integer >= {low}, got {v!r}", field=f"{where}.{name}" if where else name)
 
 
 @dataclass(frozen=True)
@@ -65,7 +58,7 @@ class VisionSpec:
     tubelet: int = 2  # video: frames per patch in time
 
     def __post_init__(self) -> None:
-        _at_least(self, ("image_size", "patch_size", "hidden", "layers", "heads", "intermediate", "frames",
+        require_ints(self, ("image_size", "patch_size", "hidden", "layers", "heads", "intermediate", "frames",
                          "tubelet"), "encoder")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}",
@@ -88,7 +81,7 @@ class DecoderSpec:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _at_least(self, ("hidden", "layers", "heads", "max_len"), "decoder")
+        require_ints(self, ("hidden", "layers", "heads", "max_len"), "decoder")
         if self.hidden % self.heads:
             raise ConfigError(f"hidden {self.hidden} does not split into {self.heads} heads", field="decoder.heads")
         if not 0.0 <= self.dropout < 1.0:
@@ -112,7 +105,7 @@ class VisionTextConfig:
         if self.input not in INPUTS:
             raise ConfigError(f"must be one of {list(INPUTS)}, got {self.input!r}", field="input")
         check_langs(self.langs, allow_none=False)
-        _at_least(self, ("targets_per_sample",), "")
+        require_ints(self, ("targets_per_sample",), "")
         if self.blind and self.arch != "vqa":
             raise ConfigError("blind is the question-only VQA baseline (arch vqa)", field="blind")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .lm import check_langs
-from .registry import MODEL_CONFIGS
+from .registry import MODEL_CONFIGS, require_ints
 from .vl_backbones import FAMILIES
 
 OBJECTIVES: tuple[str, ...] = ("itm", "mlm", "mrm", "itc")
@@ -27,14 +27,8 @@ class VLSizes:
     max_text: int = 40
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "layers", "heads", "max_text"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"must be an integer >= 1, got {v!r}", field=f"model.sizes.{name}")
-        for name in ("cross_layers", "visual_layers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"must be an integer >= 0, got {v!r}", field=f"model.sizes.{name}")
+        require_ints(self, ("hidden", "layers", "heads", "max_text"), "model.sizes")
+        require_ints(self, ("cross_layers", "visual_layers"), "model.sizes", low=0)
         if self.hidden % self.heads:
             raise ConfigError(f"hidden {self.hidden} does not split into {self.heads} heads", field="model.sizes.heads")
         if not 0.0 <= self.dropout < 1.0:
