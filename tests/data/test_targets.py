@@ -18,7 +18,7 @@ from polymodal.commands.data import main
 from polymodal.data.formats import ShardWriter, open_dataset, write_folder, write_jsonl
 from polymodal.data.inspect import format_summary, inspect_dataset
 from polymodal.data.sample import Sample
-from polymodal.data.targets import QA, Caption, Targets, Transcript, Turn
+from polymodal.data.targets import QA, Caption, Conversation, Targets, Transcript, Turn
 from polymodal.errors import InvalidInput
 
 
@@ -33,7 +33,13 @@ def rich_targets(i: int) -> Targets:
                   Caption("The red star moves left.", "en", "video")),
         qa=tuple(qa[: 1 + i % 4]),
         transcript=Transcript("红色的小星形。" if i % 2 else "a red star", "zh" if i % 2 else "en"),
-        dialog=(Turn("user", "这是什么？"), Turn("assistant", "a star")) if i % 3 == 0 else ())
+        dialog=(Turn("user", "这是什么？"), Turn("assistant", "a star")) if i % 3 == 0 else (),
+        conversations=(Conversation("zh", (Turn("system", "简短回答。"), Turn("user", "图中有几个星形？"),
+                                           Turn("assistant", "图中有1个星形。", skill="count", answer="1",
+                                                template="count/0")), spoken=True),
+                       Conversation("en", (Turn("user", "Is there a red star in the image?"),
+                                           Turn("assistant", "Yes.", skill="pope", answer="yes",
+                                                template="pope/random")), kind="pope")) if i % 4 == 0 else ())
 
 
 def with_targets(samples: list[Sample]) -> list[Sample]:
@@ -154,7 +160,11 @@ def expected_counts(samples: list[Sample]) -> dict:
             "qa": sum(len(s.targets.qa) for s in samples),
             "transcripts": sum(s.targets.transcript is not None for s in samples),
             "dialog_turns": sum(len(s.targets.dialog) for s in samples),
-            "qa_types": dict(sorted(Counter(q.type for s in samples for q in s.targets.qa).items()))}
+            "qa_types": dict(sorted(Counter(q.type for s in samples for q in s.targets.qa).items())),
+            "conversations": sum(len(s.targets.conversations) for s in samples),
+            "conversation_skills": dict(sorted(Counter(t.skill for s in samples for c in s.targets.conversations
+                                                       for t in c.turns if t.role == "assistant" and t.skill
+                                                       ).items()))}
 
 
 def test_inspect_counts_targets_per_split_and_type(tmp_path: Path, tiny_samples: list[Sample],

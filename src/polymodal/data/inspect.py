@@ -1,6 +1,7 @@
 """Summarize a data set in one streaming pass: counts per modality, image/video sizes, audio durations
 and sample rates, video frame counts, caption lengths and languages, generation targets (captions, questions
-per type, transcripts, dialog turns; in total and per split), and what was skipped."""
+per type, transcripts, dialog turns, conversations and their scored turns per skill; in total and per split), and
+what was skipped."""
 
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ class TargetCounts:
     transcripts: int = 0
     dialog_turns: int = 0
     qa_types: dict[str, int] = field(default_factory=dict)
+    conversations: int = 0
+    conversation_skills: dict[str, int] = field(default_factory=dict)  # assistant turns per skill
 
     def add(self, t: Targets) -> None:
         self.samples += bool(t)
@@ -83,10 +86,17 @@ class TargetCounts:
         self.dialog_turns += len(t.dialog)
         for q in t.qa:
             self.qa_types[q.type] = self.qa_types.get(q.type, 0) + 1
+        self.conversations += len(t.conversations)
+        for c in t.conversations:
+            for turn in c.turns:
+                if turn.role == "assistant" and turn.skill is not None:
+                    self.conversation_skills[turn.skill] = self.conversation_skills.get(turn.skill, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "captions": self.captions, "qa": self.qa, "transcripts": self.transcripts,
-                "dialog_turns": self.dialog_turns, "qa_types": dict(sorted(self.qa_types.items()))}
+                "dialog_turns": self.dialog_turns, "qa_types": dict(sorted(self.qa_types.items())),
+                "conversations": self.conversations,
+                "conversation_skills": dict(sorted(self.conversation_skills.items()))}
 
 
 class Summary:
@@ -177,8 +187,12 @@ def _targets_line(c: dict[str, Any]) -> str:
     if not c["samples"]:
         return "-"
     types = ", ".join(f"{k} {v}" for k, v in c["qa_types"].items())
-    return (f"captions {c['captions']}, qa {c['qa']}" + (f" ({types})" if types else "")
+    line = (f"captions {c['captions']}, qa {c['qa']}" + (f" ({types})" if types else "")
             + f", transcripts {c['transcripts']}, dialog turns {c['dialog_turns']}")
+    if c.get("conversations"):  # only data sets made with conversations say so (older summaries stay as they were)
+        skills = ", ".join(f"{k} {v}" for k, v in c["conversation_skills"].items())
+        line += f", conversations {c['conversations']}" + (f" (turns: {skills})" if skills else "")
+    return line
 
 
 def format_summary(info: dict[str, Any]) -> str:

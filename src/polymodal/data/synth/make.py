@@ -11,7 +11,13 @@ order whatever the number of worker processes, so the same arguments give byte-i
 
 ``caption_noise=P`` (shapes only) gives ``round(P * n_train)`` train samples noisy alt-text (`shapes.NOISE_KINDS`,
 alternately "wrong" and "unrelated"), chosen by a seeded permutation of the train positions: the noisy set at a
-larger P contains the one at a smaller P, and every other sample is byte-identical to P = 0."""
+larger P contains the one at a smaller P, and every other sample is byte-identical to P = 0.
+
+``conversations=True`` (shapes only) adds instruction-tuning conversations and POPE probes to every sample
+(`instruct.add_conversations`, their own RNG stream: every other field stays byte-identical);
+``spoken_questions=P`` then makes ``round(P * count)`` samples of each split (a seeded permutation of its
+positions) carry their first question as audio. The manifest records both (``args``, ``conversations``: the
+skills, the held-out template ids, the POPE settings, the spoken count); without them it is as before."""
 
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from ..._io import atomic_write_bytes
 from ...errors import InvalidInput, NotFound
 from ..formats.webdataset import ShardWriter
 from ..sample import MODALITIES, Sample
-from . import digits, shapes
+from . import digits, instruct, shapes
 
 DATASETS: list[str] = ["shapes", "digits"]
 SUPPORTED: dict[str, tuple[str, ...]] = {"shapes": ("audio", "image", "text", "video"), "digits": ("audio", "image", "text")}
@@ -38,9 +44,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 FRACTIONS: tuple[float, float] = (0.8, 0.1)  # train, val; test gets the rest
 MANIFEST_VERSION = 2  # 2: samples carry targets; "targets" says which
 _NOISE_TAG = 0xA17  # the permutation that picks the noisy train samples
+_SPOKEN_TAG = 0x5F0  # the permutations that pick the samples with a spoken question
 
-# (name, index, split, image_index, seed, langs, modalities, caption noise kind): small and picklable, one per sample
-Task = tuple[str, int, str, int, int, tuple[str, ...], tuple[str, ...], str | None]
+# (name, index, split, image_index, seed, langs, modalities, caption noise kind, (conversations, spoken question)):
+# small and picklable, one per sample
+Task = tuple[str, int, str, int, int, tuple[str, ...], tuple[str, ...], str | None, tuple[bool, bool]]
 
 
 def split_counts(n: int) -> dict[str, int]:
@@ -71,23 +79,36 @@ def noisy_positions(n: int, seed: int, caption_noise: float) -> dict[int, str]:
     return {int(pos): kinds[r % len(kinds)] for r, pos in enumerate(order[:k].tolist())}
 
 
+def spoken_positions(n: int, seed: int, spoken_questions: float) -> set[tuple[str, int]]:
+    """(split, position within the split) of the ``round(spoken_questions * count)`` samples of each split whose
+    first question is spoken (nested: the set at a larger fraction contains the one at a smaller)."""
+    out: set[tuple[str, int]] = set()
+    for i, (split, count) in enumerate(split_counts(n).items()):
+        order = np.random.default_rng(np.random.SeedSequence([_SPOKEN_TAG, seed, n, i])).permutation(count)
+        out.update((split, int(pos)) for pos in order[:int(round(spoken_questions * count))].tolist())
+    return out
+
+
 def _tasks(name: str, n: int, seed: int, langs: tuple[str, ...], modalities: tuple[str, ...],
-           caption_noise: float = 0.0) -> list[Task]:
+           caption_noise: float = 0.0, conversations: bool = False, spoken_questions: float = 0.0) -> list[Task]:
     pools = digits.image_splits(seed) if name == "digits" else None
     noisy = noisy_positions(n, seed, caption_noise) if caption_noise > 0 else {}
+    spoken = spoken_positions(n, seed, spoken_questions) if spoken_questions > 0 else set()
     tasks: list[Task] = []
     for index, (split, pos) in enumerate(assign_splits(n, seed)):
         image_index = pools[split][pos % len(pools[split])] if pools is not None else -1
         kind = noisy.get(pos) if split == "train" else None
-        tasks.append((name, index, split, image_index, seed, langs, modalities, kind))
+        tasks.append((name, index, split, image_index, seed, langs, modalities, kind,
+                      (conversations, (split, pos) in spoken)))
     return tasks
 
 
 def _make(task: Task) -> Sample:
     """Worker entry point (module level so a process pool can pickle it)."""
-    name, index, split, image_index, seed, langs, modalities, noise = task
+    name, index, split, image_index, seed, langs, modalities, noise, (convs, spoken) = task
     if name == "shapes":
-        return shapes.make_sample(index, split, seed=seed, langs=langs, modalities=modalities, caption_noise=noise)
+        sample = shapes.make_sample(index, split, seed=seed, langs=langs, modalities=modalities, caption_noise=noise)
+        return instruct.add_conversations(sample, seed=seed, langs=langs, spoken=spoken) if convs else sample
     return digits.make_sample(index, split, image_index, seed=seed, langs=langs, modalities=modalities)
 
 
@@ -130,6 +151,20 @@ def _check_noise(name: str, caption_noise: float) -> float:
     return float(value)
 
 
+def _check_conversations(name: str, conversations: bool, spoken_questions: float) -> float:
+    if not isinstance(conversations, bool):
+        raise InvalidInput(f"must be true or false, got {conversations!r}", field="conversations")
+    if conversations and name != "shapes":
+        raise InvalidInput(f"only shapes has conversations, not {name}", field="conversations")
+    value = spoken_questions
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating) or not 0.0 <= value <= 1.0:
+        raise InvalidInput(f"must be a number in [0, 1], got {value!r}", field="spoken_questions")
+    if value > 0 and not conversations:
+        raise InvalidInput("spoken questions are questions of the conversations: add conversations=True "
+                           "(--conversations)", field="spoken_questions")
+    return float(value)
+
+
 def _generate(tasks: list[Task], workers: int) -> Iterator[Sample]:
     """Samples in task order; with several workers, generated in parallel but yielded in order."""
     if workers == 1 or len(tasks) < 2:
@@ -155,22 +190,26 @@ def _clean(out: Path) -> None:
 def make_dataset(name: str, out: str | os.PathLike[str], *, n: int, seed: int = 0,
                  langs: Sequence[str] = ("en",), modalities: Sequence[str] = ("text", "image", "audio", "video"),
                  shard_size: int = 1000, workers: int | None = None, progress: bool = True,
-                 caption_noise: float = 0.0) -> dict[str, Any]:
+                 caption_noise: float = 0.0, conversations: bool = False,
+                 spoken_questions: float = 0.0) -> dict[str, Any]:
     """Generate data set ``name`` (one of `DATASETS`) with ``n`` samples into ``out``; returns the manifest.
 
     ``langs``: caption languages, a subset of ``("en", "zh")``, drawn per sample. ``modalities``: what to
     generate (ones the data set lacks, e.g. video for digits, are left out; audio needs the ``[speech]``
     extra). ``workers``: processes (default ``min(2, cpu count)``); the output does not depend on it.
     ``caption_noise``: the fraction of train samples with noisy alt-text (shapes only; see the module doc).
-    A previous data set in ``out`` is replaced."""
+    ``conversations``: add instruction-tuning conversations and POPE probes (shapes only); ``spoken_questions``:
+    the fraction of samples per split whose first question is also their audio (needs ``conversations`` and
+    the ``[speech]`` extra). A previous data set in ``out`` is replaced."""
     langs_t, mods = _validate(name, n, seed, langs, modalities, shard_size, workers)
     noise = _check_noise(name, caption_noise)
+    spoken_p = _check_conversations(name, conversations, spoken_questions)
     n, seed = int(n), int(seed)
     workers = workers or min(2, os.cpu_count() or 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clean(out)
-    tasks = _tasks(name, n, seed, langs_t, mods, noise)
+    tasks = _tasks(name, n, seed, langs_t, mods, noise, conversations, spoken_p)
     writers = {s: ShardWriter(out / s, shard_size) for s in SPLITS}
     from tqdm import tqdm
 
@@ -182,7 +221,7 @@ def make_dataset(name: str, out: str | os.PathLike[str], *, n: int, seed: int = 
             sample_rate = sample_rate or sample.sample_rate
             bar.update(1)
     counts = {s: sum(w.close().values()) for s, w in writers.items()}
-    manifest = {
+    manifest: dict[str, Any] = {
         "name": name, "version": MANIFEST_VERSION, "format": "webdataset", "seed": seed, "n": n,
         "args": {"langs": list(langs_t), "modalities": list(mods), "shard_size": shard_size, "caption_noise": noise},
         "splits": {s: {"path": s, "count": counts[s]} for s in SPLITS},
@@ -192,6 +231,9 @@ def make_dataset(name: str, out: str | os.PathLike[str], *, n: int, seed: int = 
         "details": _details(name, sample_rate),
         "caption_noise": _noise_counts(noise, [t[7] for t in tasks]),
     }
+    if conversations:  # recorded only when asked for, so manifests without them stay byte-identical
+        manifest["args"].update(conversations=True, spoken_questions=spoken_p)
+        manifest["conversations"] = instruct.manifest_entry(True, spoken_p, sum(t[8][1] for t in tasks))
     data = json.dumps(manifest, ensure_ascii=False, indent=1) + "\n"
     atomic_write_bytes(out / "manifest.json", data.encode("utf-8"))
     return manifest

@@ -16,7 +16,11 @@ samples with ``metadata["heldout"] == True``.
 Caption noise (``caption_noise``, web alt-text; train only, chosen by `make_dataset`): a noisy sample's text and
 image captions are replaced by a "wrong" caption (of another random scene: plausible, mismatched) or an
 "unrelated" one (alt-text junk: file names, "click here", random words), drawn from a third RNG stream, so the
-picture, audio, video, QA and every other sample stay as they were; ``metadata["caption_noise"]`` names the kind."""
+picture, audio, video, QA and every other sample stay as they were; ``metadata["caption_noise"]`` names the kind.
+
+Conversations (instruction tuning, POPE probes, spoken questions) are added on top of a sample by
+`instruct.add_conversations` (which `make_dataset` calls with ``conversations=True``), from their own RNG streams
+(`stream_rng`), so every other field of the sample stays as it was."""
 
 from __future__ import annotations
 
@@ -212,6 +216,12 @@ def render_video(objects: Sequence[dict[str, Any]], background: tuple[np.ndarray
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([_RNG_TAG, seed, index]))
+
+
+def stream_rng(seed: int, index: int, tag: int) -> np.random.Generator:
+    """Sample ``index``'s RNG stream number ``tag``, independent of the sample's own and of the other streams
+    (the targets use tag ``0xCA``, the caption noise ``0xA17``)."""
+    return np.random.default_rng(np.random.SeedSequence([_RNG_TAG, seed, index, tag]))
 
 
 def make_sample(index: int, split: str, *, seed: int = 0, langs: Sequence[str] = ("en",),
