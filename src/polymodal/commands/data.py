@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make", help="generate a built-in benchmark data set (deterministic from --seed)",
                        description="Write a built-in data set as WebDataset shards per split plus manifest.json "
                                    "(byte-identical for the same arguments), then print its inspect summary.")
-    p.add_argument("name", metavar="NAME", help="built-in data set (e.g. shapes, digits)")
+    p.add_argument("name", metavar="NAME", help="built-in data set: shapes, digits, or tabletop (oracle episodes of "
+                   "the embodied world: one sample per step, --n tasks split 80/10/10; docs/embodied.md)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--n", type=int, default=1000, metavar="N", help="number of samples over all splits (default 1000)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
@@ -58,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shapes only: give a fraction P of the TRAIN samples noisy alt-text instead of their "
                         "caption, half 'wrong' (another scene's caption), half 'unrelated' (file names, "
                         "'click here', random words); val/test stay clean (default 0)")
+    p.add_argument("--conversations", action="store_true",
+                   help="shapes only: add instruction-tuning conversations (describe, count, compare, relation, "
+                        "format, follow-up; parallel in every --lang; held-out phrasings in test) and POPE "
+                        "yes/no probes to every sample")
+    p.add_argument("--spoken-questions", type=float, default=0.0, metavar="P",
+                   help="with --conversations: a fraction P of each split's samples gets its first question "
+                        "spoken (eSpeak NG) as the sample's audio, that conversation marked spoken (default 0)")
     p.add_argument("--workers", type=int, default=None, metavar="W",
                    help="worker processes (default: min(2, CPU count)); the output does not depend on it")
     p.add_argument("--json", action="store_true", help="print {manifest, inspect} as one JSON object")
@@ -157,16 +165,38 @@ def cmd_make(args: argparse.Namespace) -> int:
     _positive(args, "n", "shard_size", *(["workers"] if args.workers is not None else []))
     langs = _csv(args.lang, "--lang", ("en", "zh")) or ["en"]
     modalities = _csv(args.modalities, "--modalities", MODALITIES)
+    if args.name == "tabletop":
+        return _make_tabletop(args, langs)
     if args.name not in DATASETS:
-        raise NotFound(f"unknown data set '{args.name}'; available: {', '.join(DATASETS)}", field="NAME")
+        raise NotFound(f"unknown data set '{args.name}'; available: {', '.join([*DATASETS, 'tabletop'])}",
+                       field="NAME")
     optional = {"modalities": modalities} if modalities is not None else {}  # default: all the set has
     manifest = make_dataset(args.name, args.out, n=args.n, seed=args.seed, langs=langs,
                                   shard_size=args.shard_size, workers=args.workers,
-                                  progress=not args.no_progress, caption_noise=args.caption_noise, **optional)
+                                  progress=not args.no_progress, caption_noise=args.caption_noise,
+                                  conversations=args.conversations, spoken_questions=args.spoken_questions,
+                                  **optional)
     from ..data.formats.dataset import open_dataset
     from ..data.inspect import inspect_dataset
 
     info = _add_noise(inspect_dataset(open_dataset(args.out), progress=not args.no_progress), manifest)
+    _print_inspect(info, {"manifest": manifest}, args.json)
+    return 0
+
+
+def _make_tabletop(args: argparse.Namespace, langs: list[str]) -> int:
+    """Oracle episodes of the tabletop world (`polymodal.envs`), ``--n`` tasks split 80/10/10."""
+    from ..data.formats.dataset import open_dataset
+    from ..data.inspect import inspect_dataset
+    from ..envs.episodes import write_tabletop
+
+    if args.caption_noise or args.conversations or args.spoken_questions or args.modalities:
+        raise InvalidInput("tabletop takes --n, --seed, --lang and --shard-size only", field="NAME")
+    n_val = n_test = max(1, args.n // 10)
+    n_train = max(1, args.n - n_val - n_test)
+    manifest = write_tabletop(args.out, n_train, n_val, n_test, seed=args.seed, langs=langs,
+                              shard_size=args.shard_size)
+    info = inspect_dataset(open_dataset(args.out), progress=not args.no_progress)
     _print_inspect(info, {"manifest": manifest}, args.json)
     return 0
 
