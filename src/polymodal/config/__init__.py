@@ -35,6 +35,7 @@ from .overrides import Override, apply_overrides
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "lamb")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PARALLEL: tuple[str, ...] = ("ddp", "fsdp", "tp")  # how several processes share the model (polymodal.train.parallel)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class TrainConfig:
     keep_checkpoints: int = 1
     val_every: int = 0  # 0 = validation loss at the end only (when the data has val_split)
     val_max_samples: int = 1024
+    parallel: str = "ddp"  # several processes: "ddp" | "fsdp" (params, grads, optimizer sharded) | "tp" (tensor par.)
+    activation_checkpointing: bool = False  # recompute transformer layers' activations in backward
 
     # Keys that were fields once: a recipe setting one to anything but its old default is an error that says
     # what to use instead; the old default itself is accepted (run dirs saved before the removal still resume).
@@ -88,6 +91,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice(self.optimizer, OPTIMIZERS, "train.optimizer")
         _choice(self.precision, PRECISIONS, "train.precision")
+        _choice(self.parallel, PARALLEL, "train.parallel")
         for name in ("batch_size", "accum_freq", "log_every", "keep_checkpoints", "val_max_samples"):
             _at_least(getattr(self, name), 1, f"train.{name}")
         for name in ("warmup_steps", "ckpt_every", "val_every", "seed"):
@@ -167,5 +171,5 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
         raise ConfigError(f"must be one of {', '.join(allowed)}, got {value!r}", field=name)
 
 
-__all__ = ["OPTIMIZERS", "PRECISIONS", "DataConfig", "Override", "Recipe", "TrainConfig", "apply_overrides",
+__all__ = ["OPTIMIZERS", "PARALLEL", "PRECISIONS", "DataConfig", "Override", "Recipe", "TrainConfig", "apply_overrides",
            "deep_merge", "from_dict", "to_dict"]

@@ -1,4 +1,4 @@
-"""The trainer: one recipe, one data dir, one run dir; one process or ``torchrun`` DDP.
+"""The trainer: one recipe, one data dir, one run dir; one process or ``torchrun`` (DDP, FSDP, TP: `.parallel`).
 
 ``Trainer(recipe, data_dir, run_dir).fit()`` builds the model from the recipe's arch, the transform from
 the encoders' needs, holds the training split in memory, and runs the optimizer steps (see
@@ -29,12 +29,13 @@ from ..data.sample import Batch
 from ..data.transforms.compose import SampleTransform
 from ..data.transforms.resolve import transform_config
 from ..errors import ConfigError, InvalidInput, NotFound, TrainingError
-from ..models import build_model
+from ..models import build_model, load_model
 from . import checkpoint as ck
 from .data import MemoryData, SkippedItems, StreamData, load_samples, open_checked
 from .distributed import DistEnv, StepSampler, all_mean, barrier, cleanup, gather_objects, init_distributed
 from .monitor import MetricsLog, Progress, reduce_logs, seed_everything
 from .optim import build_optimizer
+from .parallel import Parallel, rank_memory
 from .schedule import WarmupCosine
 from .step import StepModule, forward_backward
 
@@ -79,9 +80,10 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         self.env: DistEnv = init_distributed(self.device_name)
+        self.parallel = Parallel.from_config(self.cfg, self.env)  # ddp, fsdp or tp (train/parallel.py)
         seed_everything(self.cfg.seed)
         self.model = build_model(self.recipe.arch, self.recipe.model)
-        if self.env.rank:  # same initial weights everywhere, but each rank its own dropout stream
+        if self.parallel.data_rank:  # same initial weights everywhere; each data-parallel rank its own dropout
             seed_everything(self.cfg.seed + 1_000_003 * self.env.rank)
         preprocess = getattr(self.model, "preprocess", None)
         needs = preprocess() if callable(preprocess) else {}
@@ -93,18 +95,24 @@ class Trainer:
         self._fit_data()
         self.total_steps = self._total_steps()
         self.model.to(self.env.device)
+        self.parallel.apply(self.model)  # activation checkpointing, sharding: before the optimizer sees the params
         self.optimizer = build_optimizer(self.model, self.cfg.optimizer, self.cfg.lr, self.cfg.weight_decay,
                                          self.cfg.betas, self.cfg.eps)
         self.schedule = WarmupCosine(self.cfg.lr, self.cfg.warmup_steps, self.total_steps, self.cfg.min_lr_ratio)
         self.run_config = self._run_config()
         self._prepare_run_dir()
-        self.core = StepModule(self.model, gather=self.env.distributed)
+        self.core = StepModule(self.model, gather=self.parallel.data_world > 1)
         self.wrapped: torch.nn.Module = self.core
-        if self.env.distributed:
+        if self.parallel.strategy == "ddp":
             # a tower sits idle in a step only when some samples lack its modality
             unused = not self.data.complete
             self.wrapped = DDP(self.core, device_ids=None, find_unused_parameters=unused)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.env.is_main, truncate_after=self.step)
+        memory = rank_memory(self.model, self.optimizer, planned=True)  # per rank: params + grads + optimizer
+        self.metrics.write({"step": self.step, "parallel": self.parallel.strategy, "world": self.env.world,
+                            **memory.to_log()})
+        if self.env.distributed and self.env.is_main:
+            print(f"polymodal train: {self.parallel.describe(memory)}", file=sys.stderr, flush=True)
         self._warn_skipped()
 
     def _warn_skipped(self) -> None:
@@ -120,17 +128,16 @@ class Trainer:
         dc = self.recipe.data
         ds = open_checked(self.data_dir, dc.split, mods, dc.on_error)
         n = len(ds)
-        self.sampler = StepSampler(n, self.cfg.batch_size, self.env.world, self.env.rank, self.cfg.accum_freq,
-                                   self.cfg.seed)
+        world, rank = self.parallel.data_world, self.parallel.data_rank  # tensor parallel: the whole batch
+        self.sampler = StepSampler(n, self.cfg.batch_size, world, rank, self.cfg.accum_freq, self.cfg.seed)
         if dc.stream or (dc.stream is None and n > dc.stream_above):
-            return StreamData(ds, transform, self.cfg.seed, mods, self.env.rank, self.env.world,
-                              self.cfg.batch_size // self.env.world, self.sampler.steps_per_epoch,
-                              dc.shuffle_buffer)
+            return StreamData(ds, transform, self.cfg.seed, mods, rank, world, self.cfg.batch_size // world,
+                              self.sampler.steps_per_epoch, dc.shuffle_buffer)
         samples = load_samples(ds)
         self.skipped.note(ds.policy.skipped)
         if len(samples) != n:  # bad items skipped (on_error="skip"): index what was read
-            self.sampler = StepSampler(len(samples), self.cfg.batch_size, self.env.world, self.env.rank,
-                                       self.cfg.accum_freq, self.cfg.seed)
+            self.sampler = StepSampler(len(samples), self.cfg.batch_size, world, rank, self.cfg.accum_freq,
+                                       self.cfg.seed)
         return MemoryData(samples, transform, self.cfg.seed, mods)
 
     def _fit_data(self) -> None:
@@ -148,9 +155,11 @@ class Trainer:
     def _save_hf(self) -> None:
         """A generative run also saves its transformers model + tokenizer under RUN/hf (``from_pretrained``
         loads it), written beside and renamed into place so a reader never sees half a folder."""
-        save = getattr(self.model, "save_hf", None)
-        if not callable(save) or not self.env.is_main:
+        if not callable(getattr(self.model, "save_hf", None)) or not self.env.is_main:
             return
+        # a sharded model holds DTensors: save an unsharded copy read back from the run's full weights
+        source: Any = load_model(self.run_dir)[0] if self.parallel.sharded else self.model
+        save = source.save_hf
         final = self.run_dir / "hf"
         stage = self.run_dir / f".hf.tmp-{os.getpid()}"
         shutil.rmtree(stage, ignore_errors=True)
@@ -171,7 +180,7 @@ class Trainer:
 
     def _val_data(self, transform: SampleTransform, mods: list[str]) -> MemoryData | None:
         split = self.recipe.data.val_split
-        if split is None or not self.env.is_main:
+        if split is None or not (self.env.is_main or self.parallel.sharded):  # sharded: forward is collective
             return None
         try:
             ds = open_checked(self.data_dir, split, mods, self.recipe.data.on_error)
@@ -237,12 +246,13 @@ class Trainer:
                 raise ConfigError(f"cannot resume: the checkpoint was trained with a different {diff}",
                                   source=str(path))
         rundir.check_model_state(self.model, loaded.model_state, str(path / rundir.MODEL))
-        self.model.load_state_dict(loaded.model_state, strict=True)
-        ck.restore_optimizer(self.optimizer, tensors, state["optimizer"], str(path))
+        self.parallel.load_model_state(self.model, loaded.model_state)  # full tensors, sharded or not
+        ck.restore_optimizer(self.optimizer, self.parallel.optimizer_tensors(self.optimizer, tensors),
+                             state["optimizer"], str(path))
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
         self.elapsed_before = float(state["elapsed_s"])
         self.last_ckpt = path
-        rank = self.env.rank
+        rank = self.parallel.data_rank  # tensor parallel: every rank continues rank 0's streams
         if int(state["world"]) == self.env.world:
             own = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"rng.{rank}.")}
             self._rng_to_restore: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = (own, state["rng"][rank])
@@ -331,7 +341,7 @@ class Trainer:
         loss = all_mean(loss, self.env)
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = self.parallel.clip_grad_norm(params, max_norm)  # DTensor gradients too
         if not (torch.isfinite(loss) and torch.isfinite(norm)):
             self._diverged(float(loss), float(norm))
         self.optimizer.step()
@@ -360,7 +370,7 @@ class Trainer:
     def _validate(self) -> float | None:
         """Mean loss over the validation samples (rank 0, no gather); logged as val_loss."""
         val_loss = None
-        if self.env.is_main and self.val is not None:
+        if self.val is not None:  # rank 0, or every rank of a sharded model (only rank 0 writes)
             self.model.eval()
             total, count = 0.0, 0
             sums: dict[str, float] = {}
@@ -386,15 +396,16 @@ class Trainer:
     def _save(self) -> None:
         rng = ck.rng_state()
         everyone = gather_objects(rng, self.env)
+        model_state = self.parallel.model_state(self.model)  # full tensors on rank 0 (collective when sharded)
+        opt_tensors, opt_meta = self.parallel.optimizer_state(self.optimizer)
         if self.env.is_main:
-            opt_tensors, opt_meta = ck.flatten_optimizer(self.optimizer)
             tensors = dict(opt_tensors)
             for r, (t, _) in enumerate(everyone):
                 tensors.update({f"rng.{r}.{k}": v for k, v in t.items()})
             state = {"step": self.step, "samples_seen": self.samples_seen, "elapsed_s": self._elapsed(),
                      "world": self.env.world, "optimizer": opt_meta, "rng": [m for _, m in everyone]}
             config = {**self.run_config, "step": self.step, "samples_seen": self.samples_seen}
-            self.last_ckpt = ck.write_checkpoint(self.run_dir, self.step, self.model.state_dict(), config,
+            self.last_ckpt = ck.write_checkpoint(self.run_dir, self.step, model_state, config,
                                                  tensors, state, keep=self.cfg.keep_checkpoints)
         else:
             self.last_ckpt = self.run_dir / "checkpoints" / rundir.checkpoint_name(self.step)
