@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from polymodal.commands import data, embed, export, generate, index, quickstart, search, serve, train
+from polymodal.commands import chat, data, embed, export, generate, index, quickstart, search, serve, train
 from polymodal.commands import eval as eval_cmd
 from polymodal.config import Recipe
 from polymodal.data.synth import make_dataset
@@ -86,7 +86,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
 
 EVERY_PARSER: dict[str, Callable[[], argparse.ArgumentParser]] = {
     **PARSERS, "export": export._parser, "embed": embed._parser, "quickstart": quickstart._parser,
-    "generate": generate._parser}
+    "generate": generate._parser, "chat": chat._parser}
 
 
 def test_every_polymodal_line_outside_the_tour_parses() -> None:

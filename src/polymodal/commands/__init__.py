@@ -61,6 +61,11 @@ def _generate(argv: list[str]) -> int:
     return generate.main(argv)
 
 
+def _chat(argv: list[str]) -> int:
+    from . import chat
+    return chat.main(argv)
+
+
 def _quickstart(argv: list[str]) -> int:
     from . import quickstart
     return quickstart.main(argv)
@@ -76,6 +81,7 @@ COMMANDS: dict[str, tuple[Main, str]] = {
     "serve": (_serve, "HTTP API + search page over a model and a collection"),
     "export": (_export, "export a model's towers to ONNX (fp32 or INT8) to run without torch"),
     "generate": (_generate, "captions, answers, transcripts from a generative run (one input or a data set)"),
+    "chat": (_chat, "chat with a run about pictures and clips (one message, or a conversation on stdin)"),
     "embed": (_embed, "batch-embed a data set into sharded arrays (local or on Ray), resumable"),
     "quickstart": (_quickstart, "the main job end to end on built-in data"),
 }

@@ -25,7 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._version import __version__
 from ..errors import ApiError, BatcherClosed, Conflict, InvalidInput, NotFound, PolymodalError, QueueFull
 from ..index import is_collection
+from ..models.chat import ChatModel
 from ..models.generative import GenerativeModel
+from .chat import CHAT_PATH
+from .chat import router as chat_router
 from .docs import router as docs_router
 from .explain import router as explain_router
 from .generation import router as generation_router
@@ -41,8 +44,8 @@ log = logging.getLogger("polymodal.serve")
 
 
 def create_app(model: Any, root: str | Path | None = None, settings: ServeSettings | None = None, *,
-               collection: str | Path | None = None, generators: Mapping[str, GenerativeModel] | None = None
-               ) -> FastAPI:
+               collection: str | Path | None = None, generators: Mapping[str, GenerativeModel] | None = None,
+               chat_models: Mapping[str, ChatModel] | None = None) -> FastAPI:
     """The service over ``model`` (anything with ``embed(text=/image=/audio=/video=)``, ``modalities``, ``dim``).
 
     ``root``: a folder of collections (created if missing); new collections are created there.
@@ -50,11 +53,13 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     (dim from the model, cosine, auto index) if it does not exist.
     ``generators``: generative models by the name they are served under (`generation.py`: /v1/generate,
     /v1/audio/transcriptions). With generators, ``model`` may be None: a generation-only service (no
-    collections)."""
+    collections).
+    ``chat_models``: chat models (`polymodal.models.chat.ChatModel`, e.g. an mllm run's) by served name; they
+    and every generative model that can chat answer ``POST /v1/chat/completions`` (`chat.py`)."""
     settings = settings or ServeSettings()
     if model is None:
-        if not generators:
-            raise InvalidInput("give an embedding model, generative models, or both", field="model")
+        if not generators and not chat_models:
+            raise InvalidInput("give an embedding model, generative or chat models, or both", field="model")
         if root is not None or collection is not None:
             raise InvalidInput("collections need an embedding model", field="collection")
     pinned: dict[str, Path] = {}
@@ -69,7 +74,7 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     store = CollectionStore(rpath, pinned, default)
     if default is not None and not is_collection(pinned[default]):  # a new (missing or empty) folder
         store.create(default, int(model.dim), "cosine", "auto")
-    service = Service(model, store, settings, generators)
+    service = Service(model, store, settings, generators, chat_models)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +90,7 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     app.include_router(explain_router)
     app.include_router(openai_router)
     app.include_router(generation_router)
+    app.include_router(chat_router)
     app.include_router(docs_router)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     if settings.cors_origins:
@@ -105,7 +111,8 @@ def _openapi(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
         limits = settings.limits
         bounds = [("SearchRequest", "k", "maximum", settings.max_k),
                   ("VideoIn", "frames", "maximum", limits.max_frames),
-                  ("UpsertRequest", "items", "maxItems", settings.max_items)]
+                  ("UpsertRequest", "items", "maxItems", settings.max_items),
+                  ("ChatCompletionRequest", "messages", "maxItems", settings.max_chat_messages)]
         for model, prop, key, value in bounds:
             models[model]["properties"][prop][key] = value
         for prop in ("text", "image", "audio", "video"):
@@ -151,7 +158,7 @@ def error_response(status: int, kind: str, message: str, field: str | None = Non
     """The error body of the service, ``{"error": {"type", "message", "field"}}``, or OpenAI's envelope on the
     OpenAI-compatible routes (``path``; see `openai_api.openai_error`)."""
     message, field = _printable(message), _printable(field) if field is not None else None
-    if is_openai_path(path):
+    if is_openai_path(path) or path == CHAT_PATH:
         status, body = openai_error(status, kind, message, field)
         if status == 401:
             headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}

@@ -52,7 +52,8 @@ MEDIA_URL = re.compile(r"^data:(image|audio|video)/[\w.+-]+(?:;[\w=.+-]+)*;base6
 
 def is_openai_path(path: str) -> bool:
     """Whether errors on ``path`` use OpenAI's envelope."""
-    return path in ("/v1/embeddings", "/v1/models", "/v1/audio/transcriptions") or path.startswith("/v1/models/")
+    return path in ("/v1/embeddings", "/v1/models", "/v1/audio/transcriptions", "/v1/chat/completions") or \
+        path.startswith("/v1/models/")
 
 
 def openai_error(status: int, kind: str, message: str, field: str | None) -> tuple[int, dict[str, Any]]:

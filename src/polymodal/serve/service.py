@@ -2,7 +2,10 @@
 metrics, the micro-batcher, the collections, API-key checks, and the generative models with their batcher).
 
 The embedding model is optional when generative models are served (a generation-only service): the embedding
-endpoints then answer 404."""
+endpoints then answer 404. Chat models (`Service.chat_models`) are every served generative model that can chat
+(`polymodal.models.chat.as_chat_model`) plus the chat models given by name (``create_app(chat_models=...)``).
+Each is queued in the generation batcher as a `ConversationRunner` under `chat_key(name)`; a chat model given by
+name is also a generative model (listed by ``GET /v1/models``, asked one-turn questions by ``/v1/generate``)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import numpy as np
 from fastapi import Request
 
 from ..errors import ApiError, InvalidInput
+from ..models.chat import ChatModel, ConversationRunner, as_chat_model
 from ..models.generative import GenerativeModel
 from .batching import MicroBatcher, model_embed_fn
 from .gen_batching import GenerationBatcher
@@ -37,7 +41,8 @@ class ServeSettings:
     max_body_bytes: int = 32 * 2**20    # whole request body; beyond -> 413
     max_items: int = 256                # inputs per /v1/embed modality, items per upsert
     max_k: int = 1000
-    max_text_chars: int = 10_000
+    max_text_chars: int = 10_000       # one text; all the messages of a chat request together
+    max_chat_messages: int = 32         # messages of one chat request
     # JSON values (lists, objects, strings, numbers, literals) in one body (413); None: max_items * (dim + 1024) + 4096
     max_json_values: int | None = None
     limits: MediaLimits = field(default_factory=MediaLimits)
@@ -55,6 +60,8 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.max_items <= MAX_INPUTS:   # the request schemas cap their lists at MAX_INPUTS
             raise InvalidInput(f"must be in 1..{MAX_INPUTS}, got {self.max_items}", field="max_items")
+        if self.max_chat_messages < 1:
+            raise InvalidInput(f"must be >= 1, got {self.max_chat_messages}", field="max_chat_messages")
 
 
 class Service:
@@ -62,7 +69,8 @@ class Service:
     generative models (by the name they are served under) with their batcher."""
 
     def __init__(self, model: Any, store: CollectionStore, settings: ServeSettings,
-                 generators: Mapping[str, GenerativeModel] | None = None):
+                 generators: Mapping[str, GenerativeModel] | None = None,
+                 chat_models: Mapping[str, ChatModel] | None = None):
         self.model = model   # None: no embedding model (generation only)
         self.store = store
         self.settings = settings
@@ -73,11 +81,12 @@ class Service:
         self.modalities: tuple[str, ...] = tuple(model.modalities) if model is not None else ()
         self.dim = int(model.dim) if model is not None else 0
         self.model_id: str | None = served_model_id(model, settings.model_name) if model is not None else None
-        self.generators = dict(generators or {})
+        self.generators, self.chat_models = _with_chat(dict(generators or {}), dict(chat_models or {}))
         if self.model_id is not None and self.model_id in self.generators:
             raise InvalidInput(f"the name {self.model_id!r} is both the embedding model's and a generative "
                                "model's", field="generate")
-        self.generation = GenerationBatcher(self.generators, max_batch=settings.max_batch,
+        runners = {chat_key(n): ConversationRunner.of(cm) for n, cm in self.chat_models.items()}
+        self.generation = GenerationBatcher({**self.generators, **runners}, max_batch=settings.max_batch,
                                             max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size)
         self.max_json_values = settings.max_json_values or settings.max_items * (self.dim + 1024) + 4096
         # os.environ holds undecodable bytes as surrogates ("surrogateescape"): give them back as the bytes
@@ -112,6 +121,22 @@ class Service:
         self.batcher.close()
         self.generation.close()
         self.store.close()
+
+
+def chat_key(name: str) -> str:
+    """The generation batcher's name for the chat model served as ``name`` (no served name holds a colon)."""
+    return f"chat:{name}"
+
+
+def _with_chat(generators: dict[str, GenerativeModel], chat: dict[str, ChatModel]
+               ) -> tuple[dict[str, GenerativeModel], dict[str, ChatModel]]:
+    """(generative models, chat models): the named chat models join the generative ones as runners, and every
+    generative model that can chat joins the chat models."""
+    both = sorted(set(generators) & set(chat))
+    if both:
+        raise InvalidInput(f"the name {both[0]!r} is both a generative model's and a chat model's", field="chat")
+    capable = {n: cm for n, gm in generators.items() if (cm := as_chat_model(gm)) is not None}
+    return {**generators, **{n: ConversationRunner.of(cm) for n, cm in chat.items()}}, {**capable, **chat}
 
 
 def served_model_id(model: Any, configured: str | None = None) -> str:
