@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 from ..errors import InvalidInput
+from .eval_mllm import MLLM_TASKS, evaluate_embodied, evaluate_mllm, format_mllm
 from .eval_vl import VIDEOBERT_TASKS, VL_TASKS, check_vl_task, evaluate_vl, format_vl
 
 GENERATION: tuple[str, ...] = ("captioning", "vqa", "asr")
@@ -47,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split of a generated data set (default: test; other sources are "
                    "read whole)")
     p.add_argument("--task", choices=("retrieval", "zeroshot", "classification", *GENERATION, *VL_TASKS[:2],
-                                          *VIDEOBERT_TASKS), default="retrieval",
-                   help="matching, grounding (and vqa): a vl_encoder run (docs/architectures.md); motion: a videobert run")
+                                          *VIDEOBERT_TASKS, *MLLM_TASKS), default="retrieval",
+                   help="matching, grounding (and vqa): a vl_encoder run (docs/architectures.md); motion: a videobert "
+                        "run; instruct, fewshot, embodied (and captioning, vqa): an mllm run (docs/mllm.md)")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many samples")
     p.add_argument("--all-captions", action="store_true",
                    help="retrieval: every metadata caption (e.g. English and Chinese) is an extra caption")
@@ -70,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--candidates", metavar="MODEL", help="matching: the dual encoder whose ranking the matching "
                    "head re-ranks (needed by every family but blip, which has its own)")
     v.add_argument("--rerank-k", type=int, default=16, metavar="K", help="matching: candidates re-ranked (16)")
+    m = p.add_argument_group("multimodal LLMs (mllm runs: instruct, fewshot, embodied)")
+    m.add_argument("--shots", default="0,2,4,8", help="fewshot: shot counts, comma-separated (0,2,4,8)")
+    m.add_argument("--fewshot-tasks", default="color_of", help="fewshot: untrained question forms "
+                   "(color_of: 'star ->' asks the star's colour; size_of: 'star size:')")
+    m.add_argument("--limit-queries", type=int, default=200, metavar="N", help="fewshot: queries per shot count")
     g = p.add_argument_group("generation (captioning, vqa, asr)")
     g.add_argument("--baseline-model", metavar="MODEL", help="captioning: an alignment run or pretrained embedding "
                    "model; its nearest training caption per test image is the retrieval baseline")
@@ -124,6 +131,13 @@ def check_task(run: str, task: str) -> str:
                                "checkpoint is evaluated with --task retrieval or --task zeroshot", field="--task")
         return "alignment"
     arch = str(read_run_config(resolve_run(run))["arch"])
+    if arch == "mllm":
+        if task not in (*MLLM_TASKS, "captioning", "vqa"):
+            raise InvalidInput(f"{run} is a multimodal LLM (mllm) run: evaluate it with --task "
+                               f"{', '.join(MLLM_TASKS)}, captioning or vqa", field="--task")
+        return arch
+    if task in MLLM_TASKS:
+        raise InvalidInput(f"--task {task} needs an mllm run; {run} is an {arch!r} run", field="--task")
     if arch in ("vl_encoder", "videobert"):
         check_vl_task(run, task, arch)
         return arch
@@ -183,18 +197,24 @@ def main(argv: list[str] | None = None) -> int:
     arch = check_task(args.run, args.task)
     if args.late_fusion:
         check_task(args.late_fusion, "classification")
-    if arch in ("vl_encoder", "videobert"):
+    if arch in ("vl_encoder", "videobert") or args.task in MLLM_TASKS:
         pass
     elif args.task in GENERATION:
         _check_generation_flags(args)
     elif args.baseline_model or args.blind:
         raise InvalidInput("--baseline-model and --blind are for --task captioning and vqa", field="--task")
+    if args.task == "embodied":  # closed loop: the data dir's test tasks, no samples read
+        loop = {"run": args.run, "data": args.data, "split": "test", "task": args.task, **evaluate_embodied(args)}
+        print(json.dumps(loop, ensure_ascii=False) if args.json else format_result(loop))
+        return 0
     ds, samples = _read(args)
     mods = args.modalities.split(",") if args.modalities else None
     progress = not args.no_progress
     result: dict[str, Any] = {"run": args.run, "data": args.data, "split": args.split, "task": args.task}
     if arch in ("vl_encoder", "videobert"):
         result.update(evaluate_vl(args, samples))
+    elif args.task in MLLM_TASKS:
+        result.update(evaluate_mllm(args, samples))
     elif args.task == "classification":
         from ..eval.classification import evaluate_classification
 
@@ -310,6 +330,8 @@ def format_result(r: dict[str, Any]) -> str:
     lines = [f"{r['task']} on {r['data']} [{r['split'] or 'all'}]"]
     if r.get("arch") in ("vl_encoder", "videobert"):
         return "\n".join(lines + format_vl(r))
+    if r["task"] in MLLM_TASKS:
+        return "\n".join(lines + format_mllm(r))
     if r["task"] == "classification":
         return "\n".join(lines + format_classification(r))
     if r["task"] in GENERATION:

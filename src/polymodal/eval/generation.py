@@ -162,7 +162,7 @@ def evaluate_captioning(model: GenerativeModel, samples: Sequence[Sample], *,
     "scores": {lang: {"n", system: {metric: value}}}, "attributes": {system: {"overall"|"seen"|"heldout":
     {"n", "color", "shape", "size", "position", "relation", "all"}}}`` (shapes pictures only), ``"speed",
     "decoding", "predictions"}``."""
-    _check_task(model, ("captioning",), "captioning")
+    _check_task(model, ("captioning", "chat"), "captioning")
     media = model.modalities[0]
     items = task_items(samples, "captioning", media, _langs(model, langs))
     if not items:
@@ -228,7 +228,7 @@ def evaluate_vqa(model: GenerativeModel, samples: Sequence[Sample], *, train_sam
     "accuracy": {"overall": row, "per_type": {type: row}, "per_lang": {lang: row}, "seen": row, "heldout":
     row}`` with ``row = {"n", system: accuracy}`` (seen/heldout when the samples carry ``metadata["heldout"]``),
     ``"prior_answers": {lang: {type: answer}}, "speed": {system: ...}, "decoding", "predictions"}``."""
-    _check_task(model, ("vqa", "lm"), "vqa")
+    _check_task(model, ("vqa", "lm", "chat"), "vqa")
     media = model.modalities[0] if model.modalities else None
     items = task_items(samples, "vqa" if media else "lm", media, _langs(model, langs))
     if not items:

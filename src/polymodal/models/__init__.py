@@ -10,6 +10,9 @@ from .front import RUNTIMES, is_polymodal_run, load_embedding_model
 from .fusion_config import FusionModelConfig
 from .lm import CausalLM, LMConfig
 from .loading import load_model, resolve_run
+from .mllm import MultimodalLM  # noqa: F401  (registers arch mllm)
+from .mllm_config import MLLMConfig  # noqa: F401
+from .mllm_front import MLLMChat, load_mllm  # noqa: F401  (registers the mllm chat loader)
 from .registry import ARCHS, MODEL_CONFIGS, build_model, model_config
 from .videobert import VideoBert, VideoBertConfig  # noqa: F401  (registers arch videobert)
 from .vl_encoder import VLEncoder, VLEncoderConfig

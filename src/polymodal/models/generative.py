@@ -25,7 +25,7 @@ from ..rundir import CONFIG, read_run_config
 from .generator import TextGenerator, TokenStreamer
 from .loading import load_model, resolve_run
 
-GENERATIVE_ARCHS: tuple[str, ...] = ("lm", "captioner", "vqa", "asr")
+GENERATIVE_ARCHS: tuple[str, ...] = ("lm", "captioner", "vqa", "asr", "mllm")
 MAX_BATCH = 64  # rows decoded together
 
 

@@ -1,0 +1,94 @@
+"""The token layout of ``arch: "mllm"`` sequences, shared by training, generation and chat.
+
+A sequence is ``<s>`` then one or more *segments*; a segment is an optional picture followed by turns::
+
+    <s> [IMG]*K  user text <sep> assistant text </s>  user text <sep> assistant text </s>  [IMG]*K  user ...
+
+``[IMG]`` is the picture's placeholder: ``K`` slots that the bridge fills with soft tokens (LLaVA: one per patch;
+BLIP-2: one per query) or, for Flamingo, a single marker token whose position tells the text after it which
+picture its cross-attention reads. The placeholder is the LM's last vocabulary row (never a trained token; it is
+suppressed in generation). Training predicts every assistant token and its ``</s>``; a generation prompt ends
+with the last user turn's ``<sep>``. A system message is put before the first user turn's text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import InvalidInput
+from ..lm.tokenizer import BOS, EOS, PAD, SEP, TextTokenizer
+from .generator import pad_sequences
+
+CAPTION_PROMPT = {"en": "Write a caption for the picture.", "zh": "为这张图片写一句说明。"}
+
+
+@dataclass
+class Segment:
+    """An optional picture (an index into the pictures of the batch) and the turns about it; the last turn's
+    answer is None in a generation prompt."""
+
+    image: int | None
+    turns: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    targets: list[bool]  # targets[t]: token t is predicted (an assistant token or its </s>)
+    images: list[int]  # the pictures of the sequence, in order
+
+
+def encode_row(tok: TextTokenizer, segments: Sequence[Segment], slots: int, image_token: int,
+               max_len: int) -> Encoded:
+    """One sequence's ids; cut to ``max_len`` tokens (a cut never splits a picture's slots: the picture and
+    what follows it go)."""
+    ids, targets, images = [BOS], [False], []
+    for seg in segments:
+        if seg.image is not None:
+            if len(ids) + slots > max_len:
+                break
+            ids += [image_token] * slots
+            targets += [False] * slots
+            images.append(seg.image)
+        for user, answer in seg.turns:
+            u = tok.encode(user) + [SEP]
+            ids += u
+            targets += [False] * len(u)
+            if answer is None:
+                break
+            a = tok.encode(answer) + [EOS]
+            ids += a
+            targets += [True] * len(a)
+    return Encoded(ids[:max_len], targets[:max_len], images)
+
+
+def prompt_row(tok: TextTokenizer, segments: Sequence[Segment], slots: int, image_token: int,
+               max_len: int) -> Encoded:
+    """A generation prompt: like `encode_row`, but it must end with an open question and fit whole."""
+    if not segments or not segments[-1].turns or segments[-1].turns[-1][1] is not None:
+        raise InvalidInput("a prompt ends with a user turn to answer", field="messages")
+    enc = encode_row(tok, segments, slots, image_token, max_len + 10**6)
+    if len(enc.ids) >= max_len:
+        raise InvalidInput(f"the conversation is {len(enc.ids)} tokens with its pictures; this model reads at "
+                           f"most {max_len} (prompt and answer together)", field="messages")
+    return enc
+
+
+def right_padded(rows: Sequence[Encoded], device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, loss mask (B, L-1): whether predicting ids[:, t+1] counts)."""
+    ids, mask = pad_sequences([r.ids for r in rows], PAD)
+    tgt = torch.zeros_like(ids, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        tgt[i, :len(r.targets)] = torch.tensor(r.targets, dtype=torch.bool)
+    return ids.to(device), mask.to(device), tgt[:, 1:].to(device)
+
+
+def left_padded_rows(rows: Sequence[Encoded], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = pad_sequences([r.ids for r in rows], PAD, left=True)
+    return ids.to(device), mask.to(device)
+
+
+__all__ = ["CAPTION_PROMPT", "Encoded", "Segment", "encode_row", "left_padded_rows", "prompt_row", "right_padded"]
