@@ -32,10 +32,10 @@ import torch
 
 RUNS: dict[str, tuple[str, str, int, list[str]]] = {  # name -> (recipe, data key, steps, extra --set)
     "llava_s1": ("mllm_llava_align_tiny", "instruct", 300, []),
-    "llava": ("mllm_llava_tiny", "instruct", 1000, ["model.init_from={runs}/llava_s1"]),
+    "llava": ("mllm_llava_tiny", "instruct", 800, ["model.init_from={runs}/llava_s1"]),
     "blip2_s1": ("mllm_blip2_qformer_tiny", "base", 300, []),
-    "blip2": ("mllm_blip2_tiny", "base", 800, ["model.init_from={runs}/blip2_s1"]),
-    "flamingo": ("mllm_flamingo_tiny", "base", 800, []),
+    "blip2": ("mllm_blip2_tiny", "base", 500, ["model.init_from={runs}/blip2_s1"]),
+    "flamingo": ("mllm_flamingo_tiny", "base", 400, []),
     "palme_vision": ("palme_tiny", "tabletop", 600, []),
     "palme_state": ("palme_tiny", "tabletop", 600, ["model.input=state"]),
     "palme_text": ("palme_tiny", "tabletop", 600, ["model.input=none"]),
