@@ -26,6 +26,7 @@ class _Msg:
     role: str
     content: str
     images: tuple[np.ndarray, ...] = field(default_factory=tuple)
+    audio: tuple[tuple[np.ndarray, int], ...] = field(default_factory=tuple)
 
 
 def _chat(args: argparse.Namespace) -> Any:
@@ -44,10 +45,10 @@ def evaluate_instruct(args: argparse.Namespace, samples: Sequence[Any]) -> dict[
     from ..eval.instruct import instruct_eval, instruct_items
 
     chat = _chat(args)
-    reads_image = "image" in chat.modalities
+    reads_image, hears = "image" in chat.modalities, "audio" in chat.modalities
     items = instruct_items(samples, langs=args.lang and [args.lang] or chat.model.langs)
-    spoken = [it for it in items if it.spoken]
-    items = [it for it in items if not it.spoken]
+    spoken = [it for it in items if it.spoken and not (hears and it.sample.audio is not None)]
+    items = [it for it in items if not it.spoken or (hears and it.sample.audio is not None)]
     if not items:
         raise InvalidInput("no conversations to evaluate (make the data with `data make shapes --conversations`)",
                            field="--data")
@@ -57,11 +58,15 @@ def evaluate_instruct(args: argparse.Namespace, samples: Sequence[Any]) -> dict[
     def respond(batch: Sequence[Any]) -> list[str]:
         convs = []
         for it in batch:
-            msgs, pic = [], reads_image
+            msgs, pic, first = [], reads_image, True
             for t in it.history:
                 images = (it.sample.image,) if pic and t.role == "user" and it.sample.image is not None else ()
                 pic = pic and not images
-                msgs.append(_Msg(t.role, t.content, images))
+                if it.spoken and first and t.role == "user":  # the first question is heard, not read
+                    msgs.append(_Msg(t.role, "", images, ((it.sample.audio, it.sample.sample_rate),)))
+                else:
+                    msgs.append(_Msg(t.role, t.content, images))
+                first = first and t.role != "user"
             convs.append(msgs)
         try:
             out: list[str] = chat.chat(convs, options)
@@ -145,7 +150,8 @@ def format_mllm(r: dict[str, Any]) -> list[str]:
     if r["task"] == "instruct":
         lines.append(format_instruct_table(r))
         if r.get("spoken_skipped"):
-            lines.append(f"({r['spoken_skipped']} spoken-question turns skipped: this model reads no audio)")
+            lines.append(f"({r['spoken_skipped']} spoken-question turns skipped: this model reads no audio, or the "
+                         "sample has none)")
     elif r["task"] == "fewshot":
         for task, rep in r.items():
             if not isinstance(rep, dict) or "majority" not in rep:

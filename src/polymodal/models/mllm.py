@@ -24,15 +24,16 @@ from typing import Any
 
 import torch
 
-from ..config import to_dict
+from ..config import from_dict, to_dict
 from ..data.sample import Batch, Sample
-from ..errors import InvalidInput, require
+from ..errors import ConfigError, InvalidInput, require
 from ..lm.decoding import DecodingOptions
 from ..lm.tokenizer import BOS, EOS, PAD, TextTokenizer
 from .gen_batch import hf_generate, pick, token_loss
 from .generator import MAX_TOKENIZER_TEXTS, TextGenerator, TokenStreamer, check_prompts, pad_sequences
+from .mllm_audio import AudioBridge, audio_source, scatter
 from .mllm_bridges import GenericBridge, build_bridge, load_plain
-from .mllm_config import MLLMConfig
+from .mllm_config import AudioSpec, MLLMConfig
 from .mllm_seq import CAPTION_PROMPT, Encoded, Segment, encode_row, left_padded_rows, prompt_row, right_padded
 from .mllm_sources import add_lora, hf_config, lm_source, load_init_weights, merged_state_dict, vision_source
 from .registry import ARCHS, load_config
@@ -56,14 +57,22 @@ class MultimodalLM(TextGenerator):
         # two rows past the LM's vocabulary: the picture placeholder and the audio one (never tokenizer ids)
         text_cfg = {**lsrc.hf_config, "vocab_size": int(lsrc.hf_config["vocab_size"]) + EXTRA_ROWS}
         config["vision"] = {**config.get("vision", {}), "hf_config": vsrc.hf_config}
+        aspec: AudioSpec | None = None
+        astate = None
+        if c.audio is not None:
+            if c.bridge != "llava":
+                raise ConfigError("speech input is wired for the llava bridge", field="audio")
+            aspec = from_dict(AudioSpec, dict(c.audio))
+            whisper, feats, astate = audio_source(aspec)
+            config["audio"] = {**c.audio, "hf_config": whisper, "features": feats}
         config["lm"] = {**config.get("lm", {}), "hf_config": lsrc.hf_config}
         super().__init__(config)
         self.c = c
-        self._pending = {"vision": vsrc.state, "lm": lsrc.state}
+        self._pending = {"vision": vsrc.state, "lm": lsrc.state, "audio": astate}
         self.image_token = self.vocab_size  # the first row past the tokenizer's
         self.max_len = c.max_len
         self.langs = list(c.langs)
-        self.modalities = ("image",) if c.input == "image" else ()
+        self.modalities = (("image",) if c.input == "image" else ()) + (("audio",) if aspec else ())
         self.image_size = int(vsrc.hf_config["image_size"])
         self.bridge = c.bridge
         self.hf: Any = None
@@ -74,6 +83,11 @@ class MultimodalLM(TextGenerator):
             self.generic = build_bridge(c, hf_config(vsrc.hf_config), hf_config(text_cfg))
         self.slots = self.generic.slots if self.generic is not None else (self.image_size // int(
             vsrc.hf_config["patch_size"])) ** 2
+        self.audio: AudioBridge | None = None
+        self.audio_slots = 0
+        if aspec is not None:
+            self.audio = AudioBridge(aspec, self.config["audio"]["hf_config"], int(lsrc.hf_config["hidden_size"]))
+            self.audio_slots = aspec.slots
         self._freeze()
 
     # ------------------------------------------------------------------ parts
@@ -129,7 +143,10 @@ class MultimodalLM(TextGenerator):
             self.vision_tower().load_state_dict(vision, strict=False)
         if lm is not None:
             self._load_lm(lm)
-        self._pending = {"vision": None, "lm": None}
+        audio = self._pending.get("audio")
+        if audio is not None and self.audio is not None:
+            self.audio.encoder.load_state_dict(audio, strict=True)
+        self._pending = {"vision": None, "lm": None, "audio": None}
         if self.c.init_from is not None:
             load_init_weights(self, self.c.init_from)
         super().fit_data(samples)
@@ -150,19 +167,24 @@ class MultimodalLM(TextGenerator):
 
     # ------------------------------------------------------------------ data
     def preprocess(self) -> dict[str, dict[str, Any]]:
-        if self.c.input != "image":
-            return {}
-        return {"image": {"size": self.image_size, "mean": MEAN, "std": STD}}
+        out: dict[str, dict[str, Any]] = {}
+        if self.c.input == "image":
+            out["image"] = {"size": self.image_size, "mean": MEAN, "std": STD}
+        if self.audio is not None:
+            out["audio"] = {"audio": dict(self.config["audio"]["features"])}
+        return out
 
     def hf_model(self) -> Any:
         return self.hf
 
-    def candidates(self, sample_targets: Any, metadata: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
-        """(lang, turns) of every target sequence of a sample this model learns from."""
-        out: list[tuple[str, list[tuple[str, str]]]] = []
+    def candidates(self, sample_targets: Any, metadata: Mapping[str, Any]
+                   ) -> list[tuple[str, list[tuple[str, str]], bool]]:
+        """(lang, turns, spoken) of every target sequence of a sample this model learns from; spoken: the first
+        question is the sample's audio (its text is then not shown)."""
+        out: list[tuple[str, list[tuple[str, str]], bool]] = []
         kinds = self.c.data
         if "captions" in kinds:
-            out += [(x.lang, [(CAPTION_PROMPT.get(x.lang, CAPTION_PROMPT["en"]), x.text)])
+            out += [(x.lang, [(CAPTION_PROMPT.get(x.lang, CAPTION_PROMPT["en"]), x.text)], False)
                     for x in sample_targets.captions if x.media == "image" and x.lang in self.langs]
         if "qa" in kinds:
             for q in sample_targets.qa:
@@ -176,17 +198,21 @@ class MultimodalLM(TextGenerator):
                     if not question:
                         raise InvalidInput("input 'state' reads metadata['prompt_state'], which this sample lacks",
                                            field="metadata.prompt_state")
-                out.append((q.lang, [(question, q.answer)]))
+                out.append((q.lang, [(question, q.answer)], False))
         if "conversations" in kinds:
             for conv in getattr(sample_targets, "conversations", ()):
                 if conv.lang in self.langs:
-                    out.append((conv.lang, conversation_turns(conv.turns)))
+                    spoken = bool(conv.spoken and self.audio is not None)
+                    turns = conversation_turns(conv.turns)
+                    if spoken and turns:
+                        turns[0] = ("", turns[0][1])
+                    out.append((conv.lang, turns, spoken))
         return out
 
     def corpus(self, samples: Iterable[Sample]) -> list[str]:
         def texts() -> Iterator[str]:
             for s in samples:
-                for _, turns in self.candidates(s.targets, s.metadata):
+                for _, turns, _ in self.candidates(s.targets, s.metadata):
                     for user, answer in turns:
                         yield user
                         yield answer
@@ -195,13 +221,16 @@ class MultimodalLM(TextGenerator):
     def training_rows(self, batch: Batch) -> list[list[Segment]]:
         """``sequences_per_sample`` drawn targets per sample (all in evaluation: the first ones)."""
         have = batch.mask.get("image") if self.c.input == "image" else None
+        heard = batch.mask.get("audio") if self.audio is not None else None
         options = [self.candidates(t, m) for t, m in zip(batch.targets, batch.metadata, strict=True)]
+        if heard is not None:  # a spoken conversation of a sample without its audio is not trained on
+            options = [[o for o in opts if not o[2] or bool(heard[i])] for i, opts in enumerate(options)]
         drawn = pick([len(o) for o in options], self.c.sequences_per_sample, self.training)
         rows: list[list[Segment]] = []
         for i, (items, chosen) in enumerate(zip(options, drawn, strict=True)):
             image = i if have is not None and bool(have[i]) else None
             for k in chosen:
-                rows.append([Segment(image, [(u, a) for u, a in items[k][1]])])
+                rows.append([Segment(image, [(u, a) for u, a in items[k][1]], audio=i if items[k][2] else None)])
         if self.c.shots and self.training and len(rows) > 1:
             rows = self._interleaved(rows)
         return rows
@@ -226,7 +255,7 @@ class MultimodalLM(TextGenerator):
     def _encode(self, rows: Sequence[Sequence[Segment]], prompt: bool) -> list[Encoded]:
         tok = self._tok()
         fn = prompt_row if prompt else encode_row
-        return [fn(tok, r, self.slots, self.image_token, self.max_len) for r in rows]
+        return [fn(tok, r, self.slots, self.image_token, self.max_len, self.audio_slots) for r in rows]
 
     def _images(self, encoded: Sequence[Encoded], pixels: torch.Tensor | None) -> torch.Tensor | None:
         order = [i for e in encoded for i in e.images]
@@ -236,14 +265,31 @@ class MultimodalLM(TextGenerator):
             raise InvalidInput("a sequence has a picture but the batch has none", field="image")
         return pixels[torch.tensor(order, device=pixels.device)]
 
-    def sequence_logits(self, rows: Sequence[Sequence[Segment]], pixels: torch.Tensor | None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _embeds(self, ids: torch.Tensor, encoded: Sequence[Encoded], images: torch.Tensor | None,
+                sounds: torch.Tensor | None) -> torch.Tensor:
+        """Llava's input embeddings with the pictures' and the clips' soft tokens written in (speech input)."""
+        embeds: torch.Tensor = self.hf.get_input_embeddings()(ids)
+        if images is not None:
+            feats = torch.stack(list(self.hf.model.get_image_features(pixel_values=images).pooler_output))
+            embeds = scatter(embeds, ids, self.image_token, feats, "image")
+        order = [i for e in encoded for i in e.audio]
+        clips = None
+        if order:
+            if sounds is None or self.audio is None:
+                raise InvalidInput("a sequence has a spoken question but the batch has no audio", field="audio")
+            clips = self.audio(sounds[torch.tensor(order, device=sounds.device)])
+        return scatter(embeds, ids, self.image_token + 1, clips, "audio")
+
+    def sequence_logits(self, rows: Sequence[Sequence[Segment]], pixels: torch.Tensor | None,
+                        sounds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, ids, loss mask) of training sequences."""
         encoded = self._encode(rows, prompt=False)
         device = self.image_token_device()
         ids, mask, loss_mask = right_padded(encoded, device)
         images = self._images(encoded, pixels)
-        if self.hf is not None:
+        if any(e.audio for e in encoded):
+            logits = self.hf(inputs_embeds=self._embeds(ids, encoded, images, sounds), attention_mask=mask).logits
+        elif self.hf is not None:
             logits = self.hf(input_ids=ids, attention_mask=mask, pixel_values=images).logits
         else:
             assert self.generic is not None
@@ -260,7 +306,8 @@ class MultimodalLM(TextGenerator):
         if not rows:  # nothing to learn in this batch: a zero loss that keeps the graph
             zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return torch.as_tensor(zero), {"loss": 0.0}
-        logits, ids, loss_mask = self.sequence_logits(rows, self._pixels(batch))
+        sounds = batch.data.get("audio") if self.audio is not None else None
+        logits, ids, loss_mask = self.sequence_logits(rows, self._pixels(batch), sounds)
         loss, logs = token_loss(logits, ids, loss_mask)
         return loss, {"loss": float(loss.detach()), **logs}
 
@@ -286,8 +333,10 @@ class MultimodalLM(TextGenerator):
         return losses["loss"], {k: float(v.detach()) for k, v in losses.items()}
 
     def decode(self, rows: Sequence[Sequence[Segment]], pixels: torch.Tensor | None,
-               options: DecodingOptions | None = None, streamer: TokenStreamer | None = None) -> list[str]:
-        """The reply to each row's open question (greedy unless ``options`` say otherwise)."""
+               options: DecodingOptions | None = None, streamer: TokenStreamer | None = None,
+               sounds: torch.Tensor | None = None) -> list[str]:
+        """The reply to each row's open question (greedy unless ``options`` say otherwise); ``sounds``: the
+        log-mel features of the clips the rows' segments point at."""
         encoded = self._encode(rows, prompt=True)
         device = self.image_token_device()
         ids, mask = left_padded_rows(encoded, device)
@@ -296,6 +345,12 @@ class MultimodalLM(TextGenerator):
         was = self.training
         self.eval()
         try:
+            if any(e.audio for e in encoded):
+                with torch.no_grad():
+                    embeds = self._embeds(ids, encoded, images, sounds)
+                return hf_generate(self.hf, tok, ids.shape[1], self.max_len, options, streamer, input_ids=ids,
+                                   inputs_embeds=embeds, attention_mask=mask,
+                                   suppress_tokens=[self.image_token, self.image_token + 1])
             if self.hf is not None:
                 return hf_generate(self.hf, tok, ids.shape[1], self.max_len, options, streamer, input_ids=ids,
                                    attention_mask=mask, pixel_values=images,

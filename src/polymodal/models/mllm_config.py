@@ -81,6 +81,31 @@ class LMSpec:
 
 
 @dataclass(frozen=True)
+class AudioSpec:
+    """Speech input (Qwen-Audio style): a Whisper encoder (an ``asr`` run's, ``from_run``, or fresh of these sizes),
+    its frames average-pooled to ``slots`` soft tokens by a 2-layer projector. Off unless ``model.audio`` is set."""
+
+    from_run: str | None = None
+    slots: int = 16
+    d_model: int = 64
+    layers: int = 2
+    heads: int = 2
+    ffn_dim: int = 256
+    n_mels: int = 80
+    sample_rate: int = 16000
+    n_fft: int = 800
+    hop_length: int = 640
+    chunk_seconds: int = 10
+    train: bool = False  # False: the encoder is frozen (the projector always trains)
+    hf_config: dict[str, Any] | None = None  # written on the first build (WhisperConfig.to_dict())
+    features: dict[str, Any] | None = None  # written on the first build (the log-mel transform)
+
+    def __post_init__(self) -> None:
+        require_ints(self, ("slots", "d_model", "layers", "heads", "ffn_dim", "n_mels", "sample_rate", "n_fft",
+                            "hop_length", "chunk_seconds"), "audio")
+
+
+@dataclass(frozen=True)
 class ProjectorSpec:
     """LLaVA's projector: Linear -> GELU -> Linear (transformers' LlavaMultiModalProjector)."""
 
@@ -102,6 +127,7 @@ class MLLMConfig:
     vision: VisionSpec = field(default_factory=VisionSpec)
     lm: LMSpec = field(default_factory=LMSpec)
     projector: ProjectorSpec = field(default_factory=ProjectorSpec)
+    audio: dict[str, Any] | None = None  # `AudioSpec` fields: speech input (spoken questions); None: off
     qformer: dict[str, Any] = field(default_factory=dict)  # bridges.qformer.QFormerSpec fields
     flamingo: dict[str, Any] = field(default_factory=dict)  # bridges.flamingo.FlamingoSpec fields
     shots: int = 0  # flamingo: training rows interleave up to this many extra (image, text) examples
@@ -131,5 +157,5 @@ class MLLMConfig:
 
 register_model_config("mllm")(MLLMConfig)
 
-__all__ = ["BRIDGES", "DATA_KINDS", "INPUTS", "LMSpec", "LM_TRAINING", "LoraSpec", "MLLMConfig", "ProjectorSpec",
+__all__ = ["AudioSpec", "BRIDGES", "DATA_KINDS", "INPUTS", "LMSpec", "LM_TRAINING", "LoraSpec", "MLLMConfig", "ProjectorSpec",
            "VisionSpec"]

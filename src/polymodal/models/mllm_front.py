@@ -34,8 +34,10 @@ class MLLMChat:
         self.model, self.transform, self.device, self.name = model, transform, device, name
         self.modalities: tuple[str, ...] = model.modalities
 
-    def rows(self, conversation: Sequence[Any], first_image: int) -> tuple[list[Segment], list[np.ndarray]]:
-        """A conversation (messages with ``role``, ``content``, ``images``) as segments + its pictures."""
+    def rows(self, conversation: Sequence[Any], first_image: int, first_clip: int = 0,
+             clips: list[tuple[np.ndarray, int]] | None = None) -> tuple[list[Segment], list[np.ndarray]]:
+        """A conversation (messages with ``role``, ``content``, ``images``, ``audio``) as segments + its pictures;
+        its audio clips (spoken words, before the message's text) are appended to ``clips``."""
         if not conversation:
             raise InvalidInput("the conversation is empty", field="messages")
         if conversation[-1].role != "user":
@@ -45,8 +47,10 @@ class MLLMChat:
         system, pending = "", None
         for i, m in enumerate(conversation):
             pics = list(getattr(m, "images", ()) or ())
-            if getattr(m, "audio", ()):
-                raise InvalidInput("this model does not read audio", field=f"messages[{i}].audio")
+            sounds = list(getattr(m, "audio", ()) or ())
+            if sounds and ("audio" not in self.modalities or m.role != "user"):
+                raise InvalidInput("this model reads no audio" if "audio" not in self.modalities else
+                                   "only user messages carry audio", field=f"messages[{i}].audio")
             if pics and m.role != "user":
                 raise InvalidInput("only user messages carry pictures", field=f"messages[{i}]")
             if pics and "image" not in self.modalities:
@@ -57,6 +61,13 @@ class MLLMChat:
                 for pic in pics:
                     segments.append(Segment(first_image + len(images)))
                     images.append(np.asarray(pic))
+                for clip in sounds:
+                    if clips is None:
+                        raise InvalidInput("audio needs a clip list", field=f"messages[{i}].audio")
+                    if segments[-1].turns or segments[-1].audio is not None:
+                        segments.append(Segment(None))
+                    segments[-1].audio = first_clip + len(clips)
+                    clips.append((np.asarray(clip[0], dtype=np.float32), int(clip[1])))
                 text = m.content
                 if system:
                     text, system = f"{system}\n{text}", ""
@@ -72,7 +83,7 @@ class MLLMChat:
         segments[-1].turns.append((pending or "", None))
         if len(images) > MAX_IMAGES:
             raise InvalidInput(f"at most {MAX_IMAGES} pictures per conversation", field="messages")
-        return [s for s in segments if s.image is not None or s.turns], images
+        return [s for s in segments if s.image is not None or s.audio is not None or s.turns], images
 
     def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor | None:
         if not images:
@@ -81,21 +92,29 @@ class MLLMChat:
         data: torch.Tensor = collate(samples, self.transform).data["image"].to(self.device)
         return data
 
+    def sounds(self, clips: Sequence[tuple[np.ndarray, int]]) -> torch.Tensor | None:
+        if not clips:
+            return None
+        samples = [Sample(id=f"a{i}", audio=wave, sample_rate=rate) for i, (wave, rate) in enumerate(clips)]
+        data: torch.Tensor = collate(samples, self.transform).data["audio"].to(self.device)
+        return data
+
     def chat(self, conversations: Sequence[Sequence[Any]], options: DecodingOptions | None = None,
              streamer: TokenStreamer | None = None) -> list[str]:
         rows: list[list[Segment]] = []
         images: list[np.ndarray] = []
+        clips: list[tuple[np.ndarray, int]] = []
         for conv in conversations:
-            segs, pics = self.rows(conv, len(images))
+            segs, pics = self.rows(conv, len(images), len(clips), clips)
             rows.append(segs)
             images += pics
         with torch.no_grad():
-            return self.model.decode(rows, self.pixels(images), options, streamer)
+            return self.model.decode(rows, self.pixels(images), options, streamer, sounds=self.sounds(clips))
 
     def count_tokens(self, conversation: Sequence[Any]) -> int:
-        segs, _ = self.rows(conversation, 0)
+        segs, _ = self.rows(conversation, 0, 0, [])
         m = self.model
-        return len(prompt_row(m._tok(), segs, m.slots, m.image_token, 10**6).ids)
+        return len(prompt_row(m._tok(), segs, m.slots, m.image_token, 10**6, m.audio_slots).ids)
 
     def __repr__(self) -> str:
         return f"MLLMChat({self.name!r}, bridge={self.model.bridge!r}, reads={self.modalities})"

@@ -31,6 +31,7 @@ class Segment:
 
     image: int | None
     turns: list[tuple[str, str | None]] = field(default_factory=list)
+    audio: int | None = None  # a spoken question: an index into the batch's audio clips (before the turns)
 
 
 @dataclass
@@ -38,13 +39,14 @@ class Encoded:
     ids: list[int]
     targets: list[bool]  # targets[t]: token t is predicted (an assistant token or its </s>)
     images: list[int]  # the pictures of the sequence, in order
+    audio: list[int] = field(default_factory=list)  # its audio clips, in order
 
 
 def encode_row(tok: TextTokenizer, segments: Sequence[Segment], slots: int, image_token: int,
-               max_len: int) -> Encoded:
-    """One sequence's ids; cut to ``max_len`` tokens (a cut never splits a picture's slots: the picture and
-    what follows it go)."""
-    ids, targets, images = [BOS], [False], []
+               max_len: int, audio_slots: int = 0) -> Encoded:
+    """One sequence's ids; cut to ``max_len`` tokens (a cut never splits a picture's or a clip's slots: it and
+    what follows it go). Audio slots use the token after ``image_token``."""
+    ids, targets, images, audio = [BOS], [False], [], []
     for seg in segments:
         if seg.image is not None:
             if len(ids) + slots > max_len:
@@ -52,6 +54,14 @@ def encode_row(tok: TextTokenizer, segments: Sequence[Segment], slots: int, imag
             ids += [image_token] * slots
             targets += [False] * slots
             images.append(seg.image)
+        if seg.audio is not None:
+            if not audio_slots:
+                raise InvalidInput("this model reads no audio", field="audio")
+            if len(ids) + audio_slots > max_len:
+                break
+            ids += [image_token + 1] * audio_slots
+            targets += [False] * audio_slots
+            audio.append(seg.audio)
         for user, answer in seg.turns:
             u = tok.encode(user) + [SEP]
             ids += u
@@ -61,15 +71,15 @@ def encode_row(tok: TextTokenizer, segments: Sequence[Segment], slots: int, imag
             a = tok.encode(answer) + [EOS]
             ids += a
             targets += [True] * len(a)
-    return Encoded(ids[:max_len], targets[:max_len], images)
+    return Encoded(ids[:max_len], targets[:max_len], images, audio)
 
 
 def prompt_row(tok: TextTokenizer, segments: Sequence[Segment], slots: int, image_token: int,
-               max_len: int) -> Encoded:
+               max_len: int, audio_slots: int = 0) -> Encoded:
     """A generation prompt: like `encode_row`, but it must end with an open question and fit whole."""
     if not segments or not segments[-1].turns or segments[-1].turns[-1][1] is not None:
         raise InvalidInput("a prompt ends with a user turn to answer", field="messages")
-    enc = encode_row(tok, segments, slots, image_token, max_len + 10**6)
+    enc = encode_row(tok, segments, slots, image_token, max_len + 10**6, audio_slots)
     if len(enc.ids) >= max_len:
         raise InvalidInput(f"the conversation is {len(enc.ids)} tokens with its pictures; this model reads at "
                            f"most {max_len} (prompt and answer together)", field="messages")

@@ -42,7 +42,10 @@ def _is_run(path: Path) -> bool:
         return False
 
 
-def _load_run(path: Path, arch: tuple[str, ...], field: str) -> Any:
+def load_run_model(path: Path, arch: tuple[str, ...], field: str) -> Any:
+    """A polymodal run of one of ``arch`` (a ConfigError naming ``field`` otherwise)."""
+    if not _is_run(path):
+        raise ConfigError(f"{path} is not a polymodal run folder", field=field)
     model, _, cfg = load_model(path)
     if cfg.get("arch") not in arch:
         raise ConfigError(f"{path} is a {cfg.get('arch')!r} run; expected {' or '.join(arch)}", field=field)
@@ -61,7 +64,7 @@ def vision_source(spec: VisionSpec) -> Source:
     path = Path(spec.from_run)
     if not _is_run(path):
         raise ConfigError(f"{path} is not a polymodal run folder (config.json + model.safetensors)", field="vision.from_run")
-    model = _load_run(path, ("captioner", "vqa"), "vision.from_run")
+    model = load_run_model(path, ("captioner", "vqa"), "vision.from_run")
     if getattr(model, "input", "image") != "image" or getattr(model, "blind", False):
         raise ConfigError(f"{path} does not read images", field="vision.from_run")
     encoder = model.model.encoder
@@ -85,7 +88,7 @@ def lm_source(spec: LMSpec, vocab_size: int) -> Source:
         return Source(_fresh_lm(spec, vocab_size))
     path = Path(spec.from_run)
     if _is_run(path):
-        model = _load_run(path, ("lm",), "lm.from_run")
+        model = load_run_model(path, ("lm",), "lm.from_run")
         lm = model.lm
         return Source(lm.config.to_dict(), {k: v.detach().clone() for k, v in lm.state_dict().items()},
                       model._tok().to_json())
@@ -172,4 +175,4 @@ def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["Source", "add_lora", "load_init_weights", "hf_config", "lm_source", "merged_state_dict", "vision_source"]
+__all__ = ["Source", "add_lora", "load_init_weights", "load_run_model", "hf_config", "lm_source", "merged_state_dict", "vision_source"]
