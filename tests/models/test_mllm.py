@@ -168,3 +168,24 @@ def test_prompt_too_long_is_a_clear_error(samples: list[Any]) -> None:
     with pytest.raises(InvalidInput, match="reads at most"):
         m.decode([[Segment(0, [("word " * 200, None)])]], g.batch_for(m, samples[:1]).data["image"])
     assert np.isfinite(0.0)
+
+
+def test_any_hf_causal_lm_folder_with_our_tokenizer(samples: list[Any], tmp_path: Path) -> None:
+    """A tiny random Llama (not an lm run) saved with a polymodal tokenizer becomes the LM, logits kept."""
+    lm = g.fitted(build_model("lm", {"tokenizer": g.TOKENIZER, **LM, "max_len": 64}), samples)
+    tok = lm._tok()
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=g.TOKENIZER["vocab_size"], hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)).eval()
+    llama.save_pretrained(tmp_path / "llama")
+    tok.to_hf().save_pretrained(tmp_path / "llama")
+    m = built(samples, lm={**LM, "from_run": str(tmp_path / "llama")}, input="none")
+    assert m.config["lm"]["hf_config"]["model_type"] == "llama"
+    ids = torch.tensor([[1, *tok.encode("how many shapes are there?"), 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(m.hf(input_ids=ids).logits[..., :llama.config.vocab_size],
+                                   llama(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
+    (tmp_path / "bare").mkdir()
+    llama.save_pretrained(tmp_path / "bare")  # no tokenizer.json: a clear error
+    with pytest.raises(ConfigError, match="tokenizer.json"):
+        built(samples, lm={**LM, "from_run": str(tmp_path / "bare")})
