@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from architectures import adopt  # the same run-adoption rule as the architectures bench
 
 RUNS: dict[str, tuple[str, str, int, list[str]]] = {  # name -> (recipe, data key, steps, extra --set)
     "llava_s1": ("mllm_llava_align_tiny", "instruct", 300, []),
@@ -55,20 +56,6 @@ def sh(cmd: list[str]) -> str:
 
 def polymodal(*args: str) -> str:
     return sh([sys.executable, "-m", "polymodal", *args])
-
-
-def adopt(out: Path, steps: int) -> dict[str, Any] | None:
-    try:
-        cfg = json.loads((out / "config.json").read_text())
-        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    except (OSError, ValueError):
-        return None
-    if cfg.get("step") != steps:
-        return None
-    timed = [x for x in lines if "elapsed_s" in x]
-    last = timed[-1] if timed else {}
-    return {"steps": steps, "train_s": round(float(last.get("elapsed_s", 0.0)), 1), "loss": last.get("loss"),
-            "adopted": True}
 
 
 def train(recipe: str, data: Path, out: Path, steps: int, sets: list[str], reuse: bool) -> dict[str, Any]:

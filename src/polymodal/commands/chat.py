@@ -22,23 +22,8 @@ from typing import Any, TextIO
 from ..errors import InvalidInput, PolymodalError
 from ..lm.decoding import DecodingOptions
 from ..models.chat import ChatMessage, ChatModel, finish_reason, load_chat_model
-from .generate import _options
+from .generate import _options, add_decoding_args
 from .search import load_inputs
-
-
-def add_decoding_args(p: argparse.ArgumentParser) -> None:
-    """`polymodal generate`'s decoding flags (read back by its `_options`)."""
-    g = p.add_argument_group("decoding")
-    g.add_argument("--max-new-tokens", type=int, default=48, metavar="N", help="tokens to generate at most (48)")
-    g.add_argument("--beams", type=int, default=1, metavar="N", help="beam search with N beams (default 1: greedy)")
-    g.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
-    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (1.0)")
-    g.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
-    g.add_argument("--top-p", type=float, metavar="P", help="sample within probability mass P (nucleus)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R", help="> 1 discourages repeats")
-    g.add_argument("--stop", action="append", default=[], metavar="STR", help="cut the text at STR (repeatable)")
-    g.add_argument("--seed", type=int, metavar="S", help="seed for sampling (reproducible)")
-    g.add_argument("--no-cache", dest="use_cache", action="store_false", help="decode without the KV cache (slow)")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,6 +27,21 @@ from ..models.generative import GenerativeModel
 from .search import load_inputs
 
 
+def add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """The decoding flags of `polymodal generate` and `polymodal chat` (read back by `_options`)."""
+    g = p.add_argument_group("decoding")
+    g.add_argument("--max-new-tokens", type=int, default=48, metavar="N", help="tokens to generate at most (48)")
+    g.add_argument("--beams", type=int, default=1, metavar="N", help="beam search with N beams (default 1: greedy)")
+    g.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
+    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (1.0)")
+    g.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
+    g.add_argument("--top-p", type=float, metavar="P", help="sample within probability mass P (nucleus)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R", help="> 1 discourages repeats")
+    g.add_argument("--stop", action="append", default=[], metavar="STR", help="cut the text at STR (repeatable)")
+    g.add_argument("--seed", type=int, metavar="S", help="seed for sampling (reproducible)")
+    g.add_argument("--no-cache", dest="use_cache", action="store_false", help="decode without the KV cache (slow)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polymodal generate", description=(
         "Generate text with a trained generative run (lm_tiny, caption_tiny, vqa_tiny, asr_tiny): from one input "
@@ -48,17 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--out", metavar="FILE", help="write one JSON line per item here (default: stdout)")
     g.add_argument("--limit", type=int, metavar="N", help="at most N items")
     g.add_argument("--lang", action="append", metavar="LANG", help="only items in this language (repeatable)")
-    g = p.add_argument_group("decoding")
-    g.add_argument("--max-new-tokens", type=int, default=48, metavar="N", help="tokens to generate at most (48)")
-    g.add_argument("--beams", type=int, default=1, metavar="N", help="beam search with N beams (default 1: greedy)")
-    g.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
-    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (1.0)")
-    g.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
-    g.add_argument("--top-p", type=float, metavar="P", help="sample within probability mass P (nucleus)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R", help="> 1 discourages repeats")
-    g.add_argument("--stop", action="append", default=[], metavar="STR", help="cut the text at STR (repeatable)")
-    g.add_argument("--seed", type=int, metavar="S", help="seed for sampling (reproducible)")
-    g.add_argument("--no-cache", dest="use_cache", action="store_false", help="decode without the KV cache (slow)")
+    add_decoding_args(p)
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="inputs decoded together (16)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", action="store_true", help="print JSON instead of plain text")
