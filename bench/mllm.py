@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from architectures import adopt  # the same run-adoption rule as the architectures bench
 
 RUNS: dict[str, tuple[str, str, int, list[str]]] = {  # name -> (recipe, data key, steps, extra --set)
