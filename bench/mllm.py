@@ -4,14 +4,16 @@ Pipeline (every run in its own `polymodal train` process, 1 torch thread; ``--re
 
 1. sources: ``lm_tiny`` (the frozen LM; 500 steps) and ``caption_tiny`` (its ViT is every bridge's vision tower;
    also the task-specific captioner BLIP-2 is compared with);
-2. LLaVA: stage 1 (projector on captions) -> stage 2 (LM + ViT on en/zh conversations) -> `eval --task instruct`;
+2. LLaVA: stage 1 (projector on captions) -> stage 2 (the LM on en/zh conversations, 800 steps) -> 1000 more
+   steps with the ViT unfrozen too (as Qwen-VL's later stages do) -> `eval --task instruct`; optionally
+   (``--only variants``) stage 2 with LoRA, and a text-only twin that never sees the picture;
 3. BLIP-2: stage 1 (Q-Former: ITC + ITM + ITG) -> stage 2 (queries prompt the frozen LM) -> captioning and VQA;
 4. Flamingo: resampler + gated cross-attention in the frozen LM, interleaved training -> `eval --task fewshot`
    on a question form never trained ("star ->" asks the star's colour);
 5. PaLM-E: the policy reading the picture, the scene as text (state-only), or neither (text-only), closed-loop
    on unseen tabletop tasks, beside the oracle, an instruction-order policy and a random one.
 
-    python bench/mllm.py [--reuse] [--limit 150] [--only llava,blip2,flamingo,palme]
+    python bench/mllm.py [--reuse] [--limit 150] [--only llava,blip2,flamingo,palme,variants]
 
 Prints one JSON line and writes docs/results/mllm.md (the VQA reference is vqa_tiny's row of
 docs/results/generation.md, a separate 2000-step run; the captioning reference is this script's caption_tiny)."""
@@ -35,6 +37,9 @@ from architectures import adopt  # the same run-adoption rule as the architectur
 RUNS: dict[str, tuple[str, str, int, list[str]]] = {  # name -> (recipe, data key, steps, extra --set)
     "llava_s1": ("mllm_llava_align_tiny", "instruct", 300, []),
     "llava": ("mllm_llava_tiny", "instruct", 800, ["model.init_from={runs}/llava_s1"]),
+    "llava_ft": ("mllm_llava_tiny", "instruct", 1000, ["model.init_from={runs}/llava", "model.vision.train=true"]),
+    "llava_lora": ("mllm_llava_tiny", "instruct", 800, ["model.init_from={runs}/llava_s1", "model.lm.train=lora"]),
+    "llava_blind": ("mllm_llava_tiny", "instruct", 800, ["model.init_from={runs}/llava_s1", "model.input=none"]),
     "blip2_s1": ("mllm_blip2_qformer_tiny", "base", 300, []),
     "blip2": ("mllm_blip2_tiny", "base", 500, ["model.init_from={runs}/blip2_s1"]),
     "flamingo": ("mllm_flamingo_tiny", "base", 400, []),
@@ -42,7 +47,7 @@ RUNS: dict[str, tuple[str, str, int, list[str]]] = {  # name -> (recipe, data ke
     "palme_state": ("palme_tiny", "tabletop", 600, ["model.input=state"]),
     "palme_text": ("palme_tiny", "tabletop", 600, ["model.input=none"]),
 }
-GROUPS = {"llava": ["llava_s1", "llava"], "blip2": ["blip2_s1", "blip2"], "flamingo": ["flamingo"],
+GROUPS = {"llava": ["llava_s1", "llava", "llava_ft"], "variants": ["llava_lora", "llava_blind"], "blip2": ["blip2_s1", "blip2"], "flamingo": ["flamingo"],
           "palme": ["palme_vision", "palme_state", "palme_text"]}
 VQA_REFERENCE = {"overall": 0.600, "seen": 0.619, "heldout": 0.585}  # docs/results/generation.md, vqa_tiny
 
@@ -105,7 +110,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=6000, help="shapes samples (default 6000)")
     p.add_argument("--tasks", type=int, default=2000, help="tabletop tasks (default 2000)")
     p.add_argument("--limit", type=int, default=150, help="test samples for instruct/captioning/vqa (150)")
-    p.add_argument("--only", default="llava,blip2,flamingo,palme")
+    p.add_argument("--only", default="llava,blip2,flamingo,palme", help="groups: llava, variants (LoRA and "
+                   "text-only stage 2), blip2, flamingo, palme")
     p.add_argument("--reuse", action="store_true", help="adopt finished runs with the same step count")
     p.add_argument("--out", default="docs/results/mllm.md")
     args = p.parse_args()
@@ -130,8 +136,14 @@ def main() -> int:
                                    [s.format(runs=runs) for s in sets] + sources, args.reuse)
     lim = ["--limit", str(args.limit)]
     if "llava" in only:
-        results["llava_instruct"] = evaluate(runs / "llava", data["instruct"], "instruct", *lim,
+        results["llava_instruct"] = evaluate(runs / "llava_ft", data["instruct"], "instruct", *lim,
                                              "--max-new-tokens", "32")
+        results["llava_800_instruct"] = evaluate(runs / "llava", data["instruct"], "instruct", *lim,
+                                                 "--max-new-tokens", "32")
+    if "variants" in only:
+        for name in GROUPS["variants"]:
+            results[f"{name}_instruct"] = evaluate(runs / name, data["instruct"], "instruct", *lim,
+                                                   "--max-new-tokens", "32")
     if "blip2" in only:
         results["blip2_vqa"] = evaluate(runs / "blip2", data["base"], "vqa", *lim, "--train-split", "none",
                                         "--lang", "en", "--max-new-tokens", "8")

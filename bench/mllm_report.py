@@ -102,6 +102,19 @@ def write_report(out: Path, machine: dict[str, Any], training: dict[str, Any], r
                 [[k, *(f(v[c]) for c in cols)] for k, v in pope.get("by_setting", {}).items()] + \
                 [[f"lang {k}", *(f(v[c]) for c in cols)] for k, v in pope.get("by_lang", {}).items()]
             lines += table(["setting", *cols], rows)
+    variants = [(label, results.get(key)) for label, key in (
+        ("stage 2, 800 steps, ViT frozen", "llava_800_instruct"),
+        ("+ 1000 steps with the ViT tuned (the row above)", "llava_instruct"),
+        ("LoRA r=16 (lm.train lora)", "llava_lora_instruct"),
+        ("text only (input none: never sees the picture)", "llava_blind_instruct"))]
+    if sum(1 for _, r in variants if r) > 1:
+        lines += ["", "### LLaVA stage 2 and its variants (same data and stage-1 start)", ""]
+        lines += table(["variant", "instruction acc", "seen pairs", "held-out pairs", "en", "zh",
+                        "POPE acc", "POPE false yes"],
+                       [[label, f(get(r, "instruct", "accuracy")), f(get(r, "pairs", "seen", "accuracy")),
+                         f(get(r, "pairs", "heldout", "accuracy")), f(get(r, "by_lang", "en", "accuracy")),
+                         f(get(r, "by_lang", "zh", "accuracy")), f(get(r, "pope", "accuracy")),
+                         f(get(r, "pope", "false_yes_rate"))] for label, r in variants if r])
     few = get(results, "flamingo_fewshot")
     if few:
         lines += ["", "## Flamingo: in-context few-shot on a question form never trained", "",
