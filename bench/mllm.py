@@ -44,11 +44,12 @@ RUNS: dict[str, tuple[str, str, int, list[str]]] = {  # name -> (recipe, data ke
     "blip2": ("mllm_blip2_tiny", "base", 500, ["model.init_from={runs}/blip2_s1"]),
     "flamingo": ("mllm_flamingo_tiny", "base", 400, []),
     "palme_vision": ("palme_tiny", "tabletop", 600, []),
+    "palme_vision_ft": ("palme_tiny", "tabletop", 1000, ["model.init_from={runs}/palme_vision"]),
     "palme_state": ("palme_tiny", "tabletop", 600, ["model.input=state"]),
     "palme_text": ("palme_tiny", "tabletop", 600, ["model.input=none"]),
 }
 GROUPS = {"llava": ["llava_s1", "llava", "llava_ft"], "variants": ["llava_lora", "llava_blind"], "blip2": ["blip2_s1", "blip2"], "flamingo": ["flamingo"],
-          "palme": ["palme_vision", "palme_state", "palme_text"]}
+          "palme": ["palme_vision", "palme_state", "palme_text", "palme_vision_ft"]}
 VQA_REFERENCE = {"overall": 0.600, "seen": 0.619, "heldout": 0.585}  # docs/results/generation.md, vqa_tiny
 
 
