@@ -39,14 +39,14 @@ RUNS: dict[str, tuple[str, str, int, list[str]]] = {  # name -> (recipe, data ke
     "llava": ("mllm_llava_tiny", "instruct", 800, ["model.init_from={runs}/llava_s1"]),
     "llava_ft": ("mllm_llava_tiny", "instruct", 1000, ["model.init_from={runs}/llava", "model.vision.train=true"]),
     "llava_lora": ("mllm_llava_tiny", "instruct", 800, ["model.init_from={runs}/llava_s1", "model.lm.train=lora"]),
-    "llava_blind": ("mllm_llava_tiny", "instruct", 800, ["model.init_from={runs}/llava_s1", "model.input=none"]),
+    "llava_blind": ("mllm_llava_tiny", "instruct", 800, ["model.init_from={runs}/llava_s1", "model.input=text"]),
     "blip2_s1": ("mllm_blip2_qformer_tiny", "base", 300, []),
     "blip2": ("mllm_blip2_tiny", "base", 500, ["model.init_from={runs}/blip2_s1"]),
     "flamingo": ("mllm_flamingo_tiny", "base", 400, []),
     "palme_vision": ("palme_tiny", "tabletop", 600, []),
     "palme_vision_ft": ("palme_tiny", "tabletop", 1000, ["model.init_from={runs}/palme_vision"]),
     "palme_state": ("palme_tiny", "tabletop", 600, ["model.input=state"]),
-    "palme_text": ("palme_tiny", "tabletop", 600, ["model.input=none"]),
+    "palme_text": ("palme_tiny", "tabletop", 600, ["model.input=text"]),
 }
 GROUPS = {"llava": ["llava_s1", "llava", "llava_ft"], "variants": ["llava_lora", "llava_blind"], "blip2": ["blip2_s1", "blip2"], "flamingo": ["flamingo"],
           "palme": ["palme_vision", "palme_state", "palme_text", "palme_vision_ft"]}

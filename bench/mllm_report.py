@@ -108,7 +108,7 @@ def write_report(out: Path, machine: dict[str, Any], training: dict[str, Any], r
         ("stage 2, 800 steps, ViT frozen", "llava_800_instruct"),
         ("+ 1000 steps with the ViT tuned (the row above)", "llava_instruct"),
         ("LoRA r=16 (lm.train lora)", "llava_lora_instruct"),
-        ("text only (input none: never sees the picture)", "llava_blind_instruct"))]
+        ("text only (input text: never sees the picture)", "llava_blind_instruct"))]
     if sum(1 for _, r in variants if r) > 1:
         lines += ["", "### LLaVA stage 2 and its variants (same data and stage-1 start)", ""]
         lines += table(["variant", "instruction acc", "seen pairs", "held-out pairs", "en", "zh",

@@ -92,7 +92,7 @@ def test_batched_generation_equals_one_by_one(samples: list[Any]) -> None:
 def test_lm_from_an_lm_run_keeps_its_logits(samples: list[Any], tmp_path: Path) -> None:
     lm = g.fitted(build_model("lm", {"tokenizer": g.TOKENIZER, **LM, "max_len": 64}), samples)
     lm.save_hf(tmp_path / "hf")
-    m = built(samples, lm={**LM, "from_run": str(tmp_path / "hf")}, input="none")
+    m = built(samples, lm={**LM, "from_run": str(tmp_path / "hf")}, input="text")
     tok = m._tok()
     ids = torch.tensor([[1, *tok.encode("what color is the star?"), 3]])
     with torch.no_grad():
@@ -179,7 +179,7 @@ def test_any_hf_causal_lm_folder_with_our_tokenizer(samples: list[Any], tmp_path
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)).eval()
     llama.save_pretrained(tmp_path / "llama")
     tok.to_hf().save_pretrained(tmp_path / "llama")
-    m = built(samples, lm={**LM, "from_run": str(tmp_path / "llama")}, input="none")
+    m = built(samples, lm={**LM, "from_run": str(tmp_path / "llama")}, input="text")
     assert m.config["lm"]["hf_config"]["model_type"] == "llama"
     ids = torch.tensor([[1, *tok.encode("how many shapes are there?"), 3]])
     with torch.no_grad():

@@ -81,7 +81,7 @@ def evaluate_instruct(args: argparse.Namespace, samples: Sequence[Any]) -> dict[
         return out
 
     report = instruct_eval(items, respond, batch_size=args.batch_size, progress=not args.no_progress)
-    return {"arch": "mllm", "bridge": chat.model.bridge, "input": chat.model.c.input,
+    return {"arch": "mllm", "bridge": chat.model.bridge, "model_input": chat.model.c.input,
             "spoken_skipped": len(spoken), "too_long": len(too_long), **report}
 
 
@@ -146,7 +146,8 @@ def evaluate_mllm(args: argparse.Namespace, samples: Sequence[Any]) -> dict[str,
 def format_mllm(r: dict[str, Any]) -> list[str]:
     from ..eval.instruct import format_instruct_table
 
-    lines = [f"bridge {r.get('bridge')}" + (f", input {r['input']}" if r.get("input") else "")]
+    shown = r.get("model_input") or (r.get("input") if isinstance(r.get("input"), str) else None)
+    lines = [f"bridge {r.get('bridge')}" + (f", reads {shown}" if shown else "")]
     if r["task"] == "instruct":
         lines.append(format_instruct_table(r))
         if r.get("spoken_skipped"):

@@ -17,7 +17,7 @@ from ..envs.episodes import load_tasks
 from ..errors import InvalidInput
 from .embodied import Policy, closed_loop_eval, prompt_policy
 
-VARIANT = {"image": "vision", "state": "state", "none": "text"}
+VARIANT = {"image": "vision", "state": "state", "text": "text"}
 
 
 def mllm_policy(chat: Any, options: Any = None) -> Policy:

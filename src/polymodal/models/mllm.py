@@ -14,7 +14,7 @@ Bridges (``model.bridge``):
 
 Parts come from earlier runs (``vision.from_run``: a captioner's ViT; ``lm.from_run``: an ``lm`` run or an HF
 causal-LM folder) or are fresh. ``input: "state"`` reads the scene as text instead of the picture (the question is
-``metadata["prompt_state"]``), ``input: "none"`` reads neither (the text-only baselines). The token layout is
+``metadata["prompt_state"]``), ``input: "text"`` reads neither (the text-only baselines). The token layout is
 `polymodal.models.mllm_seq`'s."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from .registry import register_model_config, require_ints
 BRIDGES: tuple[str, ...] = ("llava", "blip2", "flamingo")
 DATA_KINDS: tuple[str, ...] = ("captions", "qa", "conversations")
 LM_TRAINING: tuple[str, ...] = ("frozen", "lora", "full")
-INPUTS: tuple[str, ...] = ("image", "state", "none")
+INPUTS: tuple[str, ...] = ("image", "state", "text")
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class MLLMConfig:
     arch: str = "mllm"
     bridge: str = "llava"
     init_from: str | None = None  # an earlier mllm run (e.g. stage 1) whose weights start this one
-    input: str = "image"  # "image" | "state" (questions carry the scene as text, no picture) | "none" (text only)
+    input: str = "image"  # "image" | "state" (questions carry the scene as text, no picture) | "text" (text only)
     data: list[str] = field(default_factory=lambda: ["conversations"])  # target kinds trained on
     qa_types: list[str] | None = None  # qa targets of these types only (None: all)
     langs: list[str] = field(default_factory=lambda: ["en", "zh"])
