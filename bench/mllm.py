@@ -15,7 +15,8 @@ Pipeline (every run in its own `polymodal train` process, 1 torch thread; ``--re
 
     python bench/mllm.py [--reuse] [--limit 150] [--only llava,blip2,flamingo,palme,variants]
 
-Prints one JSON line and writes docs/results/mllm.md (the VQA reference is vqa_tiny's row of
+Prints one JSON line and writes docs/results/mllm.md from these results merged with earlier invocations' (kept in
+RUNS/bench_results.json, so ``--only`` groups can be run one after another) (the VQA reference is vqa_tiny's row of
 docs/results/generation.md, a separate 2000-step run; the captioning reference is this script's caption_tiny)."""
 
 from __future__ import annotations
@@ -164,6 +165,12 @@ def main() -> int:
     machine = {"cpus": os.cpu_count(), "processor": platform.machine(), "torch": torch.__version__,
                "load_start": round(load0, 2), "load_end": round(os.getloadavg()[0], 2)}
     print(json.dumps({"machine": machine, "training": training, "results": results}, ensure_ascii=False))
+    # earlier invocations' groups (--only) stay in the report: results merge into runs/bench_results.json
+    store = runs / "bench_results.json"
+    if store.is_file():
+        old = json.loads(store.read_text())
+        training, results = {**old.get("training", {}), **training}, {**old.get("results", {}), **results}
+    store.write_text(json.dumps({"machine": machine, "training": training, "results": results}, ensure_ascii=False))
     from mllm_report import write_report
 
     write_report(Path(args.out), machine, training, results, VQA_REFERENCE)
