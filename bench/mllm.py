@@ -156,6 +156,8 @@ def main() -> int:
     if "flamingo" in only:
         results["flamingo_fewshot"] = evaluate(runs / "flamingo", data["base"], "fewshot", "--limit", "600",
                                                "--limit-queries", str(args.limit), "--max-new-tokens", "3")
+        results["flamingo_vqa"] = evaluate(runs / "flamingo", data["base"], "vqa", *lim, "--train-split", "none",
+                                           "--lang", "en", "--max-new-tokens", "8")
     if "palme" in only:
         for name in GROUPS["palme"]:
             r = evaluate(runs / name, data["tabletop"], "embodied", "--max-new-tokens", "24")

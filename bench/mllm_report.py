@@ -85,7 +85,7 @@ def write_report(out: Path, machine: dict[str, Any], training: dict[str, Any], r
     lines += table(["target", "wanted", "measured", "met"], targets(results, vqa_ref))
     lines += ["", "## Training (fixed step budgets; wall time beside them)", ""]
     lines += table(["run", "recipe", "steps", "train s", "final loss"],
-                   [[k, f(v.get("recipe")), f(v.get("steps")), f(v.get("train_s")), f(v.get("loss"))]
+                   [[k, f(v.get("recipe")), f(v.get("steps")), f(v.get("train_s"), 1), f(v.get("loss"))]
                     for k, v in training.items()])
     ins = results.get("llava_instruct")
     if ins:
@@ -127,6 +127,12 @@ def write_report(out: Path, machine: dict[str, Any], training: dict[str, Any], r
                 shots = [k for k in rep if k.startswith("shots_")]
                 lines += table(["task", "n", "majority", *(k.replace("shots_", "") + "-shot" for k in shots)],
                                [[task, f(rep["n"]), f(rep["majority"]), *(f(rep[k]["accuracy"]) for k in shots)]])
+        fv = get(results, "flamingo_vqa", "accuracy")
+        if fv:
+            lines += ["", "The same run on the trained question forms (VQA accuracy, test split): overall "
+                      f"{f(get(fv, 'overall', 'model'))}, seen pairs {f(get(fv, 'seen', 'model'))}, held-out "
+                      f"{f(get(fv, 'heldout', 'model'))}; per type " + ", ".join(
+                          f"{t} {f(v.get('model'))}" for t, v in (fv.get("per_type") or {}).items()) + "."]
     if results.get("blip2_vqa"):
         acc = get(results, "blip2_vqa", "accuracy") or {}
         lines += ["", "## BLIP-2: only the bridge trained, against task-specific models", "",
