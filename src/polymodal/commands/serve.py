@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 DESCRIPTION = """Serve a model and its collections over HTTP: a JSON API (/v1/embed, /v1/search,
 /v1/collections/..., OpenAPI docs at /docs), the OpenAI-compatible /v1/embeddings and /v1/models, Prometheus
 metrics (/metrics) and a search page (/). With --generate, generative runs too: POST /v1/generate (captions,
-answers, with token streaming) and the OpenAI-compatible POST /v1/audio/transcriptions; --model and
---collection are then optional (a generation-only service).
+answers, with token streaming), the OpenAI-compatible POST /v1/audio/transcriptions and POST
+/v1/chat/completions (an mllm run chats with pictures and audio; vqa/lm/captioner/asr runs answer single
+turns); --model and --collection are then optional (a generation-only service).
 
 --collection DIR is one of:
   a collection (e.g. built by `polymodal index build`)  served as the default collection; new collections
@@ -75,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                    "or an ONNX export (with --runtime onnx); see docs/pretrained.md")
     p.add_argument("--collection", help="a collection, a new folder, or a folder of collections (with --model)")
     p.add_argument("--generate", action="append", default=[], metavar="[NAME=]RUN",
-                   help="a generative run (captioner, vqa, asr, lm) to serve, under the run folder's name or NAME "
+                   help="a generative run (captioner, vqa, asr, lm, mllm) to serve, under the run folder's name or NAME "
                         "(repeatable); clients name it as \"model\" (e.g. --generate whisper-1=runs/asr)")
     p.add_argument("--root", help="folder where POST /v1/collections/NAME creates collections "
                                   "(default: beside --collection)")
@@ -88,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-reads", action="store_true", help="require the key for reads (search, embed, media) too")
     g = p.add_argument_group("batching")
     g.add_argument("--max-batch", type=_int_in(1), default=32, help="items per model call (default 32)")
+    g.add_argument("--max-chat-messages", type=_int_in(1), default=32,
+                   help="messages per /v1/chat/completions request (default 32)")
     g.add_argument("--max-wait-ms", type=_number(0, strict=False), default=5.0,
                    help="longest wait for a batch to fill (default 5)")
     g.add_argument("--queue-size", type=_int_in(1), default=256,
@@ -148,7 +151,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:  # fastapi (a
                          limits=limits, cors_origins=tuple(args.cors_origin), max_connections=args.max_connections,
                          keep_alive_s=args.keep_alive_s, header_timeout_s=args.header_timeout_s,
                          body_timeout_s=args.body_timeout_s, max_header_bytes=args.max_header_kb * 1024,
-                         model_name=args.model_name)
+                         model_name=args.model_name, max_chat_messages=args.max_chat_messages)
 
 
 def layout(collection: str, root: str | None) -> tuple[Path | None, Path | None]:
