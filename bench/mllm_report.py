@@ -40,8 +40,8 @@ def targets(results: dict[str, Any], vqa_ref: dict[str, float]) -> list[list[str
     s0, s8 = get(few, "shots_0", "accuracy"), get(few, "shots_8", "accuracy")
     rise = None if s0 is None or s8 is None else round(s8 - s0, 3)
     vqa = get(results, "blip2_vqa", "accuracy", "overall", "model")
-    cider_b = get(results, "blip2_captioning", "scores", "en", "model", "CIDEr-D")
-    cider_c = get(results, "cap_captioning", "scores", "en", "model", "CIDEr-D")
+    cider_b = get(results, "blip2_captioning", "scores", "en", "model", "cider_d")
+    cider_c = get(results, "cap_captioning", "scores", "en", "model", "cider_d")
     attr_b = get(results, "blip2_captioning", "attributes", "model", "overall", "all")
     attr_c = get(results, "cap_captioning", "attributes", "model", "overall", "all")
     pv = results.get("palme_vision", {})
@@ -142,9 +142,9 @@ def write_report(out: Path, machine: dict[str, Any], training: dict[str, Any], r
                 ["VQA accuracy, seen pairs", f(get(acc, "seen", "model")), f(vqa_ref["seen"])],
                 ["VQA accuracy, held-out pairs", f(get(acc, "heldout", "model")), f(vqa_ref["heldout"])]]
         rows += [[f"VQA {t}", f(v.get("model")), "-"] for t, v in (acc.get("per_type") or {}).items()]
-        for metric in ("BLEU-4", "CIDEr-D", "ROUGE-L"):
-            rows.append([f"caption {metric}", f(get(results, "blip2_captioning", "scores", "en", "model", metric)),
-                         f(get(results, "cap_captioning", "scores", "en", "model", metric))])
+        for metric, key in (("BLEU-4", "bleu4"), ("CIDEr-D", "cider_d"), ("ROUGE-L", "rouge_l")):
+            rows.append([f"caption {metric}", f(get(results, "blip2_captioning", "scores", "en", "model", key)),
+                         f(get(results, "cap_captioning", "scores", "en", "model", key))])
         for a in ("color", "shape", "size", "all"):
             rows.append([f"caption attribute {a}",
                          f(get(results, "blip2_captioning", "attributes", "model", "overall", a)),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from polymodal.commands import data as data_cmd
 from polymodal.commands import eval as eval_cmd
@@ -89,9 +90,18 @@ def test_fewshot_and_vqa_on_an_mllm_run(shapes_run: tuple[Path, Path], capsys: p
     examples = task_examples(list(open_dataset(data, split="test")), "color_of")
     assert examples and all(e.prompt.endswith("->") for e in examples)
     assert first_word(" Red star") == "red"
+    preds = run.parent / "vqa.jsonl"
     v = _eval(capsys, str(run), "--data", str(data), "--task", "vqa", "--max-new-tokens", "4", "--train-split",
-              "none")
-    assert v["task"] == "vqa" and "accuracy" in json.dumps(v)
+              "none", "--limit", "3", "--out", str(preds))
+    assert v["task"] == "vqa" and v["n_items"] > 0
+    from polymodal.lm.decoding import DecodingOptions
+
+    chat = load_mllm(run)  # each answer is the run's reply to that question about that picture
+    test = {s.id: s for s in open_dataset(data, split="test")}
+    rows = [json.loads(line) for line in preds.read_text().splitlines()][:4]
+    want = [chat.chat([[type("M", (), {"role": "user", "content": r["prompt"], "images": (test[r["id"]].image,)})()]],
+                      DecodingOptions(max_new_tokens=4))[0] for r in rows]
+    assert [r["text"] for r in rows] == want
     with pytest.raises(Exception, match="mllm"):
         eval_cmd.main([str(run), "--data", str(data), "--task", "retrieval"])
 
@@ -105,3 +115,34 @@ def test_embodied_closed_loop_from_the_cli(tmp_path: Path, capsys: pytest.Captur
     assert r["n"] == len(records) == 3
     assert r["success"] == pytest.approx(sum(bool(x["success"]) for x in records) / len(records))
     assert "success" in eval_cmd.format_result(r)
+
+
+def test_vqa_evaluation_asks_an_mllm_the_question(shapes_run: tuple[Path, Path]) -> None:
+    """The generative evaluation gives an mllm each item's question (a captioning item none): its answers are
+    the chat front's replies to those questions (weights drawn where replies depend on the words)."""
+    from polymodal.data.formats import open_dataset
+    from polymodal.data.transforms.compose import SampleTransform
+    from polymodal.data.transforms.resolve import transform_config
+    from polymodal.eval.generation import evaluate_vqa
+    from polymodal.lm.decoding import DecodingOptions
+    from polymodal.models.generative import GenerativeModel
+    from polymodal.models.mllm_front import MLLMChat
+
+    data, run = shapes_run
+    model = load_mllm(run).model
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 3.0 / p.shape[-1] ** 0.5)
+    tf = SampleTransform.from_dict(transform_config(model.preprocess(), {}))
+    gm = GenerativeModel(model.eval(), tf, {}, torch.device("cpu"))
+    samples = list(open_dataset(data, split="test"))[:2]
+    opts = DecodingOptions(max_new_tokens=5)
+    rep = evaluate_vqa(gm, samples, langs=["en"], options=opts, progress=False)
+    chat = MLLMChat(model, tf, torch.device("cpu"))
+    by_id = {s.id: s for s in samples}
+    rows = rep["predictions"][:4]
+    want = [chat.chat([[type("M", (), {"role": "user", "content": r["prompt"], "images": (by_id[r["id"]].image,)})()]],
+                      opts)[0] for r in rows]
+    assert [r["text"] for r in rows] == want and len(set(want)) > 1

@@ -67,6 +67,8 @@ def _inputs(model: GenerativeModel, items: Sequence[GenItem]) -> tuple[list[Samp
     """(samples, prompts) for a batch of items. A model that reads no modality (a language model, a blind VQA
     model) gets the question alone, as `GenerativeModel.samples` builds it; a language model asks for the
     answer with the separator after the question."""
+    if model.task == "chat":  # a multimodal LLM: the question where there is one, else (captioning) none
+        return [it.sample for it in items], [it.prompt for it in items]
     if not model.needs_prompt:
         return [it.sample for it in items], None
     prompts: list[str | None] = []
