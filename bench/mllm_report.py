@@ -84,9 +84,9 @@ def write_report(out: Path, machine: dict[str, Any], training: dict[str, Any], r
              "## Targets of issue #15", ""]
     lines += table(["target", "wanted", "measured", "met"], targets(results, vqa_ref))
     lines += ["", "## Training (fixed step budgets; wall time beside them)", ""]
-    lines += table(["run", "recipe", "steps", "train s", "final loss"],
-                   [[k, f(v.get("recipe")), f(v.get("steps")), f(v.get("train_s"), 1), f(v.get("loss"))]
-                    for k, v in training.items()])
+    lines += table(["run", "recipe", "steps", "train s", "final loss", "note"],
+                   [[k, f(v.get("recipe")), f(v.get("steps")), f(v.get("train_s"), 1), f(v.get("loss")),
+                     v.get("note", "")] for k, v in training.items()])
     ins = results.get("llava_instruct")
     if ins:
         lines += ["", f"## LLaVA: instruction following (test split, {ins['n']} scored turns, greedy)", ""]

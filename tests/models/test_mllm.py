@@ -100,6 +100,9 @@ def test_lm_from_an_lm_run_keeps_its_logits(samples: list[Any], tmp_path: Path) 
         got = m.hf(input_ids=ids).logits[..., :want.shape[-1]]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert m.config["lm"]["hf_config"]["model_type"] == "qwen2" and m.config["tokenizer"]["json"]
+    opts = DecodingOptions(max_new_tokens=4)  # a text-only model decodes without any picture (a regression:
+    replies = m.generate(None, ["what color is the star?", "how many?"], opts)  # Llava's generate ran the ViT)
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
 
 
 def test_trained_stages_chain_through_runs(samples: list[Any], tmp_path: Path) -> None:

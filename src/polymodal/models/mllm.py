@@ -351,10 +351,10 @@ class MultimodalLM(TextGenerator):
                 return hf_generate(self.hf, tok, ids.shape[1], self.max_len, options, streamer, input_ids=ids,
                                    inputs_embeds=embeds, attention_mask=mask,
                                    suppress_tokens=[self.image_token, self.image_token + 1])
-            if self.hf is not None:
+            if self.hf is not None:  # no pixel_values at all without pictures (Llava's generate would run the ViT)
+                pictures = {} if images is None else {"pixel_values": images}
                 return hf_generate(self.hf, tok, ids.shape[1], self.max_len, options, streamer, input_ids=ids,
-                                   attention_mask=mask, pixel_values=images,
-                                   suppress_tokens=[self.image_token])
+                                   attention_mask=mask, suppress_tokens=[self.image_token], **pictures)
             assert self.generic is not None
             return self.generic.generate(tok, ids, mask, images, self.image_token, self.max_len, options, streamer)
         finally:
