@@ -116,7 +116,14 @@ def main() -> int:
                    "text-only stage 2), blip2, flamingo, palme")
     p.add_argument("--reuse", action="store_true", help="adopt finished runs with the same step count")
     p.add_argument("--out", default="docs/results/mllm.md")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from RUNS/bench_results.json")
     args = p.parse_args()
+    if args.report_only:
+        from mllm_report import write_report
+
+        stored = json.loads((Path(args.runs) / "bench_results.json").read_text())
+        write_report(Path(args.out), stored["machine"], stored["training"], stored["results"], VQA_REFERENCE)
+        return 0
     runs, only = Path(args.runs), args.only.split(",")
     load0 = os.getloadavg()[0]
     data = ensure_data(Path(args.data_root), args.n, args.tasks)
