@@ -8,9 +8,7 @@ envelope naming the parameter."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from genfake import SAFETY, TOKENIZER, FakeGenerator, fake_model
+from genfake import SAFETY, TOKENIZER, FakeGenerator, fake_model, serving
 from servekit import FakeModel, png_b64, solid, tone, wav_b64
 
 from polymodal.data.synth import shapes
@@ -93,31 +91,6 @@ class EchoChat:
 
     def count_tokens(self, conversation: Sequence[ChatMessage]) -> int:
         return sum(len(TOKENIZER.encode(m.content)) for m in conversation)
-
-
-@contextmanager
-def serving(tmp_path: Path, model: Any, generators: dict[str, GenerativeModel], chat_models: dict[str, Any],
-            **settings: Any) -> Iterator[tuple[str, Any]]:
-    """genfake.serving, with chat models: (base URL, Service) of a server on a free port, in a thread."""
-    from polymodal.serve import ServeSettings, create_app
-    from polymodal.serve.server import bind, make_server, url_of
-
-    cfg = ServeSettings(**settings)
-    where: dict[str, Any] = {} if model is None else {"root": tmp_path / "root",
-                                                      "collection": tmp_path / "root" / "main"}
-    app = create_app(model, settings=cfg, generators=generators, chat_models=chat_models, **where)
-    sock = bind("127.0.0.1", 0)
-    listening = threading.Event()
-    server = make_server(app, cfg, log_level="warning", on_listening=listening.set)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        assert listening.wait(SAFETY), "the server did not start"
-        yield url_of(sock, "127.0.0.1").rstrip("/"), app.state.service
-    finally:
-        server.should_exit = True
-        thread.join(SAFETY)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

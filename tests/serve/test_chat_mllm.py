@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_chat_completions import image_part, serving
+from genfake import serving
+from test_chat_completions import image_part
 
 from polymodal.data.synth import shapes
 from polymodal.data.transforms.compose import SampleTransform
