@@ -16,13 +16,12 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..errors import InvalidInput, PolymodalError
 from ..lm.decoding import DecodingOptions
 from ..models.chat import ChatMessage, ChatModel, finish_reason, load_chat_model
-from .generate import _options, add_decoding_args
+from .generate import TextStreamer, _options, add_decoding_args
 from .search import load_inputs
 
 
@@ -45,31 +44,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class ReplyStreamer:
-    """Writes the new text of row 0 as tokens arrive (all ids so far decoded each time, so that a character
-    split over tokens is written once whole). ``decode``: ids -> text, up to the end of sequence."""
-
-    def __init__(self, decode: Callable[[list[int]], str], out: TextIO):
-        self.decode, self.out = decode, out
-        self.ids: list[int] = []
-        self.shown = ""
-        self.prompt_seen = False
-
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:   # the first call is the prompt
-            self.prompt_seen = True
-            return
-        self.ids.append(int(value.reshape(-1)[0]))
-        text = self.decode(self.ids).strip()
-        if text.startswith(self.shown) and not text.endswith("\ufffd"):
-            self.out.write(text[len(self.shown):])
-            self.out.flush()
-            self.shown = text
-
-    def end(self) -> None:
-        pass
-
-
 def _tokenizer(model: ChatModel) -> Any:
     """The tokenizer of the TextGenerator the chat model decodes with (None if it has none)."""
     return getattr(getattr(model, "model", None), "tokenizer", None)
@@ -82,7 +56,7 @@ def reply(model: ChatModel, conversation: list[ChatMessage], options: DecodingOp
     start = time.perf_counter()
     prompt_tokens = model.count_tokens(conversation)
     tok = _tokenizer(model)
-    streamer = ReplyStreamer(tok.decode, stream) if stream is not None and tok is not None and \
+    streamer = TextStreamer(tok.decode, stream, strip=True, end_line=False) if stream is not None and tok is not None and \
         options.streamable else None
     (text,) = model.chat([conversation], options, streamer)
     seconds = time.perf_counter() - start

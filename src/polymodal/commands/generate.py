@@ -15,8 +15,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..api import load_generator
 from ..data.formats.dataset import open_dataset
@@ -77,12 +78,13 @@ def _options(args: argparse.Namespace) -> DecodingOptions:
                            use_cache=args.use_cache)
 
 
-class _PrintStreamer:
-    """Prints the new text of row 0 as tokens arrive (decoding all ids so far, so multi-byte characters split
-    over tokens print once whole)."""
+class TextStreamer:
+    """Writes the new text of row 0 to ``out`` as tokens arrive (all ids so far decoded each time, so a character
+    split over tokens is written once whole). ``decode``: ids -> text; ``strip``: the text as a reply is shown
+    (no leading space); ``end_line``: a newline at the end (`polymodal generate`), none for a chat reply."""
 
-    def __init__(self, model: GenerativeModel):
-        self.tok = model.model.tokenizer
+    def __init__(self, decode: Callable[[list[int]], str], out: TextIO, strip: bool = False, end_line: bool = True):
+        self.decode, self.out, self.strip, self.end_line = decode, out, strip, end_line
         self.ids: list[int] = []
         self.shown = ""
         self.prompt_seen = False
@@ -92,16 +94,17 @@ class _PrintStreamer:
             self.prompt_seen = True
             return
         self.ids.append(int(value.reshape(-1)[0]))
-        assert self.tok is not None
-        text = self.tok.decode(self.ids)
+        text = self.decode(self.ids)
+        text = text.strip() if self.strip else text
         if text.startswith(self.shown) and not text.endswith("\ufffd"):
-            sys.stdout.write(text[len(self.shown):])
-            sys.stdout.flush()
+            self.out.write(text[len(self.shown):])
+            self.out.flush()
             self.shown = text
 
     def end(self) -> None:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        if self.end_line:
+            self.out.write("\n")
+            self.out.flush()
 
 
 def _one(model: GenerativeModel, args: argparse.Namespace, options: DecodingOptions) -> int:
@@ -113,7 +116,9 @@ def _one(model: GenerativeModel, args: argparse.Namespace, options: DecodingOpti
     if args.stream:
         if not options.streamable:
             raise InvalidInput("--stream needs greedy or sampling decoding, not beam search", field="--beams")
-        texts = model.generate_samples(samples, prompts, options, streamer=_PrintStreamer(model))
+        tok = model.model.tokenizer
+        assert tok is not None
+        texts = model.generate_samples(samples, prompts, options, streamer=TextStreamer(tok.decode, sys.stdout))
     else:
         texts = model.generate_samples(samples, prompts, options, batch_size=args.batch_size)
         if args.json:
