@@ -19,6 +19,7 @@ causal-LM folder) or are fresh. ``input: "state"`` reads the scene as text inste
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,14 +29,31 @@ from ..config import from_dict, to_dict
 from ..data.sample import Batch, Sample
 from ..errors import ConfigError, InvalidInput, require
 from ..lm.decoding import DecodingOptions
-from ..lm.tokenizer import BOS, EOS, PAD, TextTokenizer
+from ..lm.tokenizer import BOS, EOS, PAD
 from .gen_batch import hf_generate, pick, token_loss
 from .generator import MAX_TOKENIZER_TEXTS, TextGenerator, TokenStreamer, check_prompts, pad_sequences
 from .mllm_audio import AudioBridge, audio_source, scatter
 from .mllm_bridges import GenericBridge, build_bridge, load_plain
 from .mllm_config import AudioSpec, MLLMConfig
-from .mllm_seq import CAPTION_PROMPT, Encoded, Segment, encode_row, left_padded_rows, prompt_row, right_padded
-from .mllm_sources import add_lora, hf_config, lm_source, load_init_weights, merged_state_dict, vision_source
+from .mllm_seq import (
+    CAPTION_PROMPT,
+    Encoded,
+    Segment,
+    encode_row,
+    left_padded_rows,
+    prompt_row,
+    right_padded,
+    sample_sequences,
+)
+from .mllm_sources import (
+    add_lora,
+    grown_rows,
+    hf_config,
+    lm_source,
+    load_init_weights,
+    merged_state_dict,
+    vision_source,
+)
 from .registry import ARCHS, load_config
 
 MEAN = STD = [0.5, 0.5, 0.5]
@@ -152,7 +170,7 @@ class MultimodalLM(TextGenerator):
         super().fit_data(samples)
 
     def _load_lm(self, state: dict[str, torch.Tensor]) -> None:
-        state = {k: _grown(v, self.vocab_size + EXTRA_ROWS) if k.endswith(("embed_tokens.weight", "lm_head.weight",
+        state = {k: grown_rows(v, self.vocab_size + EXTRA_ROWS) if k.endswith(("embed_tokens.weight", "lm_head.weight",
                                                                           "wte.weight")) else v
                  for k, v in state.items()}
         if self.hf is None:
@@ -179,35 +197,9 @@ class MultimodalLM(TextGenerator):
 
     def candidates(self, sample_targets: Any, metadata: Mapping[str, Any]
                    ) -> list[tuple[str, list[tuple[str, str]], bool]]:
-        """(lang, turns, spoken) of every target sequence of a sample this model learns from; spoken: the first
-        question is the sample's audio (its text is then not shown)."""
-        out: list[tuple[str, list[tuple[str, str]], bool]] = []
-        kinds = self.c.data
-        if "captions" in kinds:
-            out += [(x.lang, [(CAPTION_PROMPT.get(x.lang, CAPTION_PROMPT["en"]), x.text)], False)
-                    for x in sample_targets.captions if x.media == "image" and x.lang in self.langs]
-        if "qa" in kinds:
-            for q in sample_targets.qa:
-                if q.media != "image" or q.lang not in self.langs:
-                    continue
-                if self.c.qa_types is not None and q.type not in self.c.qa_types:
-                    continue
-                question = q.question
-                if self.c.input == "state":
-                    question = str(metadata.get("prompt_state") or "")
-                    if not question:
-                        raise InvalidInput("input 'state' reads metadata['prompt_state'], which this sample lacks",
-                                           field="metadata.prompt_state")
-                out.append((q.lang, [(question, q.answer)], False))
-        if "conversations" in kinds:
-            for conv in getattr(sample_targets, "conversations", ()):
-                if conv.lang in self.langs:
-                    spoken = bool(conv.spoken and self.audio is not None)
-                    turns = conversation_turns(conv.turns)
-                    if spoken and turns:
-                        turns[0] = ("", turns[0][1])
-                    out.append((conv.lang, turns, spoken))
-        return out
+        """(lang, turns, spoken) of every target sequence of a sample this model learns from (`sample_sequences`)."""
+        return sample_sequences(sample_targets, metadata, kinds=self.c.data, langs=self.langs,
+                                qa_types=self.c.qa_types, state=self.c.input == "state", audio=self.audio is not None)
 
     def corpus(self, samples: Iterable[Sample]) -> list[str]:
         def texts() -> Iterator[str]:
@@ -216,7 +208,7 @@ class MultimodalLM(TextGenerator):
                     for user, answer in turns:
                         yield user
                         yield answer
-        return list(_take(texts(), MAX_TOKENIZER_TEXTS))
+        return list(itertools.islice(texts(), MAX_TOKENIZER_TEXTS))
 
     def training_rows(self, batch: Batch) -> list[list[Segment]]:
         """``sequences_per_sample`` drawn targets per sample (all in evaluation: the first ones)."""
@@ -395,41 +387,6 @@ class MultimodalLM(TextGenerator):
         self._tok().to_hf().save_pretrained(out)
 
 
-def conversation_turns(turns: Sequence[Any]) -> list[tuple[str, str]]:
-    """(user, assistant) pairs of a conversation's turns; a system turn goes before the first user text."""
-    out: list[tuple[str, str]] = []
-    system = ""
-    user: str | None = None
-    for t in turns:
-        if t.role == "system":
-            system = t.content
-        elif t.role == "user":
-            user = f"{system}\n{t.content}" if system and not out else t.content
-        elif user is not None:
-            out.append((user, t.content))
-            user = None
-    return out
-
-
-def _grown(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    """An embedding (V, D) grown to ``rows`` rows: the new ones drawn like the LM's init (std 0.02)."""
-    if weight.shape[0] >= rows:
-        return weight
-    extra = torch.randn(rows - weight.shape[0], *weight.shape[1:], generator=torch.Generator().manual_seed(0))
-    return torch.cat([weight, (extra * 0.02).to(weight.dtype)])
-
-
-def _take(items: Iterator[str], n: int) -> Iterator[str]:
-    for i, x in enumerate(items):
-        if i >= n:
-            return
-        yield x
-
-
-def tokenizer_of(model: MultimodalLM) -> TextTokenizer:
-    return model._tok()
-
-
 @ARCHS.register("mllm")
 def build_mllm(cfg: Mapping[str, Any]) -> MultimodalLM:
     """`MLLMConfig` dict -> the model; ``model.config`` keeps the checked config with what the first build read
@@ -438,4 +395,4 @@ def build_mllm(cfg: Mapping[str, Any]) -> MultimodalLM:
     return MultimodalLM(checked)
 
 
-__all__ = ["MultimodalLM", "build_mllm", "conversation_turns"]
+__all__ = ["MultimodalLM", "build_mllm"]

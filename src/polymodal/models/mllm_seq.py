@@ -12,8 +12,9 @@ with the last user turn's ``<sep>``. A system message is put before the first us
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -40,6 +41,54 @@ class Encoded:
     targets: list[bool]  # targets[t]: token t is predicted (an assistant token or its </s>)
     images: list[int]  # the pictures of the sequence, in order
     audio: list[int] = field(default_factory=list)  # its audio clips, in order
+
+
+def conversation_turns(turns: Sequence[Any]) -> list[tuple[str, str]]:
+    """(user, assistant) pairs of a conversation's turns; a system turn goes before the first user text."""
+    out: list[tuple[str, str]] = []
+    system = ""
+    user: str | None = None
+    for t in turns:
+        if t.role == "system":
+            system = t.content
+        elif t.role == "user":
+            user = f"{system}\n{t.content}" if system and not out else t.content
+        elif user is not None:
+            out.append((user, t.content))
+            user = None
+    return out
+
+
+def sample_sequences(targets: Any, metadata: Mapping[str, Any], *, kinds: Sequence[str], langs: Sequence[str],
+                     qa_types: Sequence[str] | None, state: bool, audio: bool
+                     ) -> list[tuple[str, list[tuple[str, str]], bool]]:
+    """(lang, turns, spoken) of every target sequence a sample gives: captions (the answer to `CAPTION_PROMPT`),
+    question answering (``state``: the question is ``metadata["prompt_state"]``, the scene as text) and
+    conversations (``audio``: a spoken conversation's first question is the sample's audio, its text not shown)."""
+    out: list[tuple[str, list[tuple[str, str]], bool]] = []
+    if "captions" in kinds:
+        out += [(x.lang, [(CAPTION_PROMPT.get(x.lang, CAPTION_PROMPT["en"]), x.text)], False)
+                for x in targets.captions if x.media == "image" and x.lang in langs]
+    if "qa" in kinds:
+        for q in targets.qa:
+            if q.media != "image" or q.lang not in langs or (qa_types is not None and q.type not in qa_types):
+                continue
+            question = q.question
+            if state:
+                question = str(metadata.get("prompt_state") or "")
+                if not question:
+                    raise InvalidInput("input 'state' reads metadata['prompt_state'], which this sample lacks",
+                                       field="metadata.prompt_state")
+            out.append((q.lang, [(question, q.answer)], False))
+    if "conversations" in kinds:
+        for conv in getattr(targets, "conversations", ()):
+            if conv.lang in langs:
+                spoken = bool(conv.spoken and audio)
+                turns = conversation_turns(conv.turns)
+                if spoken and turns:
+                    turns[0] = ("", turns[0][1])
+                out.append((conv.lang, turns, spoken))
+    return out
 
 
 def encode_row(tok: TextTokenizer, segments: Sequence[Segment], slots: int, image_token: int,
@@ -101,4 +150,5 @@ def left_padded_rows(rows: Sequence[Encoded], device: torch.device) -> tuple[tor
     return ids.to(device), mask.to(device)
 
 
-__all__ = ["CAPTION_PROMPT", "Encoded", "Segment", "encode_row", "left_padded_rows", "prompt_row", "right_padded"]
+__all__ = ["CAPTION_PROMPT", "Encoded", "Segment", "conversation_turns", "encode_row", "left_padded_rows", "prompt_row",
+           "right_padded", "sample_sequences"]

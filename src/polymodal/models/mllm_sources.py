@@ -101,6 +101,14 @@ def lm_source(spec: LMSpec, vocab_size: int) -> Source:
     return Source(lm.config.to_dict(), {k: v.detach().clone() for k, v in lm.state_dict().items()}, tok.to_json())
 
 
+def grown_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """An embedding (V, D) grown to ``rows`` rows: the new ones drawn like the LM's init (std 0.02, seed 0)."""
+    if weight.shape[0] >= rows:
+        return weight
+    extra = torch.randn(rows - weight.shape[0], *weight.shape[1:], generator=torch.Generator().manual_seed(0))
+    return torch.cat([weight, (extra * 0.02).to(weight.dtype)])
+
+
 def hf_config(d: dict[str, Any]) -> Any:
     """A transformers config object from its ``to_dict()``."""
     transformers = require("transformers", "hf")
@@ -175,4 +183,4 @@ def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["Source", "add_lora", "load_init_weights", "load_run_model", "hf_config", "lm_source", "merged_state_dict", "vision_source"]
+__all__ = ["Source", "add_lora", "grown_rows", "load_init_weights", "load_run_model", "hf_config", "lm_source", "merged_state_dict", "vision_source"]
