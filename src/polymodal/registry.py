@@ -1,11 +1,12 @@
-"""One tiny name -> factory registry, reused by encoders, fusions, losses and recipes."""
+"""One tiny name -> factory registry, reused by encoders, fusions, losses and recipes; and `require_ints`, the
+size check every config dataclass (models, bridges) runs in its ``__post_init__``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
-from .errors import NotFound
+from .errors import ConfigError, NotFound
 
 T = TypeVar("T")
 
@@ -39,3 +40,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def require_ints(obj: Any, names: Sequence[str], where: str, low: int = 1) -> None:
+    """Each of ``obj``'s attributes ``names`` is an integer >= ``low`` (a config dataclass's ``__post_init__``);
+    the error names ``where.name``."""
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"must be an integer >= {low}, got {v!r}", field=f"{where}.{name}" if where else name)

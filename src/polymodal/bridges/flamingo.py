@@ -40,7 +40,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import ConfigError, InvalidInput, require
-from .qformer import additive, check_ints
+from ..registry import require_ints
+from .qformer import additive
 
 LAYER_PATHS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers")
 _INSTALLED = "_polymodal_flamingo"  # marks an LM that has a bridge installed
@@ -57,9 +58,9 @@ class FlamingoSpec:
     ff_mult: int = 4  # the gated layer's feed-forward width, in multiples of the LM's hidden size
 
     def __post_init__(self) -> None:
-        check_ints(self, ("latents", "perceiver_layers", "perceiver_heads", "perceiver_head_dim", "every",
+        require_ints(self, ("latents", "perceiver_layers", "perceiver_heads", "perceiver_head_dim", "every",
                           "ff_mult"), "flamingo")
-        check_ints(self, ("cross_heads",), "flamingo", low=0)
+        require_ints(self, ("cross_heads",), "flamingo", low=0)
 
 
 def decoder_layers(lm: nn.Module) -> nn.ModuleList:
@@ -91,7 +92,7 @@ class FlamingoBridge(nn.Module):
 
     def __init__(self, spec: FlamingoSpec, vision_dim: int, lm: nn.Module, *, freeze_lm: bool = True):
         super().__init__()
-        check_ints(_Dim(vision_dim), ("vision_dim",), "bridge")
+        require_ints(_Dim(vision_dim), ("vision_dim",), "bridge")
         if getattr(lm, _INSTALLED, False):
             raise ConfigError("this LM already has a Flamingo bridge installed; uninstall it first", field="lm")
         layers = decoder_layers(lm)

@@ -33,16 +33,9 @@ from torch import nn
 
 from ..errors import ConfigError, InvalidInput, require
 from ..losses.matching import IGNORE, itm_loss, sample_hard_negatives
+from ..registry import require_ints
 
 MAX_LOG_SCALE = math.log(100.0)
-
-
-def check_ints(obj: Any, names: tuple[str, ...], where: str, low: int = 1) -> None:
-    """Each attribute ``names`` of ``obj`` is an int >= ``low``; the error names ``where.name``."""
-    for name in names:
-        v = getattr(obj, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"must be an integer >= {low}, got {v!r}", field=f"{where}.{name}")
 
 
 @dataclass(frozen=True)
@@ -57,7 +50,7 @@ class QFormerSpec:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        check_ints(self, ("queries", "hidden", "layers", "heads", "intermediate", "cross_every", "embed_dim"),
+        require_ints(self, ("queries", "hidden", "layers", "heads", "intermediate", "cross_every", "embed_dim"),
                    "qformer")
         if self.hidden % self.heads:
             raise ConfigError(f"hidden {self.hidden} does not split into {self.heads} heads", field="qformer.heads")
@@ -79,7 +72,7 @@ class QFormerBridge(nn.Module):
                  pad_id: int = 0, bos_id: int = 1, eos_id: int = 2):
         super().__init__()
         sizes = _Sizes(vision_dim, lm_dim, vocab_size, max_text)
-        check_ints(sizes, ("vision_dim", "lm_dim", "vocab_size", "max_text"), "bridge")
+        require_ints(sizes, ("vision_dim", "lm_dim", "vocab_size", "max_text"), "bridge")
         for name, tok in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
             if isinstance(tok, bool) or not isinstance(tok, int) or not 0 <= tok < vocab_size:
                 raise ConfigError(f"must be a token id in [0, {vocab_size}), got {tok!r}", field=f"bridge.{name}")

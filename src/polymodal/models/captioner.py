@@ -34,10 +34,11 @@ from ..data.targets import Targets
 from ..errors import ConfigError, InvalidInput, require
 from ..lm.decoding import DecodingOptions
 from ..lm.tokenizer import BOS, EOS, PAD, SEP
+from ..registry import require_ints
 from .gen_batch import hf_generate, left_padded, pick, teacher_forcing, token_loss
 from .generator import MAX_TOKENIZER_TEXTS, TextGenerator, TokenStreamer, check_prompts
 from .lm import check_langs
-from .registry import ARCHS, MODEL_CONFIGS, load_config, require_ints
+from .registry import ARCHS, MODEL_CONFIGS, load_config
 
 ARCH_TASKS: dict[str, str] = {"captioner": "captioning", "vqa": "vqa"}
 INPUTS: tuple[str, ...] = ("image", "video")

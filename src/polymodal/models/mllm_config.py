@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from .registry import register_model_config, require_ints
+from ..registry import require_ints
+from .registry import register_model_config
 
 BRIDGES: tuple[str, ...] = ("llava", "blip2", "flamingo")
 DATA_KINDS: tuple[str, ...] = ("captions", "qa", "conversations")

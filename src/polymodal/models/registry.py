@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from torch import nn
@@ -65,15 +65,6 @@ def model_config(arch: str, cfg: Mapping[str, Any]) -> Any:
     except NotFound as err:
         raise ConfigError(err.message, field="arch") from None
     return load_config(cls, {**cfg, "arch": arch})
-
-
-def require_ints(obj: Any, names: Sequence[str], where: str, low: int = 1) -> None:
-    """Each of ``obj``'s attributes ``names`` is an integer >= ``low`` (a config dataclass's ``__post_init__``);
-    the error names ``where.name``."""
-    for name in names:
-        v = getattr(obj, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"must be an integer >= {low}, got {v!r}", field=f"{where}.{name}" if where else name)
 
 
 # ------------------------------------------------------------------------------------ spec ranges

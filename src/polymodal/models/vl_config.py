@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import require_ints
 from .lm import check_langs
-from .registry import MODEL_CONFIGS, require_ints
+from .registry import MODEL_CONFIGS
 from .vl_backbones import FAMILIES
 
 OBJECTIVES: tuple[str, ...] = ("itm", "mlm", "mrm", "itc")
