@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := dev,speech,data,index,serve,hf,onnx,ray,gen,mllm
+EXTRAS := dev,speech,data,index,serve,hf,onnx,ray,gen,mllm,t2i
 
 .PHONY: demo test lint typecheck unit browser bench clean
 

@@ -50,7 +50,9 @@ class TextTransformer(Encoder):
     def preprocess(self) -> dict[str, Any]:
         return {"tokenizer": dict(self.tokenizer), "max_len": self.max_len}
 
-    def forward(self, part: dict[str, torch.Tensor]) -> torch.Tensor:
+    def token_states(self, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token states after the final layer norm (B, L, width) and the mask of real tokens (B, L): what a
+        text-conditioned generator cross-attends to (`polymodal.models.t2i_text`)."""
         ids = part["values"]
         n, length = ids.shape
         present = part.get("mask", torch.ones(n, dtype=torch.bool, device=ids.device))
@@ -66,7 +68,11 @@ class TextTransformer(Encoder):
                                f"[{int(real_ids.min())}, {int(real_ids.max())}]", field="text")
         safe = torch.where(pad, ids, torch.zeros_like(ids))
         x = self.token_emb(safe) + self.pos_emb[:length]
-        x = self.ln_final(self.transformer(x, pad))
+        return self.ln_final(self.transformer(x, pad)), pad
+
+    def forward(self, part: dict[str, torch.Tensor]) -> torch.Tensor:
+        x, pad = self.token_states(part)
+        present = part.get("mask", torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
         pooled = masked_mean(x, pad) if self.pool == "mean" else last_real(x, pad)
         out: torch.Tensor = self.head(pooled) * present[:, None].to(pooled.dtype)
         return out
