@@ -15,6 +15,7 @@ import torch
 from .errors import InvalidInput
 from .models import EmbeddingModel, load_embedding_model
 from .models.generative import GENERATIVE_ARCHS, GenerativeModel, load_generative_model, run_arch
+from .models.t2i_front import IMAGE_ARCHS, TextToImageModel, load_image_generator
 from .models.vl_front import VideoBertModel, VLModel, load_vl_model
 
 if TYPE_CHECKING:  # the index needs the [index] extra; imported on use
@@ -22,12 +23,17 @@ if TYPE_CHECKING:  # the index needs the [index] extra; imported on use
 
 
 def load(model: str | os.PathLike[str], device: str | torch.device = "cpu", runtime: str = "torch"
-         ) -> EmbeddingModel | GenerativeModel | VLModel | VideoBertModel:
-    """Load a model: a generative run (lm, captioner, vqa, asr) as a `GenerativeModel` (``.generate(...)``), a
+         ) -> EmbeddingModel | GenerativeModel | VLModel | VideoBertModel | TextToImageModel:
+    """Load a model: a text->image run (latent_diffusion, token_ar) as a `TextToImageModel`
+    (``.generate_images(prompts, n, options)``), a generative run (lm, captioner, vqa, asr) as a `GenerativeModel` (``.generate(...)``), a
     vision-language encoder run (vl_encoder) as a `VLModel` (``.match``, ``.attention``, ``.answer``), a
     videobert run as a `VideoBertModel` (``.predict_motion``, ``.describe``), anything else as an
     `EmbeddingModel` (``.embed(...)``, see `load_embedding`)."""
     arch = run_arch(model)
+    if arch in IMAGE_ARCHS:
+        if runtime != "torch":
+            raise InvalidInput(f"a {arch} run runs on torch, not {runtime!r}", field="runtime")
+        return load_image_generator(model, device)
     if arch in ("vl_encoder", "videobert"):
         if runtime != "torch":
             raise InvalidInput(f"a {arch} run runs on torch, not {runtime!r}", field="runtime")

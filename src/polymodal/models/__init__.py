@@ -14,6 +14,9 @@ from .mllm import MultimodalLM  # noqa: F401  (registers arch mllm)
 from .mllm_config import MLLMConfig  # noqa: F401
 from .mllm_front import MLLMChat, load_mllm  # noqa: F401  (registers the mllm chat loader)
 from .registry import ARCHS, MODEL_CONFIGS, build_model, model_config
+from .t2i_ar import TokenAR  # noqa: F401  (registers arch token_ar)
+from .t2i_autoencoder import ImageAutoencoder  # noqa: F401  (registers arch image_autoencoder)
+from .t2i_diffusion import LatentDiffusion  # noqa: F401  (registers arch latent_diffusion)
 from .videobert import VideoBert, VideoBertConfig  # noqa: F401  (registers arch videobert)
 from .vl_encoder import VLEncoder, VLEncoderConfig
 
