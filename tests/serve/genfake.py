@@ -107,16 +107,19 @@ def fake(gm: GenerativeModel) -> FakeGenerator:
 
 @contextmanager
 def serving(tmp_path: Path, model: Any, generators: dict[str, GenerativeModel],
-            chat_models: dict[str, Any] | None = None, **settings: Any) -> Iterator[tuple[str, Service]]:
+            chat_models: dict[str, Any] | None = None, image_models: dict[str, Any] | None = None,
+            **settings: Any) -> Iterator[tuple[str, Service]]:
     """A server on 127.0.0.1 (any free port) in a thread, as `polymodal serve` runs it, with generative models
-    (and chat models); ``model`` None: generation only. Yields its base URL and its `Service` once it listens."""
+    (and chat models, image models); ``model`` None: generation only. Yields its base URL and its `Service` once
+    it listens."""
     from polymodal.serve import ServeSettings, create_app
     from polymodal.serve.server import bind, make_server, url_of
 
     cfg = ServeSettings(**settings)
     where: dict[str, Any] = {} if model is None else {"root": tmp_path / "root",
                                                       "collection": tmp_path / "root" / "main"}
-    app = create_app(model, settings=cfg, generators=generators, chat_models=chat_models, **where)
+    app = create_app(model, settings=cfg, generators=generators, chat_models=chat_models, image_models=image_models,
+                     **where)
     sock = bind("127.0.0.1", 0)
     listening = threading.Event()
     server = make_server(app, cfg, log_level="warning", on_listening=listening.set)

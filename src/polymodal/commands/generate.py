@@ -1,13 +1,16 @@
-"""`polymodal generate RUN`: captions, answers, transcripts or continuations from a generative run.
+"""`polymodal generate RUN`: captions, answers, transcripts or continuations from a generative run, or pictures
+from a text->image run (`generate_images.py`).
 
     polymodal generate runs/caption --image x.png
     polymodal generate runs/vqa --image x.png --question "what color is the star?"
     polymodal generate runs/asr --audio x.flac
     polymodal generate runs/lm --prompt "what shape is"
     polymodal generate runs/vqa --data data/shapes --split test --out answers.jsonl [--limit 200]
+    polymodal generate runs/ldm --prompt "a red star above a blue square" --n 4 --guidance 3 --steps 25 --seed 0
 
 Decoding: greedy by default; --beams N, --sample [--temperature T --top-k K --top-p P --seed S],
---repetition-penalty R, --stop STR, --max-new-tokens N, --no-cache. --stream prints the text as it is decoded."""
+--repetition-penalty R, --stop STR, --max-new-tokens N, --no-cache. --stream prints the text as it is decoded.
+Pictures: --prompt TEXT (repeatable) --n N --guidance G --steps N --seed S --sampler ddim|dpm|ddpm --out DIR."""
 
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from ..errors import InvalidInput
 from ..eval.gen_items import task_items
 from ..lm.decoding import DecodingOptions
 from ..models.generative import GenerativeModel
+from ..models.t2i_front import is_image_run
+from .generate_images import add_image_args, main_images, refuse_flags
 from .search import load_inputs
 
 
@@ -47,24 +52,29 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polymodal generate", description=(
         "Generate text with a trained generative run (lm_tiny, caption_tiny, vqa_tiny, asr_tiny): from one input "
         "given on the command line, or for every item of a data set into a JSONL file (id, prompt, text, "
-        "references), which `polymodal eval --task` scores."), formatter_class=argparse.RawDescriptionHelpFormatter,
+        "references), which `polymodal eval --task` scores. With a text->image run (latent_diffusion, token_ar), "
+        "draw pictures of --prompt texts into PNG files."), formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None)
-    p.add_argument("run", metavar="RUN", help="a generative run folder (arch lm, captioner, vqa or asr)")
+    p.add_argument("run", metavar="RUN", help="a generative run folder (arch lm, captioner, vqa or asr), or a "
+                                              "text->image run (latent_diffusion, token_ar)")
     g = p.add_argument_group("one input")
     g.add_argument("--image", metavar="FILE", help="an image file (PNG, JPEG, ...)")
     g.add_argument("--video", metavar="FILE", help="a clip: .npy T x H x W x 3 uint8 or a film-strip PNG")
     g.add_argument("--video-frames", type=int, metavar="T", help="frames in the film strip (default: square frames)")
     g.add_argument("--audio", metavar="FILE", help="an audio file (FLAC, WAV, OGG)")
-    g.add_argument("--question", "--prompt", dest="prompt", metavar="TEXT",
-                   help="the question (VQA) or the text to continue (LM)")
+    g.add_argument("--question", "--prompt", dest="prompt", metavar="TEXT", action="append",
+                   help="the question (VQA) or the text to continue (LM; given twice, the last counts); for a "
+                        "text->image run, what to draw (repeatable)")
     g.add_argument("--stream", action="store_true", help="print the text as it is decoded (greedy or sampling)")
     g = p.add_argument_group("a data set")
     g.add_argument("--data", metavar="DATA", help="a data folder / .jsonl / WebDataset with targets")
     g.add_argument("--split", help="one split of a generated data set (e.g. test)")
-    g.add_argument("--out", metavar="FILE", help="write one JSON line per item here (default: stdout)")
+    g.add_argument("--out", metavar="FILE", help="write one JSON line per item here (default: stdout); for a "
+                                                 "text->image run, the folder of the PNG files (./generated)")
     g.add_argument("--limit", type=int, metavar="N", help="at most N items")
     g.add_argument("--lang", action="append", metavar="LANG", help="only items in this language (repeatable)")
     add_decoding_args(p)
+    add_image_args(p)
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="inputs decoded together (16)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", action="store_true", help="print JSON instead of plain text")
@@ -163,7 +173,12 @@ def _dataset(model: GenerativeModel, args: argparse.Namespace, options: Decoding
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if is_image_run(args.run):
+        return main_images(args, parser)
+    refuse_flags(args, parser, image_run=False)
+    args.prompt = args.prompt[-1] if args.prompt else None   # one question or prompt: the last given
     options = _options(args)
     single = any(v is not None for v in (args.image, args.video, args.audio)) or (args.prompt and not args.data)
     if args.data and single:

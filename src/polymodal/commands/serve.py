@@ -24,7 +24,8 @@ DESCRIPTION = """Serve a model and its collections over HTTP: a JSON API (/v1/em
 metrics (/metrics) and a search page (/). With --generate, generative runs too: POST /v1/generate (captions,
 answers, with token streaming), the OpenAI-compatible POST /v1/audio/transcriptions and POST
 /v1/chat/completions (an mllm run chats with pictures and audio; vqa/lm/captioner/asr runs answer single
-turns); --model and --collection are then optional (a generation-only service).
+turns); a text->image run (latent_diffusion, token_ar) draws with the OpenAI-compatible POST
+/v1/images/generations. --model and --collection are then optional (a generation-only service).
 
 --collection DIR is one of:
   a collection (e.g. built by `polymodal index build`)  served as the default collection; new collections
@@ -76,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
                    "or an ONNX export (with --runtime onnx); see docs/pretrained.md")
     p.add_argument("--collection", help="a collection, a new folder, or a folder of collections (with --model)")
     p.add_argument("--generate", action="append", default=[], metavar="[NAME=]RUN",
-                   help="a generative run (captioner, vqa, asr, lm, mllm) to serve, under the run folder's name or NAME "
-                        "(repeatable); clients name it as \"model\" (e.g. --generate whisper-1=runs/asr)")
+                   help="a generative run (captioner, vqa, asr, lm, mllm, or text->image: latent_diffusion, token_ar) "
+                        "to serve, under the run folder's name or NAME (repeatable); clients name it as \"model\" "
+                        "(e.g. --generate whisper-1=runs/asr)")
     p.add_argument("--root", help="folder where POST /v1/collections/NAME creates collections "
                                   "(default: beside --collection)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -220,17 +222,24 @@ def main(argv: list[str] | None = None) -> int:
                   "it can change collections", file=sys.stderr)
         from .. import api
         from ..models.generative import GenerativeModel, load_generative_model
+        from ..models.t2i_front import is_image_run, load_image_generator
         from ..serve.app import create_app
 
-        generators = {name: load_generative_model(run, args.device) for name, run in specs.items()}
+        drawing = {name for name, run in specs.items() if is_image_run(run)}
+        images = {name: load_image_generator(specs[name], args.device) for name in drawing}
+        generators = {name: load_generative_model(run, args.device) for name, run in specs.items()
+                      if name not in drawing}
         model = root = pinned = None
         if args.model is not None:
+            if is_image_run(args.model):
+                raise InvalidInput(f"{args.model} is a text->image run: serve it with --generate, --model embeds",
+                                   field="--model")
             model = api.load(args.model, device=args.device, runtime=args.runtime)
             if isinstance(model, GenerativeModel):
                 raise InvalidInput(f"{args.model} is a generative run ({model.task}): serve it with --generate, "
                                    "--model embeds", field="--model")
             root, pinned = layout(args.collection, args.root)
-        app = create_app(model, root, settings, collection=pinned, generators=generators)
+        app = create_app(model, root, settings, collection=pinned, generators=generators, image_models=images)
         url = url_of(sock, args.host)
 
         def announce() -> None:

@@ -16,6 +16,8 @@ The results dict (every key optional except ``title``)::
                   "explain": why the top image matched, see `polymodal.report.explain` (optional)}],
      "robustness": {"levels": [..], "models": {name: evaluate_classification report}} | None,
      "generation": see `polymodal.report.generation` (captions, answers, transcripts) | None,
+     "generated_images": [`polymodal.report.gallery.GalleryItem` (or a mapping of its fields): prompt, lang,
+                          picture(s), scores, caption] | None,     # the "Generated images" section
      "notes": [str], "serve_command": str}
 """
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from .._io import atomic_write_bytes
 from .explain import explain_html
+from .gallery import gallery_html
 from .generation import generation_section
 from .html_media import png_data_uri, wav_bytes, wav_data_uri
 from .plots import Series, bar_chart, line_chart
@@ -261,6 +264,8 @@ def render_report(results: Mapping[str, Any]) -> str:
         body.append(_robustness(results["robustness"]))
     if results.get("generation"):
         body.append(generation_section(results["generation"]))
+    if results.get("generated_images"):
+        body.append("<h2>Generated images</h2>" + gallery_html(results["generated_images"]))
     for note in results.get("notes") or []:
         body.append(f"<p class='muted'>{escape(str(note))}</p>")
     if results.get("serve_command"):

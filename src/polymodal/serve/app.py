@@ -27,11 +27,13 @@ from ..errors import ApiError, BatcherClosed, Conflict, InvalidInput, NotFound, 
 from ..index import is_collection
 from ..models.chat import ChatModel
 from ..models.generative import GenerativeModel
+from ..models.t2i_front import ImageGenerator
 from .chat import CHAT_PATH
 from .chat import router as chat_router
 from .docs import router as docs_router
 from .explain import router as explain_router
 from .generation import router as generation_router
+from .images import router as images_router
 from .metrics import ServiceMetrics
 from .openai_api import is_openai_path, openai_error
 from .openai_api import router as openai_router
@@ -45,7 +47,8 @@ log = logging.getLogger("polymodal.serve")
 
 def create_app(model: Any, root: str | Path | None = None, settings: ServeSettings | None = None, *,
                collection: str | Path | None = None, generators: Mapping[str, GenerativeModel] | None = None,
-               chat_models: Mapping[str, ChatModel] | None = None) -> FastAPI:
+               chat_models: Mapping[str, ChatModel] | None = None,
+               image_models: Mapping[str, ImageGenerator] | None = None) -> FastAPI:
     """The service over ``model`` (anything with ``embed(text=/image=/audio=/video=)``, ``modalities``, ``dim``).
 
     ``root``: a folder of collections (created if missing); new collections are created there.
@@ -55,11 +58,13 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     /v1/audio/transcriptions). With generators, ``model`` may be None: a generation-only service (no
     collections).
     ``chat_models``: chat models (`polymodal.models.chat.ChatModel`, e.g. an mllm run's) by served name; they
-    and every generative model that can chat answer ``POST /v1/chat/completions`` (`chat.py`)."""
+    and every generative model that can chat answer ``POST /v1/chat/completions`` (`chat.py`).
+    ``image_models``: text->image models (`polymodal.models.t2i_front.ImageGenerator`) by served name, for
+    ``POST /v1/images/generations`` (`images.py`)."""
     settings = settings or ServeSettings()
     if model is None:
-        if not generators and not chat_models:
-            raise InvalidInput("give an embedding model, generative or chat models, or both", field="model")
+        if not generators and not chat_models and not image_models:
+            raise InvalidInput("give an embedding model, generative, chat or image models, or both", field="model")
         if root is not None or collection is not None:
             raise InvalidInput("collections need an embedding model", field="collection")
     pinned: dict[str, Path] = {}
@@ -74,7 +79,7 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     store = CollectionStore(rpath, pinned, default)
     if default is not None and not is_collection(pinned[default]):  # a new (missing or empty) folder
         store.create(default, int(model.dim), "cosine", "auto")
-    service = Service(model, store, settings, generators, chat_models)
+    service = Service(model, store, settings, generators, chat_models, image_models)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +96,7 @@ def create_app(model: Any, root: str | Path | None = None, settings: ServeSettin
     app.include_router(openai_router)
     app.include_router(generation_router)
     app.include_router(chat_router)
+    app.include_router(images_router)
     app.include_router(docs_router)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     if settings.cors_origins:

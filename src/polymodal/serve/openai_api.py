@@ -1,7 +1,7 @@
 """OpenAI-compatible endpoints: ``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{model}``, so
 that OpenAI's client libraries and the RAG tools built on them (``base_url=http://HOST:PORT/v1``) embed with the
-served model. (``POST /v1/audio/transcriptions`` is in `generation.py`; ``GET /v1/models`` lists the generative
-models too, with their ``task``.)
+served model. (``POST /v1/audio/transcriptions`` is in `generation.py`, ``POST /v1/images/generations`` in
+`images.py`; ``GET /v1/models`` lists the generative and image models too, with their ``task``.)
 
 - ``input``: a string or a list of strings (at most ``ServeSettings.max_items``). An item that is a data URL,
   ``data:image/<type>;base64,...`` or ``data:audio/<type>;base64,...``, is an image or audio clip (polymodal's
@@ -46,13 +46,15 @@ from .schemas import MAX_INPUTS
 from .service import Service
 
 OPENAI_TAG = "openai"
+IMAGES_PATH = "/v1/images/generations"   # served by images.py
 # a media item: a data URL of an image or audio file (video needs a frame count: /v1/embed only)
 MEDIA_URL = re.compile(r"^data:(image|audio|video)/[\w.+-]+(?:;[\w=.+-]+)*;base64,", re.ASCII)
 
 
 def is_openai_path(path: str) -> bool:
     """Whether errors on ``path`` use OpenAI's envelope."""
-    return path in ("/v1/embeddings", "/v1/models", "/v1/audio/transcriptions", "/v1/chat/completions") or \
+    return path in ("/v1/embeddings", "/v1/models", "/v1/audio/transcriptions", "/v1/chat/completions",
+                    IMAGES_PATH) or \
         path.startswith("/v1/models/")
 
 
@@ -117,7 +119,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str
     task: str = Field(default="embedding", description="polymodal's extension: embedding, or what a generative "
-                                                       "model does (captioning, vqa, asr, lm)")
+                                                       "model does (captioning, vqa, asr, lm, text_to_image)")
 
 
 class ModelList(BaseModel):
@@ -156,10 +158,12 @@ STARTED = int(time.time())
 
 
 def model_cards(svc: Service) -> list[ModelCard]:
-    """The embedding model (if any), then the generative models by name."""
+    """The embedding model (if any), then the generative models by name, then the image models by name."""
     cards = [ModelCard(id=svc.model_id, created=STARTED, owned_by="polymodal")] if svc.model_id is not None else []
-    return cards + [ModelCard(id=name, created=STARTED, owned_by="polymodal", task=gm.task)
-                    for name, gm in svc.generators.items()]
+    tasks = {**{name: gm.task for name, gm in svc.generators.items()},
+             **{name: gen.task for name, gen in svc.image_models.items()}}
+    return cards + [ModelCard(id=name, created=STARTED, owned_by="polymodal", task=task)
+                    for name, task in tasks.items()]
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERRORS)
@@ -181,9 +185,9 @@ async def get_model(model: Annotated[str, Path()], svc: Service = Depends(reader
 
 def check_model(svc: Service, name: str) -> str:
     """The embedding model's id, if ``name`` is it (else 404)."""
-    if name in svc.generators:
-        raise InvalidInput(f"{name!r} is a generative model ({svc.generators[name].task}), not an embedding model",
-                           field="model")
+    if name in svc.generators or name in svc.image_models:
+        task = svc.generators[name].task if name in svc.generators else svc.image_models[name].task
+        raise InvalidInput(f"{name!r} is a generative model ({task}), not an embedding model", field="model")
     if svc.model_id is None or name != svc.model_id:
         serves = f"embeds with {svc.model_id!r}" if svc.model_id is not None else "serves no embedding model"
         raise ApiError(404, "ModelNotFound", f"the model {name!r} does not exist: this server {serves} "

@@ -5,12 +5,17 @@ The embedding model is optional when generative models are served (a generation-
 endpoints then answer 404. Chat models (`Service.chat_models`) are every served generative model that can chat
 (`polymodal.models.chat.as_chat_model`) plus the chat models given by name (``create_app(chat_models=...)``).
 Each is queued in the generation batcher as a `ConversationRunner` under `chat_key(name)`; a chat model given by
-name is also a generative model (listed by ``GET /v1/models``, asked one-turn questions by ``/v1/generate``)."""
+name is also a generative model (listed by ``GET /v1/models``, asked one-turn questions by ``/v1/generate``).
+Image models (`polymodal.models.t2i_front.ImageGenerator`, ``POST /v1/images/generations``) each get one worker
+thread (`ImageWorkers`)."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -18,9 +23,10 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 
-from ..errors import ApiError, InvalidInput
+from ..errors import ApiError, BatcherClosed, InvalidInput, QueueFull
 from ..models.chat import ChatModel, ConversationRunner, as_chat_model
 from ..models.generative import GenerativeModel
+from ..models.t2i_front import ImageGenerator
 from .batching import MicroBatcher, model_embed_fn
 from .gen_batching import GenerationBatcher
 from .media import MediaLimits
@@ -70,7 +76,8 @@ class Service:
 
     def __init__(self, model: Any, store: CollectionStore, settings: ServeSettings,
                  generators: Mapping[str, GenerativeModel] | None = None,
-                 chat_models: Mapping[str, ChatModel] | None = None):
+                 chat_models: Mapping[str, ChatModel] | None = None,
+                 image_models: Mapping[str, ImageGenerator] | None = None):
         self.model = model   # None: no embedding model (generation only)
         self.store = store
         self.settings = settings
@@ -85,6 +92,9 @@ class Service:
         if self.model_id is not None and self.model_id in self.generators:
             raise InvalidInput(f"the name {self.model_id!r} is both the embedding model's and a generative "
                                "model's", field="generate")
+        self.image_models: dict[str, ImageGenerator] = dict(image_models or {})
+        _check_image_names(self.image_models, self.model_id, self.generators, self.chat_models)
+        self.images = ImageWorkers(list(self.image_models), settings.queue_size)
         runners = {chat_key(n): ConversationRunner.of(cm) for n, cm in self.chat_models.items()}
         self.generation = GenerationBatcher({**self.generators, **runners}, max_batch=settings.max_batch,
                                             max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size)
@@ -94,8 +104,10 @@ class Service:
 
     async def embed(self, modality: str, items: list[Any], field: str) -> np.ndarray:
         if self.model is None:
+            served = [*self.generators, *self.image_models]
             raise ApiError(404, "NotFound", "this server serves no embedding model, only generative ones "
-                           f"({', '.join(self.generators)}): see POST /v1/generate", field="model")
+                           f"({', '.join(served)}): see POST /v1/generate and /v1/images/generations",
+                           field="model")
         if modality not in self.modalities:
             raise InvalidInput(f"this model embeds {', '.join(self.modalities)}, not {modality}", field=field)
         return await self.batcher.embed_async(modality, items)
@@ -120,6 +132,7 @@ class Service:
     def close(self) -> None:
         self.batcher.close()
         self.generation.close()
+        self.images.close()
         self.store.close()
 
 
@@ -137,6 +150,73 @@ def _with_chat(generators: dict[str, GenerativeModel], chat: dict[str, ChatModel
         raise InvalidInput(f"the name {both[0]!r} is both a generative model's and a chat model's", field="chat")
     capable = {n: cm for n, gm in generators.items() if (cm := as_chat_model(gm)) is not None}
     return {**generators, **{n: ConversationRunner.of(cm) for n, cm in chat.items()}}, {**capable, **chat}
+
+
+def _check_image_names(images: Mapping[str, ImageGenerator], model_id: str | None,
+                       generators: Mapping[str, GenerativeModel], chat: Mapping[str, ChatModel]) -> None:
+    """Every served name means one model: an image model's may not be another model's."""
+    for name in images:
+        if name == model_id or name in generators or name in chat:
+            what = "the embedding model's" if name == model_id else "a generative model's"
+            raise InvalidInput(f"the name {name!r} is both an image model's and {what}", field="generate")
+
+
+class ImageQueueFull(QueueFull):
+    def __str__(self) -> str:
+        return "the image queue of this model is full; retry later"
+
+
+class ImageWorkers:
+    """One worker thread per image model, so that a model makes one request's pictures at a time (sampling is
+    CPU-bound and already uses the cores torch gives it: two at once would only share them, and double the
+    memory). At most ``queue_size`` requests per model are held (running or waiting); more get a 503."""
+
+    def __init__(self, names: list[str], queue_size: int):
+        self.queue_size = queue_size
+        self._pools = {n: ThreadPoolExecutor(1, thread_name_prefix=f"images-{n}") for n in names}
+        self._held = dict.fromkeys(names, 0)
+        self._seconds = dict.fromkeys(names, 5.0)   # a running mean of one request's time, for Retry-After
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, name: str, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn()`` on ``name``'s worker (after the requests before it); a full queue raises at once."""
+        with self._lock:
+            if self._closed:
+                raise BatcherClosed("the image workers have stopped")
+            if self._held[name] >= self.queue_size:
+                raise ImageQueueFull(max(1.0, self._held[name] * self._seconds[name]))
+            self._held[name] += 1
+        try:
+            return self._pools[name].submit(self._timed, name, fn)
+        except BaseException:
+            self._release(name)
+            raise
+
+    def _timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            took = time.perf_counter() - start
+            with self._lock:
+                self._seconds[name] = 0.7 * self._seconds[name] + 0.3 * took
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        with self._lock:
+            self._held[name] -= 1
+
+    def cancel(self, name: str, future: Future[Any]) -> None:
+        """Drop a request that has not started (its client left); a running one finishes."""
+        if future.cancel():
+            self._release(name)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def served_model_id(model: Any, configured: str | None = None) -> str:
