@@ -47,7 +47,7 @@ class TokenAR(nn.Module):
         if ae_cfg is None:
             run_cfg, state = part_source(self.c.autoencoder, "model.autoencoder", ("image_autoencoder",))
             ae_cfg = dict(run_cfg["model"])
-            self._pending = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+            self._pending = dict(state)
             self.config["autoencoder"] = {"from_run": self.c.autoencoder.from_run, "config": ae_cfg}
         self.autoencoder = ImageAutoencoder(ae_cfg)
         if not self.autoencoder.is_vq:
@@ -84,7 +84,7 @@ class TokenAR(nn.Module):
     def fit_data(self, samples: Iterable[Sample]) -> None:
         """Before training: copy in the autoencoder's weights; train the BPE on the captions unless given."""
         if self._pending is not None:
-            self.autoencoder.net.load_state_dict(self._pending, strict=True)
+            self.autoencoder.load_state_dict(self._pending, strict=True)
             self._pending = None
         if self.tokenizer is not None:
             return
@@ -137,7 +137,8 @@ class TokenAR(nn.Module):
         prompts = [None if bool(d) else p for p, d in zip(prompts, drop, strict=True)]
         ids, labels = self.rows(codes, prompts, to_text)
         device = codes.device
-        logits = self.lm(input_ids=ids.to(device)).logits[:, :-1]
+        ids = ids.to(device)  # padding is content here (fixed positions), so every position is attended
+        logits = self.lm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1]
         target = labels[:, 1:].to(device)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
         logs = {"loss": float(loss.detach())}
@@ -169,7 +170,7 @@ class TokenAR(nn.Module):
             texts = texts + [None] * n
         prefix = torch.tensor([[*self.text_ids(t), self.boi] for t in texts], device=device)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        out = self.lm(input_ids=prefix, use_cache=True)
+        out = self.lm(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
         codes = torch.zeros(n, self.n_codes, dtype=torch.long)
         lo, hi = self.text_vocab, self.text_vocab + self.codebook

@@ -53,7 +53,7 @@ class LatentDiffusion(nn.Module):
         if ae_cfg is None:
             run_cfg, state = part_source(self.c.autoencoder, "model.autoencoder", ("image_autoencoder",))
             ae_cfg = dict(run_cfg["model"])
-            self._pending["autoencoder"] = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+            self._pending["autoencoder"] = dict(state)
             _inline(self.config, "autoencoder", self.c.autoencoder, ae_cfg)
         text_cfg = self.c.text.config
         if text_cfg is None:
@@ -104,9 +104,9 @@ class LatentDiffusion(nn.Module):
     def fit_data(self, samples: Iterable[Sample]) -> None:
         """Before training: copy in the source runs' weights, then measure the latents' scale."""
         if "autoencoder" in self._pending:
-            self.autoencoder.net.load_state_dict(self._pending["autoencoder"], strict=True)
+            self.autoencoder.load_state_dict(self._pending["autoencoder"], strict=True)
         if "text" in self._pending:
-            self.text.encoder.load_state_dict(self._pending["text"], strict=False)
+            self.text.encoder.load_state_dict(self._pending["text"], strict=True)
         self._pending = {}
         if self.c.latent_scale is not None:
             return
