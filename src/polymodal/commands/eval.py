@@ -1,5 +1,5 @@
-"""`polymodal eval RUN --data DIR [--split test] --task retrieval|zeroshot|classification|captioning|vqa|asr
-[--json] [--no-progress]`.
+"""`polymodal eval RUN --data DIR [--split test] --task retrieval|zeroshot|classification|captioning|vqa|asr|
+text_to_image [--json] [--no-progress]`.
 
 The run's arch is checked before anything is read (a fusion run needs --task classification, an alignment run
 retrieval or zeroshot, a generative run the task it generates: captioner -> captioning, vqa -> vqa, asr -> asr,
@@ -12,7 +12,8 @@ Generation tasks put baselines in the same table: captioning the nearest trainin
 --out FILE writes every item's prediction (and the baselines') as JSON lines.
 
 A vision-language encoder run (vl_encoder) takes --task matching (ITM accuracy, R@1 contrastive and ITM re-ranked;
---candidates MODEL), grounding (pointing game) or vqa (answer classification): see `eval_vl`."""
+--candidates MODEL), grounding (pointing game) or vqa (answer classification): see `eval_vl`. A text->image run
+(latent_diffusion, token_ar) takes --task text_to_image: see `eval_t2i`."""
 
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ import sys
 from typing import Any
 
 from ..errors import InvalidInput
+from . import eval_t2i as t2i
 from .eval_mllm import MLLM_TASKS, evaluate_embodied, evaluate_mllm, format_mllm
 from .eval_vl import VIDEOBERT_TASKS, VL_TASKS, check_vl_task, evaluate_vl, format_vl
 
 GENERATION: tuple[str, ...] = ("captioning", "vqa", "asr")
 GENERATIVE_TASK = {"captioner": "captioning", "vqa": "vqa", "asr": "asr", "lm": "vqa"}  # arch -> its eval task
 NEEDS = {"retrieval": "an alignment run", "zeroshot": "an alignment run", "classification": "a fusion run",
-         "captioning": "a generative captioner run", "vqa": "a generative vqa (or lm) run", "asr": "an asr run"}
+         "captioning": "a generative captioner run", "vqa": "a generative vqa (or lm) run", "asr": "an asr run",
+         t2i.T2I_TASK: t2i.NEEDS_T2I}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split of a generated data set (default: test; other sources are "
                    "read whole)")
     p.add_argument("--task", choices=("retrieval", "zeroshot", "classification", *GENERATION, *VL_TASKS[:2],
-                                          *VIDEOBERT_TASKS, *MLLM_TASKS), default="retrieval",
+                                          *VIDEOBERT_TASKS, *MLLM_TASKS, t2i.T2I_TASK), default="retrieval",
                    help="matching, grounding (and vqa): a vl_encoder run (docs/architectures.md); motion: a videobert "
-                        "run; instruct, fewshot, embodied (and captioning, vqa): an mllm run (docs/mllm.md)")
+                        "run; instruct, fewshot, embodied (and captioning, vqa): an mllm run (docs/mllm.md); "
+                        "text_to_image: a latent_diffusion or token_ar run (docs/evaluation.md)")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many samples")
     p.add_argument("--all-captions", action="store_true",
                    help="retrieval: every metadata caption (e.g. English and Chinese) is an extra caption")
@@ -59,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zeroshot: metadata field holding the label, dotted (e.g. labels.color)")
     p.add_argument("--classes", default=None, help="zeroshot: comma list of class names (default: from the "
                    "data set manifest)")
-    p.add_argument("--lang", default=None, choices=("en", "zh"), help="zeroshot: prompt language (default en); "
-                   "captioning/vqa/asr: only items in this language (default: every language the model writes)")
+    p.add_argument("--lang", default=None, type=t2i.lang_arg, metavar="LANG", help="en or zh. zeroshot: prompt "
+                   "language (default en); captioning/vqa/asr: only items in this language (default: every language "
+                   "the model writes); text_to_image: a comma list, e.g. en,zh (default: the run's languages)")
     p.add_argument("--robustness", action="store_true", help="classification: missing-modality and noise sweeps")
     p.add_argument("--attribution", action="store_true", help="classification: exact Shapley values of each "
                    "modality (accuracy, mean log-probability of the true class) over every coalition of modalities")
@@ -91,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-meteor", dest="meteor", action="store_false", default=None,
                    help="captioning: skip METEOR (run when Java is present; its start takes ~45 s per system)")
     g.add_argument("--device", default="cpu", help="torch device for generation (default cpu)")
+    t2i.add_t2i_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the status lines still go to stderr)")
     return p
@@ -126,11 +132,14 @@ def check_task(run: str, task: str) -> str:
     from ..rundir import read_run_config
 
     if not is_polymodal_run(Path(run).expanduser()):
-        if task in ("classification", *GENERATION):
+        if task in ("classification", *GENERATION, t2i.T2I_TASK):
             raise InvalidInput(f"{run} is not a polymodal run: --task {task} needs {NEEDS[task]}; a pretrained "
                                "checkpoint is evaluated with --task retrieval or --task zeroshot", field="--task")
         return "alignment"
     arch = str(read_run_config(resolve_run(run))["arch"])
+    t2i.check_t2i_task(run, task, arch)
+    if task == t2i.T2I_TASK:
+        return arch
     if arch == "mllm":
         if task not in (*MLLM_TASKS, "captioning", "vqa"):
             raise InvalidInput(f"{run} is a multimodal LLM (mllm) run: evaluate it with --task "
@@ -191,7 +200,9 @@ def _read(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    t2i.check_t2i_flags(args, parser)
     if args.attribution and args.task != "classification":
         raise InvalidInput("--attribution is for --task classification (a fusion run)", field="--attribution")
     arch = check_task(args.run, args.task)
@@ -211,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     mods = args.modalities.split(",") if args.modalities else None
     progress = not args.no_progress
     result: dict[str, Any] = {"run": args.run, "data": args.data, "split": args.split, "task": args.task}
-    if arch in ("vl_encoder", "videobert"):
+    if args.task == t2i.T2I_TASK:
+        result.update(t2i.evaluate_text_to_image(args, samples))
+    elif arch in ("vl_encoder", "videobert"):
         result.update(evaluate_vl(args, samples))
     elif args.task in MLLM_TASKS:
         result.update(evaluate_mllm(args, samples))
@@ -328,6 +341,8 @@ def _generation(args: argparse.Namespace, ds: Any, samples: list[Any]) -> dict[s
 
 def format_result(r: dict[str, Any]) -> str:
     lines = [f"{r['task']} on {r['data']} [{r['split'] or 'all'}]"]
+    if r["task"] == t2i.T2I_TASK:
+        return "\n".join(lines + t2i.format_t2i(r))
     if r.get("arch") in ("vl_encoder", "videobert"):
         return "\n".join(lines + format_vl(r))
     if r["task"] in MLLM_TASKS:
