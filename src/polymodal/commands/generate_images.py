@@ -26,11 +26,10 @@ import numpy as np
 from .._io import atomic_write_bytes, json_bytes
 from ..data.codec import encode_image
 from ..errors import Conflict, InvalidInput, ModelOutputError
-from ..models.t2i_front import ImageGenerator, ImageOptions, check_request, load_image_generator
+from ..models.t2i_front import SAMPLERS, ImageGenerator, ImageOptions, check_request, load_image_generator
 
 MANIFEST = "generated.json"
 DEFAULT_OUT = "generated"
-SAMPLERS = ("ddim", "dpm", "ddpm")
 MAX_SEED = 2**32 - 1
 # dest -> flag of the options that apply to one kind of run only
 IMAGE_ONLY = {"n": "--n", "guidance": "--guidance", "steps": "--steps", "sampler": "--sampler",
@@ -53,7 +52,7 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance", type=float, metavar="G",
                    help="classifier-free guidance scale (1: none; default: the run's)")
     g.add_argument("--steps", type=int, metavar="N", help="diffusion sampling steps (default: the run's)")
-    g.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: the run's)")
+    g.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler: ddim (DDIM, eta 0) or dpm (DPM-Solver++ 2nd order, good at 10-20 steps); default: the run's")
     g.add_argument("--overwrite", action="store_true",
                    help="replace PNG files in --out that another run (or something else) wrote")
 

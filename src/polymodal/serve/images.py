@@ -81,7 +81,7 @@ class ImagesRequest(BaseModel):
     steps: int | None = Field(None, strict=True, ge=1, le=MAX_STEPS, description="diffusion sampling steps")
     seed: int | None = Field(None, strict=True, ge=0, le=MAX_SEED,
                              description="picture i is drawn with seed + i (left out: the server draws one)")
-    sampler: str | None = Field(None, max_length=32, description="diffusion sampler: ddim, dpm or ddpm")
+    sampler: str | None = Field(None, max_length=32, description="diffusion sampler: ddim or dpm")
     temperature: float | None = Field(None, gt=0, le=10, description="token models: sampling temperature")
     top_k: int | None = Field(None, strict=True, ge=1, description="token models: sample among the K most likely")
 
