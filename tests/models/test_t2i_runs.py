@@ -50,7 +50,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ar = train(tmp, "ar", "token_ar", {"autoencoder": {"from_run": str(vq)}, "tokenizer": {"vocab_size": 300},
                                        "text_len": 24, "layers": 1, "width": 32, "heads": 2, "image_to_text": 0.5},
                data, ["image"])
-    return {"data": data, "vq": vq, "clip": clip, "ldm": ldm, "ar": ar}
+    lm = train(tmp, "lm", "lm", {"tokenizer": {"vocab_size": 300}, "hidden": 32, "layers": 1, "heads": 2,
+                                 "kv_heads": 1, "intermediate": 64, "max_len": 64}, data, [])
+    ldm_lm = train(tmp, "ldm_lm", "latent_diffusion", {
+        "autoencoder": {"from_run": str(vq)}, "text": {"from_run": str(lm)},
+        "unet": {"channels": [32, 32], "layers_per_block": 1, "head_dim": 16, "norm_groups": 8}, "steps": 2},
+        data, ["image"])
+    return {"data": data, "vq": vq, "clip": clip, "ldm": ldm, "ar": ar, "lm": lm, "ldm_lm": ldm_lm}
 
 
 def test_sources_are_copied_in_and_a_run_loads_without_them(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -94,3 +100,19 @@ def test_a_source_of_the_wrong_kind_is_a_config_error(runs: dict[str, Path], tmp
         Trainer(recipe, runs["data"], tmp_path / "bad", progress=False).fit()
     assert err.value.field == "model.autoencoder.from_run"
     assert not is_image_run(runs["clip"])
+
+
+def test_an_lm_run_conditions_diffusion_with_its_last_layer_states(runs: dict[str, Path]) -> None:
+    lm = load_model(runs["lm"])[0]
+    model = load_model(runs["ldm_lm"])[0]
+    for k, v in model.text.encoder.state_dict().items():
+        torch.testing.assert_close(v, lm.state_dict()[k])
+    prompt = "a small red star"
+    states, mask = model.text([prompt])
+    ids = [1, *lm._tok().encode(prompt), 2]  # <s> prompt </s>
+    with torch.no_grad():
+        want = lm.lm(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(states, want)
+    assert mask.all() and states.shape[-1] == model.unet.config.cross_attention_dim
+    pics = polymodal.load(runs["ldm_lm"]).generate_images(prompt, seed=0, steps=2)
+    assert pics[0].shape == (64, 64, 3)

@@ -60,6 +60,8 @@ def from_pixels(images: Sequence[np.ndarray], size: int, device: torch.device) -
 class ImageAutoencoder(nn.Module):
     task = "autoencode"
     modalities = ("image",)
+    codebook_ready: torch.Tensor
+    code_usage: torch.Tensor
 
     def __init__(self, config: Mapping[str, Any]):
         super().__init__()

@@ -107,7 +107,7 @@ class UNetSpec:
 class DiffusionConfig:
     arch: str = "latent_diffusion"
     autoencoder: PartSpec = field(default_factory=PartSpec)  # an image_autoencoder run
-    text: PartSpec = field(default_factory=PartSpec)  # an alignment run whose text tower conditions (frozen)
+    text: PartSpec = field(default_factory=PartSpec)  # an alignment run's text tower or an lm run (frozen)
     unet: UNetSpec = field(default_factory=UNetSpec)
     langs: list[str] = field(default_factory=lambda: ["en", "zh"])
     train_timesteps: int = 1000

@@ -31,7 +31,7 @@ from .registry import ARCHS, load_config
 from .t2i_autoencoder import ImageAutoencoder, from_pixels, to_pixels
 from .t2i_config import DiffusionConfig, PartSpec
 from .t2i_front import ImageOptions
-from .t2i_text import FrozenTextTower, part_source, text_tower_source, training_prompts
+from .t2i_text import part_source, text_conditioner, text_tower_source, training_prompts
 
 SCALE_SAMPLES = 512  # training pictures whose latents set latent_scale
 
@@ -61,7 +61,7 @@ class LatentDiffusion(nn.Module):
             _inline(self.config, "text", self.c.text, text_cfg)
         self.autoencoder = ImageAutoencoder(ae_cfg)
         self.autoencoder.requires_grad_(False)
-        self.text = FrozenTextTower(text_cfg)
+        self.text = text_conditioner(text_cfg)
         self.langs: tuple[str, ...] = tuple(self.c.langs)
         self.image_size = self.autoencoder.image_size
         self.unet = self._build_unet()

@@ -1,8 +1,9 @@
-"""The parts a text->image run takes from other runs, and the frozen text tower that conditions diffusion.
+"""The parts a text->image run takes from other runs, and the frozen text encoder that conditions diffusion.
 
 `FrozenTextTower` is an alignment run's text encoder (its per-token states after the final norm, not the pooled
 vector: cross-attention reads every word) with the run's own tokenizer, frozen: Imagen's finding that a frozen,
-separately trained text encoder conditions well. A source run is read once, on the first build (`part_source`):
+separately trained text encoder conditions well. `FrozenLMStates` reads an ``lm`` run (a causal Qwen2 trained on
+the captions) the same way, for comparing a contrastive tower with LM states. A source run is read once, on the first build (`part_source`):
 its spec is written into the new run's config and its weights copied in when training starts."""
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from ..data.transforms.text import tokenizer_from_dict
 from ..encoders import create_encoder
 from ..encoders.text import TextTransformer
 from ..errors import ConfigError, InvalidInput
+from ..lm.tokenizer import BOS, EOS, PAD
 from ..rundir import read_run_weights
+from .lm import CausalLM
 from .t2i_config import PartSpec
 
 MAX_PROMPT_CHARS = 1000  # a longer prompt is an error, not a silent cut (the tokenizer then truncates to max_len)
@@ -39,8 +42,10 @@ def part_source(spec: PartSpec, field: str, archs: tuple[str, ...]) -> tuple[dic
 
 
 def text_tower_source(spec: PartSpec) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """An alignment run's text tower as (spec for `FrozenTextTower`, its weights)."""
-    cfg, state = part_source(spec, "model.text", ("alignment",))
+    """An alignment run's text tower, or an ``lm`` run, as (spec for `text_conditioner`, its weights)."""
+    cfg, state = part_source(spec, "model.text", ("alignment", "lm"))
+    if cfg["arch"] == "lm":
+        return {"kind": "lm", "model": dict(cfg["model"])}, dict(state)
     encoder = (cfg["model"].get("encoders") or {}).get("text")
     if not isinstance(encoder, dict) or encoder.get("name") != "text_transformer":
         raise ConfigError(f"{spec.from_run} has no from-scratch text tower (text_transformer)",
@@ -50,6 +55,47 @@ def text_tower_source(spec: PartSpec) -> tuple[dict[str, Any], dict[str, torch.T
              "max_len": int(transform.get("max_text_len", 64))}
     prefix = "encoders.text."
     return tower, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def text_conditioner(spec: dict[str, Any]) -> FrozenTextTower | FrozenLMStates:
+    """The frozen text encoder a spec names: an alignment run's tower (default) or an ``lm`` run's states."""
+    return FrozenLMStates(spec) if spec.get("kind") == "lm" else FrozenTextTower(spec)
+
+
+class FrozenLMStates(nn.Module):
+    """An ``lm`` run (Qwen2, causal) read as a text encoder: the last layer's states of ``<s> text </s>`` (each
+    token sees only the words before it, unlike the bidirectional tower). Frozen."""
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        self.lm = CausalLM(dict(spec["model"]))
+        self.tokenizer = self.lm._tok()
+        self.width = int(self.lm.lm.config.hidden_size)
+        self.max_len = int(self.lm.max_len)
+        self.requires_grad_(False)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """What a source run's weights load into (the run's whole `CausalLM`)."""
+        return self.lm
+
+    def train(self, mode: bool = True) -> FrozenLMStates:
+        super().train(False)
+        return self
+
+    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.lm.parameters()).device
+        rows = [[BOS, *self.tokenizer.encode(check_prompt(t, i))[:self.max_len - 2], EOS] for i, t in enumerate(texts)]
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), PAD, dtype=torch.long, device=device)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, :len(r)] = True
+        with torch.no_grad():
+            out = self.lm.lm(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+        states: torch.Tensor = out.hidden_states[-1]
+        return states, mask
 
 
 class FrozenTextTower(nn.Module):
