@@ -26,10 +26,10 @@ from ..data.transforms.image import HALF_MEAN, HALF_STD
 from ..errors import ConfigError, InvalidInput, require
 from ..lm.tokenizer import BOS, EOS, PAD, TextTokenizer, tokenizer_from_config, train_bpe
 from .registry import ARCHS, load_config
-from .t2i_autoencoder import ImageAutoencoder, from_pixels, to_pixels
+from .t2i_autoencoder import from_pixels, to_pixels
 from .t2i_config import TokenARConfig
 from .t2i_front import ImageOptions
-from .t2i_text import check_prompt, part_source, training_prompts
+from .t2i_text import check_prompt, source_autoencoder, training_prompts
 
 IGNORE = -100
 
@@ -42,17 +42,9 @@ class TokenAR(nn.Module):
         super().__init__()
         self.c: TokenARConfig = load_config(TokenARConfig, config)
         self.config: dict[str, Any] = dict(config)
-        self._pending: dict[str, torch.Tensor] | None = None
-        ae_cfg = self.c.autoencoder.config
-        if ae_cfg is None:
-            run_cfg, state = part_source(self.c.autoencoder, "model.autoencoder", ("image_autoencoder",))
-            ae_cfg = dict(run_cfg["model"])
-            self._pending = dict(state)
-            self.config["autoencoder"] = {"from_run": self.c.autoencoder.from_run, "config": ae_cfg}
-        self.autoencoder = ImageAutoencoder(ae_cfg)
+        self.autoencoder, self._pending = source_autoencoder(self.c.autoencoder, self.config)
         if not self.autoencoder.is_vq:
             raise ConfigError("token_ar needs a VQ autoencoder (kind 'vq')", field="model.autoencoder")
-        self.autoencoder.requires_grad_(False)
         self.tokenizer: TextTokenizer | None = tokenizer_from_config(dict(self.c.tokenizer))
         self.text_vocab = int(self.c.tokenizer.get("vocab_size") or self._tok().vocab_size)
         self.codebook = self.autoencoder.c.codebook_size

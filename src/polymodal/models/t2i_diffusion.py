@@ -28,16 +28,12 @@ from ..data.sample import Batch, Sample
 from ..data.transforms.image import HALF_MEAN, HALF_STD
 from ..errors import ConfigError, InvalidInput, require
 from .registry import ARCHS, load_config
-from .t2i_autoencoder import ImageAutoencoder, from_pixels, to_pixels
-from .t2i_config import DiffusionConfig, PartSpec
+from .t2i_autoencoder import from_pixels, to_pixels
+from .t2i_config import DiffusionConfig
 from .t2i_front import ImageOptions
-from .t2i_text import part_source, text_conditioner, text_tower_source, training_prompts
+from .t2i_text import source_autoencoder, text_conditioner, text_tower_source, training_prompts
 
 SCALE_SAMPLES = 512  # training pictures whose latents set latent_scale
-
-
-def _inline(config: dict[str, Any], key: str, spec: PartSpec, part: dict[str, Any]) -> None:
-    config[key] = {"from_run": spec.from_run, "config": part}
 
 
 class LatentDiffusion(nn.Module):
@@ -48,19 +44,14 @@ class LatentDiffusion(nn.Module):
         super().__init__()
         self.c: DiffusionConfig = load_config(DiffusionConfig, config)
         self.config: dict[str, Any] = dict(config)
-        self._pending: dict[str, dict[str, torch.Tensor]] = {}
-        ae_cfg = self.c.autoencoder.config
-        if ae_cfg is None:
-            run_cfg, state = part_source(self.c.autoencoder, "model.autoencoder", ("image_autoencoder",))
-            ae_cfg = dict(run_cfg["model"])
-            self._pending["autoencoder"] = dict(state)
-            _inline(self.config, "autoencoder", self.c.autoencoder, ae_cfg)
+        self._pending: dict[str, dict[str, Any]] = {}
+        self.autoencoder, ae_state = source_autoencoder(self.c.autoencoder, self.config)
+        if ae_state is not None:
+            self._pending["autoencoder"] = ae_state
         text_cfg = self.c.text.config
         if text_cfg is None:
             text_cfg, self._pending["text"] = text_tower_source(self.c.text)
-            _inline(self.config, "text", self.c.text, text_cfg)
-        self.autoencoder = ImageAutoencoder(ae_cfg)
-        self.autoencoder.requires_grad_(False)
+            self.config["text"] = {"from_run": self.c.text.from_run, "config": text_cfg}
         self.text = text_conditioner(text_cfg)
         self.langs: tuple[str, ...] = tuple(self.c.langs)
         self.image_size = self.autoencoder.image_size

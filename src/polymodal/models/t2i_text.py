@@ -22,6 +22,7 @@ from ..errors import ConfigError, InvalidInput
 from ..lm.tokenizer import BOS, EOS, PAD
 from ..rundir import read_run_weights
 from .lm import CausalLM
+from .t2i_autoencoder import ImageAutoencoder
 from .t2i_config import PartSpec
 
 MAX_PROMPT_CHARS = 1000  # a longer prompt is an error, not a silent cut (the tokenizer then truncates to max_len)
@@ -39,6 +40,20 @@ def part_source(spec: PartSpec, field: str, archs: tuple[str, ...]) -> tuple[dic
         raise ConfigError(f"{spec.from_run} is a {cfg.get('arch')!r} run; expected {' or '.join(archs)}",
                           field=f"{field}.from_run")
     return cfg, state
+
+
+def source_autoencoder(spec: PartSpec, config: dict[str, Any]) -> tuple[ImageAutoencoder, dict[str, Any] | None]:
+    """A generator's frozen first stage: built from ``spec.config`` (a finished run), or on the first build from
+    ``spec.from_run``, whose model section is then written into ``config["autoencoder"]``; returns the module
+    and the source's weights to copy in when training starts (None when there is nothing to copy)."""
+    ae_cfg, state = spec.config, None
+    if ae_cfg is None:
+        run_cfg, state = part_source(spec, "model.autoencoder", ("image_autoencoder",))
+        ae_cfg = dict(run_cfg["model"])
+        config["autoencoder"] = {"from_run": spec.from_run, "config": ae_cfg}
+    ae = ImageAutoencoder(ae_cfg)
+    ae.requires_grad_(False)
+    return ae, state
 
 
 def text_tower_source(spec: PartSpec) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
