@@ -7,7 +7,8 @@ Pipeline (every run in its own `polymodal train` process, 1 torch thread; ``--re
    from the judge, so the judge does not grade its own embedding), the scene parser (`standard_parser`: fitted on
    real pictures of every color+shape pair, seed-1 scenes), ``vq`` (vq_tiny) and ``kl`` (kl_tiny);
 2. generators at one step budget (``--steps``, 32 pictures a step): ``ldm`` (latent diffusion on the KL latents,
-   Stable Diffusion's layout), ``dalle`` (GPT-2 over the VQ codes), ``ernie`` (the same, 30% image->text rows);
+   Stable Diffusion's layout), ``dalle`` (GPT-2 over the VQ codes), ``ernie`` (the same, 30% image->text rows),
+   ``ldm_lm`` (the diffusion conditioned on ``lm_tiny``'s last-layer states instead of the CLIP text tower);
 3. every judge on the real test pictures first (the ceiling), and on the autoencoders' reconstructions (the
    ceiling of what each generator can draw through its decoder); then each generator on the test captions in
    English and Chinese (``--samples`` scenes x 2 languages), broken down by seen / held-out pairs, one / two
@@ -44,17 +45,20 @@ SOURCES: dict[str, tuple[str, int, list[str]]] = {  # name -> (recipe, steps, --
     "clip_judge": ("clip_tiny", 1500, ["train.seed=1"]),
     "vq": ("vq_tiny", 1200, []),
     "kl": ("kl_tiny", 1200, []),
+    "lm": ("lm_tiny", 500, []),  # the LM whose states condition ldm_lm (Imagen's comparison of text encoders)
 }
 GENERATORS: dict[str, tuple[str, list[str]]] = {  # name -> (recipe, --set); steps: --steps
     "ldm": ("ldm_tiny", ["model.autoencoder.from_run={runs}/kl", "model.text.from_run={runs}/clip_cond"]),
     "dalle": ("dalle_tiny", ["model.autoencoder.from_run={runs}/vq"]),
     "ernie": ("ernievilg_tiny", ["model.autoencoder.from_run={runs}/vq"]),
+    "ldm_lm": ("ldm_tiny", ["model.autoencoder.from_run={runs}/kl", "model.text.from_run={runs}/lm"]),
 }
 # (row name, run, options): what the table compares; guidance 1 = no guidance
 EVAL_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("ldm (DDIM 25, guidance 3)", "ldm", {"steps": 25, "guidance": 3.0}),
     ("ldm (DDIM 25, no guidance)", "ldm", {"steps": 25, "guidance": 1.0}),
     ("ldm (DPM-Solver++ 10, guidance 3)", "ldm", {"steps": 10, "guidance": 3.0, "sampler": "dpm"}),
+    ("ldm, lm_tiny states (DDIM 25, guidance 3)", "ldm_lm", {"steps": 25, "guidance": 3.0}),
     ("dalle (no guidance)", "dalle", {"guidance": 1.0}),
     ("dalle (guidance 3)", "dalle", {"guidance": 3.0}),
     ("ernie (guidance 3)", "ernie", {"guidance": 3.0}),
