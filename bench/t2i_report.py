@@ -59,7 +59,7 @@ def targets(rows: dict[str, Any]) -> list[list[str]]:
     fd_l, fd_a = get(ldm, "groups", "all", "frechet"), get(ar, "groups", "all", "frechet")
     if fd_l is not None and fd_a is not None:
         out.append([f"diffusion beats the token model on Frechet distance ({MAIN} vs {AR})",
-                    f"{f(fd_l, 2)} vs {f(fd_a, 2)}", met(fd_l < fd_a)])
+                    f"{f(fd_l, 3)} vs {f(fd_a, 3)}", met(fd_l < fd_a)])
     return out
 
 
@@ -71,7 +71,7 @@ def main_rows(rows: dict[str, Any]) -> list[list[str]]:
                     f(get(g, "all", "parser", "object")), f(get(g, "all", "parser", "count")),
                     f(get(g, "two_objects", "parser", "relation")), f(attr(rep, "lang:en")), f(attr(rep, "lang:zh")),
                     f(get(g, "all", "clip_score"), 1), f(get(g, "all", "r_precision")),
-                    f(get(g, "all", "frechet"), 2), f(get(rep, "speed", "s_per_image"), 3)])
+                    f(get(g, "all", "frechet"), 3), f(get(rep, "speed", "s_per_image"), 3)])
     return out
 
 
