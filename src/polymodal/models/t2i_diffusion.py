@@ -84,8 +84,10 @@ class LatentDiffusion(nn.Module):
             return diffusers.DDPMScheduler(**common, clip_sample=False)
         if kind == "ddim":
             return diffusers.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
-        if kind == "dpm":
-            return diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+        if kind == "dpm":  # "leading" as DDIM: the default "linspace" starts at t = 999, where the capped cosine
+            # schedule leaves almost no signal and the x0 estimate explodes (attribute accuracy 0.09 vs 0.42)
+            return diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                                         timestep_spacing="leading")
         raise InvalidInput(f"unknown sampler {kind!r}; expected ddim or dpm", field="sampler")
 
     # ------------------------------------------------------------------ training
