@@ -71,7 +71,7 @@ def main_rows(rows: dict[str, Any]) -> list[list[str]]:
                     f(get(g, "all", "parser", "object")), f(get(g, "all", "parser", "count")),
                     f(get(g, "two_objects", "parser", "relation")), f(attr(rep, "lang:en")), f(attr(rep, "lang:zh")),
                     f(get(g, "all", "clip_score"), 1), f(get(g, "all", "r_precision")),
-                    f(get(g, "all", "frechet"), 3), f(get(rep, "speed", "s_per_image"), 3)])
+                    f(get(g, "all", "frechet"), 3), f(get(rep, "speed", "seconds_per_image"), 3)])
     return out
 
 
@@ -85,8 +85,8 @@ def part_rows(rows: dict[str, Any]) -> list[list[str]]:
 
 
 def cost_rows(cost: list[dict[str, Any]]) -> list[list[str]]:
-    return [[c["run"], str(c.get("steps", "-")), f(c.get("guidance"), 1), f(c["s_per_image"], 3),
-             f(c["images_per_s"], 2), f(c["peak_rss_mb"], 0)] for c in cost]
+    return [[c["run"] + (f" ({c['sampler']})" if c.get("sampler") else ""), str(c.get("steps", "-")), f(c.get("guidance"), 1), f(c["s_per_image"], 3),
+             f(c["images_per_s"], 2), f(c.get("loaded_rss_mb"), 0), f(c["peak_rss_mb"], 0)] for c in cost]
 
 
 def write_report(out: Path, results: dict[str, Any]) -> str:
@@ -124,8 +124,9 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
                   "", "Examples: " + "; ".join(f"`{c}`" for c in caps["examples"]), ""]
     if results.get("cost"):
         lines += ["## Sampling cost", "", "16 pictures after a warm-up call, batches of 8, 1 thread, each setting in "
-                  "a fresh process (peak RSS includes the loaded run):", "",
-                  *table(["run", "steps", "guidance", "s / picture", "pictures / s", "peak RSS MB"],
+                  "a fresh process; RSS once the run is loaded (libraries included: torch, transformers and diffusers "
+                  "are most of it) and the process's peak:", "",
+                  *table(["run", "steps", "guidance", "s / picture", "pictures / s", "RSS loaded MB", "peak RSS MB"],
                          cost_rows(results["cost"])), ""]
     lines += ["## Training", "", *table(["run", "recipe", "steps", "train s", "last loss"],
                                         [[k, v.get("recipe", "-"), str(v.get("steps")), f(v.get("train_s"), 0),

@@ -65,6 +65,7 @@ EVAL_ROWS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 COST: list[tuple[str, dict[str, Any]]] = [
     *[("ldm", {"steps": s, "guidance": g}) for s in (10, 25, 50) for g in (1.0, 3.0)],
+    *[("ldm", {"steps": s, "guidance": 3.0, "sampler": "dpm"}) for s in (10, 25)],
     *[(r, {"guidance": g}) for r in ("dalle",) for g in (1.0, 3.0)],
 ]
 COST_IMAGES = 16
@@ -191,12 +192,14 @@ def cost_probe(run: str, opts: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     gen = load_image_generator(run)
+    loaded = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     prompts = ["a small red star above a large blue square"] * COST_IMAGES
     gen.generate_images(prompts[:2], options=ImageOptions(seed=0, **opts))
     t0 = time.perf_counter()
     gen.generate_images(prompts, options=ImageOptions(seed=0, **opts), batch_size=8)
     sec = time.perf_counter() - t0
     return {"s_per_image": round(sec / COST_IMAGES, 4), "images_per_s": round(COST_IMAGES / sec, 2),
+            "loaded_rss_mb": round(loaded, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
