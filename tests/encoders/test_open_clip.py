@@ -26,6 +26,8 @@ def _stub_torchvision() -> None:
     import transformers.utils.import_utils as iu  # decide "no torchvision" before the stub exists
 
     iu.is_torchvision_available()
+    if importlib.util.find_spec("diffusers") is not None:  # diffusers decides at import, with find_spec, which a
+        import diffusers.utils.import_utils  # noqa: F401  stub without __spec__ makes raise: decide it now too
     tv, tr, fn = (types.ModuleType(n) for n in ("torchvision", "torchvision.transforms",
                                                 "torchvision.transforms.functional"))
     ops, misc = types.ModuleType("torchvision.ops"), types.ModuleType("torchvision.ops.misc")
