@@ -70,7 +70,7 @@ def test_archs_come_from_the_model_registry(tmp_path: Path, capsys: pytest.Captu
     # registry, when the model (or just its config) is built, and by the CLI before a run starts.
     r = Recipe.from_dict({"arch": "clip", "model": {}})
     for check in (model_config, build_model):
-        with pytest.raises(ConfigError, match=r"field 'arch'.*unknown arch 'clip'.*alignment, asr, captioner, fusion, lm, mllm, videobert, vl_encoder, vqa"):
+        with pytest.raises(ConfigError, match=r"field 'arch'.*unknown arch 'clip'.*alignment, asr, captioner, fusion, image_autoencoder, latent_diffusion, lm, mllm, token_ar, videobert, vl_encoder, vqa"):
             check(r.arch, r.model)
     bad = tmp_path / "bad_arch.json"
     bad.write_text(json.dumps({"arch": "clip", "model": {}}))
