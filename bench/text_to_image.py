@@ -16,7 +16,7 @@ Pipeline (every run in its own `polymodal train` process, 1 torch thread; ``--re
 4. sampling cost: seconds per picture and pictures/s at 10/25/50 DDIM steps with and without guidance, the token
    models with and without guidance, each in a fresh process for its peak memory (ru_maxrss).
 
-    python bench/text_to_image.py [--reuse] [--steps 1500] [--samples 200] [--only train,judges,eval,cost]
+    python bench/text_to_image.py [--reuse] [--steps 1500] [--samples 200] [--only train,judges,eval,cost,gallery]
 
 Prints one JSON line and a table, writes RUNS/bench_results.json (merged across ``--only`` invocations) and
 docs/results/text_to_image.md (bench/t2i_report.py) with a gallery picture docs/results/text_to_image.png."""
@@ -63,6 +63,7 @@ EVAL_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("dalle (guidance 3)", "dalle", {"guidance": 3.0}),
     ("ernie (guidance 3)", "ernie", {"guidance": 3.0}),
 ]
+GALLERY_ROWS = [EVAL_ROWS[0], EVAL_ROWS[3], EVAL_ROWS[4], EVAL_ROWS[6]]  # ldm, ldm_lm, dalle, ernie
 COST: list[tuple[str, dict[str, Any]]] = [
     *[("ldm", {"steps": s, "guidance": g}) for s in (10, 25, 50) for g in (1.0, 3.0)],
     *[("ldm", {"steps": s, "guidance": 3.0, "sampler": "dpm"}) for s in (10, 25)],
@@ -142,7 +143,6 @@ def evaluate_all(runs: Path, data: Path, count: int, results: dict[str, Any]) ->
     for name in ("vq", "kl"):
         report, _ = evaluate_t2i(None, reconstructed(samples, runs / name), **common)
         rows[f"{name} reconstructions"] = report
-    gallery: dict[str, list[Any]] = {}
     for row, run, opts in EVAL_ROWS:
         if not (runs / run / "config.json").is_file():
             continue
@@ -151,11 +151,10 @@ def evaluate_all(runs: Path, data: Path, count: int, results: dict[str, Any]) ->
         report, judged = evaluate_t2i(gen, samples, options=ImageOptions(seed=0, **opts), **common)
         report["eval_s"] = round(time.perf_counter() - t0, 1)
         rows[row] = report
-        gallery.setdefault(run, judged[:8])
         print(f"{row}: attribute {report['groups']['all']['parser']['attribute']:.3f}", file=sys.stderr)
     results["eval"] = rows
     results["captions"] = ernie_captions(runs / "ernie", samples) if (runs / "ernie" / "config.json").is_file() else None
-    save_gallery(samples[:8], gallery, ROOT / "docs" / "results" / "text_to_image.png")
+    save_gallery(runs, samples[:8], ROOT / "docs" / "results" / "text_to_image.png")
 
 
 def ernie_captions(run: Path, samples: list[Any]) -> dict[str, Any]:
@@ -173,15 +172,18 @@ def ernie_captions(run: Path, samples: list[Any]) -> dict[str, Any]:
     return {"report": attribute_report(items), "examples": caps[:6]}
 
 
-def save_gallery(samples: list[Any], gallery: dict[str, list[Any]], out: Path) -> None:
-    """Rows: the real pictures, then each generator's English-prompt pictures of the same scenes."""
+def save_gallery(runs: Path, samples: list[Any], out: Path) -> None:
+    """Rows: the real pictures, then each generator's picture of the same scenes' English captions (seed 0)."""
     from PIL import Image
 
+    from polymodal.models.t2i_front import ImageOptions, load_image_generator
+
     rows = [np.concatenate([s.image for s in samples], axis=1)]
-    for judged in gallery.values():
-        en = [j.image for j in judged if j.lang == "en"][:len(samples)]
-        if len(en) == len(samples):
-            rows.append(np.concatenate(en, axis=1))
+    prompts = [s.metadata["captions"]["en"] for s in samples]
+    for _, run, opts in GALLERY_ROWS:
+        if (runs / run / "config.json").is_file():
+            pics = load_image_generator(runs / run).generate_images(prompts, options=ImageOptions(seed=0, **opts))
+            rows.append(np.concatenate(pics, axis=1))
     grid = np.concatenate(rows, axis=0)
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(out)
 
@@ -251,6 +253,8 @@ def main() -> int:
         judges(runs)  # fits and saves the parser once
     if "eval" in only:
         evaluate_all(runs, data, args.samples, results)
+    if "gallery" in only:
+        save_gallery(runs, test_samples(data, 8), ROOT / "docs" / "results" / "text_to_image.png")
     if "cost" in only:
         results["cost"] = costs(runs)
     results["machine"] = machine()
