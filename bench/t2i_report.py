@@ -130,7 +130,7 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
                   *table(["run", "steps", "guidance", "s / picture", "pictures / s", "RSS loaded MB", "peak RSS MB"],
                          cost_rows(results["cost"])), ""]
     lines += ["## Training", "", *table(["run", "recipe", "steps", "train s", "last loss"],
-                                        [[k, v.get("recipe", "-"), str(v.get("steps")), f(v.get("train_s"), 0),
+                                        [[k, v.get("recipe") or f"{v.get('continued_from')}, continued", str(v.get("steps")), f(v.get("train_s"), 0),
                                           f(v.get("loss"))] for k, v in training.items()]), ""]
     m = results.get("machine") or {}
     lines += [f"Machine: {m.get('cores')} cores ({m.get('cpu')}), torch {m.get('torch')}, Python {m.get('python')}; "

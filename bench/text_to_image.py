@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -53,6 +54,7 @@ GENERATORS: dict[str, tuple[str, list[str]]] = {  # name -> (recipe, --set); ste
     "ernie": ("ernievilg_tiny", ["model.autoencoder.from_run={runs}/vq"]),
     "ldm_lm": ("ldm_tiny", ["model.autoencoder.from_run={runs}/kl", "model.text.from_run={runs}/lm"]),
 }
+LONGER = {"ldm_long": "ldm", "dalle_long": "dalle"}  # the same runs continued to 3x the budget (--long-steps)
 # (row name, run, options): what the table compares; guidance 1 = no guidance
 EVAL_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("ldm (DDIM 25, guidance 3)", "ldm", {"steps": 25, "guidance": 3.0}),
@@ -62,6 +64,8 @@ EVAL_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("dalle (no guidance)", "dalle", {"guidance": 1.0}),
     ("dalle (guidance 3)", "dalle", {"guidance": 3.0}),
     ("ernie (guidance 3)", "ernie", {"guidance": 3.0}),
+    ("ldm, 3x steps (DDIM 25, guidance 3)", "ldm_long", {"steps": 25, "guidance": 3.0}),
+    ("dalle, 3x steps (no guidance)", "dalle_long", {"guidance": 1.0}),
 ]
 GALLERY_ROWS = [EVAL_ROWS[0], EVAL_ROWS[3], EVAL_ROWS[4], EVAL_ROWS[6]]  # ldm, ldm_lm, dalle, ernie
 COST: list[tuple[str, dict[str, Any]]] = [
@@ -88,6 +92,20 @@ def train(recipe: str, data: Path, out: Path, steps: int, sets: list[str], reuse
                                "--threads", "1", "--no-progress", "--json", *(["--set", *sets] if sets else []))
                      .strip().splitlines()[-1])
     return {"recipe": recipe, "set": sets, "steps": res["step"], "train_s": round(res["elapsed_s"], 1),
+            "loss": res["loss"]}
+
+
+def continue_run(base: Path, out: Path, steps: int, reuse: bool, data: Path) -> dict[str, Any]:
+    """``base`` copied to ``out`` and trained on to ``steps`` (`polymodal train --resume --steps`: the cosine
+    schedule is laid out again over the new length, a warm restart from the base's last step)."""
+    if reuse and (row := adopt(out, steps)) is not None:
+        return {"continued_from": base.name, **row}
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(base, out)
+    res = json.loads(polymodal("train", "--resume", "--data", str(data), "--out",
+                               str(out), "--steps", str(steps), "--threads", "1", "--no-progress", "--json")
+                     .strip().splitlines()[-1])
+    return {"continued_from": base.name, "steps": res["step"], "train_s": round(res["elapsed_s"], 1),
             "loss": res["loss"]}
 
 
@@ -249,6 +267,8 @@ def main() -> int:
         for name, (recipe, sets) in GENERATORS.items():
             sets = [s.format(runs=runs) for s in sets]
             training[name] = train(recipe, data, runs / name, args.steps, sets, args.reuse)
+        for name, base in LONGER.items():
+            training[name] = continue_run(runs / base, runs / name, 3 * args.steps, args.reuse, data)
     if "judges" in only:
         judges(runs)  # fits and saves the parser once
     if "eval" in only:
