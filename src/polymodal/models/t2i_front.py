@@ -95,17 +95,6 @@ def check_request(prompts: str | Sequence[str], n: int, options: ImageOptions | 
     return rows, opts
 
 
-def check_pictures(images: Sequence[Any], size: int) -> list[np.ndarray]:
-    """What a generator returned, checked: uint8 ``(size, size, 3)`` arrays (a broken model is an error here, not a
-    corrupt PNG later)."""
-    out = list(images)
-    for i, im in enumerate(out):
-        if not (isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.shape == (size, size, 3)):
-            got = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
-            raise InvalidInput(f"picture {i}: expected uint8 ({size}, {size}, 3), got {got}", field="image")
-    return out
-
-
 def image_seeds(seed: int | None, count: int) -> list[int]:
     """The per-image seeds of a call (``seed + k``; a random base when ``seed`` is None)."""
     base = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
