@@ -5,27 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mllm_report import f, get, table  # the bench reports' shared cell helpers
+
 MAIN = "ldm (DDIM 25, guidance 3)"
 AR = "dalle (no guidance)"
 REAL = "real pictures (ceiling)"
 MAIN_LONG = "ldm, 3x steps (DDIM 25, guidance 3)"
 AR_LONG = "dalle, 3x steps (no guidance)"
-
-
-def get(d: Any, *path: str) -> Any:
-    for p in path:
-        if not isinstance(d, dict) or p not in d:
-            return None
-        d = d[p]
-    return d
-
-
-def f(v: Any, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
-def table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *["| " + " | ".join(r) + " |" for r in rows]]
 
 
 def met(ok: bool | None) -> str:
